@@ -1,0 +1,377 @@
+//! Byte offsets, sizes and fixed-size record layouts of a trace file.
+//!
+//! Everything here is little-endian and pinned by `const` assertions; `FORMAT.md` is the prose
+//! version of this file and the two must change together.
+
+/// First eight bytes of every trace file.
+pub const MAGIC: [u8; 8] = *b"LKTRACE\0";
+/// Bumped when an old reader could misread a new file.
+pub const VERSION_MAJOR: u16 = 1;
+/// Bumped for additions an old reader can safely ignore.
+pub const VERSION_MINOR: u16 = 0;
+
+/// The header occupies the first page of the file.
+pub const HEADER_SIZE: usize = 4096;
+
+/// Smallest file the writer accepts: header plus a useful minimum of every region.
+pub const MIN_FILE_SIZE: u64 = 1 << 20;
+/// Largest file the writer accepts (and the largest a reader will believe a header about).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// Header field offsets. Fields from [`hdr::STATE`] on are updated while the process runs, with
+/// atomic stores by the writer; readers must treat them as a snapshot.
+pub mod hdr {
+    pub const MAGIC: usize = 0; // [u8; 8]
+    pub const VERSION_MAJOR: usize = 8; // u16
+    pub const VERSION_MINOR: usize = 10; // u16
+    pub const HEADER_SIZE: usize = 12; // u32
+    pub const FILE_SIZE: usize = 16; // u64
+    pub const PID: usize = 24; // u32
+    pub const POINTER_SIZE: usize = 28; // u32, always 8
+    pub const START_UNIX_NS: usize = 32; // u64, CLOCK_REALTIME at trace start
+    pub const START_MONO_NS: usize = 40; // u64, CLOCK_MONOTONIC at trace start
+    pub const PAGE_SIZE: usize = 48; // u32
+    pub const INITIAL_MEAN_BYTES: usize = 56; // u64
+    /// Region table: [`super::REGION_COUNT`] entries of (offset u64, size u64).
+    pub const REGIONS: usize = 64;
+    pub const LIVE_CAPACITY: usize = 160; // u64, slots
+    pub const RING_CAPACITY: usize = 168; // u64, records
+    pub const RSS_CAPACITY: usize = 176; // u64, samples
+
+    // Live fields, written while tracing.
+    pub const STATE: usize = 256; // u32, see `TraceState`
+    pub const END_REASON: usize = 260; // u32, see `EndReason`
+    pub const CONTROL: usize = 264; // u32, written by `leak-analyze ctl`, see `Control`
+    pub const CONTROL_SEQ: usize = 268; // u32, bumped by ctl after each request
+    pub const REQUESTED_MEAN_BYTES: usize = 272; // u64, written by ctl
+    pub const CURRENT_MEAN_BYTES: usize = 280; // u64
+    pub const RING_HEAD: usize = 288; // u64, events reserved so far (next sequence number - 1)
+    pub const EVENTS_DROPPED: usize = 296; // u64
+    pub const META_USED: usize = 304; // u64, bytes of the metadata region reserved
+    pub const STACKS_USED: usize = 312; // u64, bytes of the stack region reserved
+    pub const LIVE_COUNT: usize = 320; // u64, live table entries (approximate while running)
+    pub const LIVE_DROPPED: usize = 328; // u64, sampled allocations the full live table could not hold
+    pub const STACKS_DROPPED: usize = 336; // u64, stacks the full stack region could not hold
+    pub const RSS_COUNT: usize = 344; // u64, valid RSS samples
+    pub const RSS_INTERVAL_MS: usize = 352; // u64, current spacing of RSS samples
+    pub const HEARTBEAT_NS: usize = 360; // u64, last background tick, ns since start
+    pub const END_NS: usize = 368; // u64, ns since start at clean exit
+    pub const SAMPLED_ALLOCS: usize = 376; // u64
+    pub const SAMPLED_FREES: usize = 384; // u64
+    pub const FAILURE: usize = 392; // u32, see `Failure`, set when tracing stopped on an error
+    pub const LAST: usize = 400;
+}
+const _: () = assert!(hdr::LAST <= HEADER_SIZE);
+const _: () = assert!(hdr::REGIONS + REGION_COUNT * 16 <= hdr::LIVE_CAPACITY);
+
+/// Regions, in file order, as indices into the header's region table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Region {
+    /// Length-framed postcard records: process identity, modules, sampling changes.
+    Meta = 0,
+    /// Deduplicated call stacks, addressed by 8-byte offset.
+    Stacks = 1,
+    /// Open-addressing table of the sampled allocations still live.
+    Live = 2,
+    /// Downsampled RSS series.
+    Rss = 3,
+    /// The event ring.
+    Ring = 4,
+}
+/// Number of entries in the region table (one spare for a future minor version).
+pub const REGION_COUNT: usize = 6;
+/// Every region starts on a page boundary.
+pub const REGION_ALIGN: u64 = 4096;
+
+/// `hdr::STATE` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum TraceState {
+    Initializing = 0,
+    Tracing = 1,
+    Paused = 2,
+    /// Tracing stopped after an internal failure; `hdr::FAILURE` says which.
+    Failed = 3,
+}
+impl TraceState {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Initializing,
+            1 => Self::Tracing,
+            2 => Self::Paused,
+            3 => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// `hdr::END_REASON` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EndReason {
+    /// Still running, or killed before it could say otherwise.
+    Unknown = 0,
+    /// The process ran its exit handlers.
+    Exit = 1,
+}
+
+/// `hdr::CONTROL` values, requests from `leak-analyze ctl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Control {
+    None = 0,
+    Pause = 1,
+    Resume = 2,
+    SetMeanBytes = 3,
+}
+
+/// `hdr::FAILURE` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Failure {
+    None = 0,
+    MetaFull = 1,
+    Internal = 2,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event ring
+
+/// Size of one ring record.
+pub const EVENT_SIZE: usize = 48;
+
+/// Ring record field offsets.
+pub mod ev {
+    /// u64, 1-based sequence number; the record is in slot `(seq - 1) % ring_capacity`. 0: never written.
+    pub const SEQ: usize = 0;
+    pub const TIME_NS: usize = 8; // u64, ns since trace start (monotonic)
+    pub const ADDR: usize = 16; // u64
+    pub const SIZE: usize = 24; // u64, requested bytes
+    pub const STACK_ID: usize = 32; // u32, 0 = no stack
+    pub const MEAN_BYTES: usize = 36; // u32, sampling mean in force when the allocation was sampled
+    pub const TID: usize = 40; // u32
+    pub const KIND: usize = 44; // u8, see `EventKind`
+    pub const API: usize = 45; // u8, see `Api`
+    pub const CHECK: usize = 46; // u16, `record_check` of bytes 0..46
+}
+
+/// Ring record kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[repr(u8)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A sampled allocation.
+    Alloc = 1,
+    /// The free (or realloc away) of a sampled allocation; size, stack and mean repeat the allocation's.
+    Free = 2,
+}
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Alloc),
+            2 => Some(Self::Free),
+            _ => None,
+        }
+    }
+}
+
+/// The entry point that made (or released) an allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[repr(u8)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    Malloc = 0,
+    Calloc = 1,
+    Realloc = 2,
+    Reallocarray = 3,
+    PosixMemalign = 4,
+    AlignedAlloc = 5,
+    Memalign = 6,
+    Valloc = 7,
+    Pvalloc = 8,
+    Free = 9,
+}
+impl Api {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use Api::*;
+        [Malloc, Calloc, Realloc, Reallocarray, PosixMemalign, AlignedAlloc, Memalign, Valloc, Pvalloc, Free]
+            .get(usize::from(v))
+            .copied()
+    }
+}
+
+/// A 16-bit check over the first 46 bytes of a ring record; catches torn and lapped writes.
+pub fn record_check(rec: &[u8; EVENT_SIZE]) -> u16 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in rec[..40].chunks_exact(8) {
+        h = mix(h ^ u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
+    }
+    let tail = u64::from(u32::from_le_bytes([rec[40], rec[41], rec[42], rec[43]]))
+        | u64::from(rec[44]) << 32
+        | u64::from(rec[45]) << 40;
+    h = mix(h ^ tail);
+    // 0 is reserved so that an all-zero slot never checks.
+    ((h >> 48) as u16).max(1)
+}
+
+/// A strong 64-bit finaliser (from splitmix64), shared by the checks and hash tables.
+#[inline]
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live table
+
+/// Size of one live-table slot.
+pub const LIVE_SLOT_SIZE: usize = 32;
+/// Live slot field offsets.
+pub mod live {
+    /// u64 key: 0 empty, 1 tombstone, `addr | 2` being written, `addr` (16-byte aligned) committed.
+    pub const KEY: usize = 0;
+    pub const SIZE: usize = 8; // u64
+    pub const TIME_NS: usize = 16; // u64, allocation time, ns since start
+    pub const STACK_ID: usize = 24; // u32
+    pub const MEAN_BYTES: usize = 28; // u32
+}
+pub const LIVE_EMPTY: u64 = 0;
+pub const LIVE_TOMBSTONE: u64 = 1;
+pub const LIVE_WRITING_BIT: u64 = 2;
+/// A lookup or insert gives up after this many slots; bounds the cost of a free and of a full table.
+pub const LIVE_MAX_PROBE: usize = 64;
+
+/// Home slot of an address in a table of `capacity` (a power of two) slots.
+#[inline]
+pub fn live_home(addr: u64, capacity: u64) -> u64 {
+    mix(addr) & (capacity - 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stack table
+
+/// Stack ids are offsets into the stack region in units of this many bytes.
+pub const STACK_ALIGN: usize = 8;
+/// Most frames a stored stack may have.
+pub const MAX_FRAMES: usize = 128;
+
+/// The check stored in a stack record's head, over its frames.
+pub fn stack_check(frames: &[u64]) -> u32 {
+    let mut h: u64 = frames.len() as u64;
+    for &f in frames {
+        h = mix(h ^ f);
+    }
+    ((h >> 32) as u32).max(1)
+}
+
+/// Packs a stack record head: u16 frame count, u16 zero, u32 check.
+pub fn stack_head(nframes: u16, check: u32) -> u64 {
+    u64::from(nframes) | u64::from(check) << 32
+}
+
+// ---------------------------------------------------------------------------------------------
+// RSS series
+
+/// Size of one RSS sample: (ns since start u64, rss bytes u64).
+pub const RSS_SAMPLE_SIZE: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Metadata log
+
+/// Head of a metadata record: u32 payload length, u16 kind, u16 zero, u32 check, u32 zero.
+pub const META_HEAD_SIZE: usize = 16;
+
+/// FNV-1a, 32 bit, for metadata payloads.
+pub fn meta_check(payload: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in payload {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Round `n` up to a multiple of `align` (a power of two).
+pub const fn align_up(n: u64, align: u64) -> u64 {
+    (n + align - 1) & !(align - 1)
+}
+
+/// How a file of `file_size` bytes is divided between the regions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub regions: [(u64, u64); REGION_COUNT],
+    pub live_capacity: u64,
+    pub ring_capacity: u64,
+    pub rss_capacity: u64,
+}
+
+impl Plan {
+    /// The writer's split: ~1/64 metadata, 1/8 stacks, ~1/4 live table (a power of two of slots),
+    /// a fixed RSS series, and the rest for the ring. `None` if the size is out of range.
+    pub fn for_file_size(file_size: u64) -> Option<Plan> {
+        if !(MIN_FILE_SIZE..=MAX_FILE_SIZE).contains(&file_size) {
+            return None;
+        }
+        let meta = align_up((file_size / 64).clamp(64 << 10, 4 << 20), REGION_ALIGN);
+        let stacks = align_up(file_size / 8, REGION_ALIGN);
+        let live_capacity = prev_power_of_two(file_size / 4 / LIVE_SLOT_SIZE as u64).max(1024);
+        let live = live_capacity * LIVE_SLOT_SIZE as u64;
+        let rss_capacity = 4096;
+        let rss = rss_capacity * RSS_SAMPLE_SIZE as u64;
+        let mut offset = HEADER_SIZE as u64;
+        let mut regions = [(0, 0); REGION_COUNT];
+        for (i, size) in [meta, stacks, live, rss].into_iter().enumerate() {
+            regions[i] = (offset, size);
+            offset += size;
+        }
+        let ring_bytes = file_size.checked_sub(offset)?;
+        let ring_capacity = ring_bytes / EVENT_SIZE as u64;
+        if ring_capacity < 1024 {
+            return None;
+        }
+        regions[Region::Ring as usize] = (offset, ring_capacity * EVENT_SIZE as u64);
+        Some(Plan { regions, live_capacity, ring_capacity, rss_capacity })
+    }
+
+    pub fn region(&self, r: Region) -> (u64, u64) {
+        self.regions[r as usize]
+    }
+}
+
+fn prev_power_of_two(n: u64) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        1 << (63 - n.leading_zeros())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_fits_and_aligns() {
+        for size in [MIN_FILE_SIZE, 3 << 20, 64 << 20, 1 << 30] {
+            let p = Plan::for_file_size(size).expect("size in range");
+            let mut end = HEADER_SIZE as u64;
+            for r in [Region::Meta, Region::Stacks, Region::Live, Region::Rss, Region::Ring] {
+                let (off, len) = p.region(r);
+                assert_eq!(off, end, "regions are contiguous");
+                assert_eq!(off % REGION_ALIGN, 0);
+                end = off + len;
+            }
+            assert!(end <= size);
+            assert!(p.live_capacity.is_power_of_two());
+        }
+        assert!(Plan::for_file_size(MIN_FILE_SIZE - 1).is_none());
+    }
+
+    #[test]
+    fn zeroed_record_never_checks() {
+        let rec = [0u8; EVENT_SIZE];
+        assert_ne!(record_check(&rec), 0);
+    }
+}
