@@ -1,0 +1,150 @@
+//! leak-analyze: replay a leaktrace trace offline, symbolize it, and report what leaked where.
+//!
+//! Exit codes: 0 success, 2 error (unreadable or foreign file, bad arguments).
+
+mod analysis;
+mod growth;
+mod report;
+mod symbolize;
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use leaktrace_format::layout::{self, hdr};
+use leaktrace_format::Trace;
+
+#[derive(Parser)]
+#[command(name = "leak-analyze", version, about = "Report memory leaks from a leaktrace trace file")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the call sites with unfreed memory at the end of the trace, biggest first.
+    Report {
+        trace: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Write the report here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Look for the traced binaries here (by file name, or by full path as in a sysroot).
+        #[arg(long = "binaries")]
+        binaries: Vec<PathBuf>,
+        /// Look for separate debug files here, in the .build-id/xx/rest.debug layout.
+        #[arg(long = "debug-dir")]
+        debug_dirs: Vec<PathBuf>,
+        /// Sites to show in text output.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// Process identity, settings, time span, event counts and file health.
+    Info { trace: PathBuf },
+    /// Change a running process's tracing through its trace file, without a signal or restart.
+    Ctl {
+        trace: PathBuf,
+        #[arg(long, conflicts_with_all = ["resume", "sample_bytes"])]
+        pause: bool,
+        #[arg(long, conflicts_with = "sample_bytes")]
+        resume: bool,
+        /// New sampling mean in bytes (1 = record every allocation).
+        #[arg(long)]
+        sample_bytes: Option<u64>,
+    },
+}
+
+/// Read a trace file without trusting it: refuse directories and non-files, never read more
+/// than the file holds.
+fn load(path: &Path) -> Result<Trace> {
+    let md = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if !md.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Trace::parse(&bytes).with_context(|| format!("{}", path.display()))
+}
+
+fn write_output(output: Option<&Path>, text: &str) -> Result<()> {
+    match output {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn ctl(path: &Path, pause: bool, resume: bool, sample_bytes: Option<u64>) -> Result<String> {
+    let (control, mean) = match (pause, resume, sample_bytes) {
+        (true, _, _) => (layout::Control::Pause, 0),
+        (_, true, _) => (layout::Control::Resume, 0),
+        (_, _, Some(n)) if (1..=u64::from(u32::MAX)).contains(&n) => (layout::Control::SetMeanBytes, n),
+        (_, _, Some(n)) => bail!("--sample-bytes {n} is out of range (1 to 4294967295)"),
+        _ => bail!("say what to change: --pause, --resume or --sample-bytes N"),
+    };
+    // Opening for writing is the permission check: only who can write the trace can steer it.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {} for writing", path.display()))?;
+    let mut head = vec![0u8; layout::HEADER_SIZE];
+    f.read_exact_at(&mut head, 0).with_context(|| format!("{}: too short for a trace header", path.display()))?;
+    leaktrace_format::Header::parse(&head).with_context(|| format!("{}", path.display()))?;
+    f.write_all_at(&mean.to_le_bytes(), hdr::REQUESTED_MEAN_BYTES as u64)?;
+    f.write_all_at(&(control as u32).to_le_bytes(), hdr::CONTROL as u64)?;
+    let seq = u32::from_le_bytes(head[hdr::CONTROL_SEQ..hdr::CONTROL_SEQ + 4].try_into()?);
+    f.write_all_at(&seq.wrapping_add(1).to_le_bytes(), hdr::CONTROL_SEQ as u64)?;
+    Ok(format!("request sent to pid {}; it applies within 100 ms if the process is running\n",
+        u32::from_le_bytes(head[hdr::PID..hdr::PID + 4].try_into()?)))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Report { trace, format, output, binaries, debug_dirs, top } => {
+            let t = load(&trace)?;
+            let analysis = analysis::analyze(&t);
+            let opts = symbolize::SymbolizeOptions { binaries, debug_dirs };
+            let symbolizer = symbolize::Symbolizer::new(&t.modules, &opts);
+            let r = report::build(&t, &analysis, &symbolizer);
+            let text = match format {
+                Format::Json => serde_json::to_string_pretty(&r)? + "\n",
+                Format::Text => report::render_text(&r, top),
+            };
+            write_output(output.as_deref(), &text)
+        }
+        Command::Info { trace } => write_output(None, &report::render_info(&load(&trace)?)),
+        Command::Ctl { trace, pause, resume, sample_bytes } => {
+            write_output(None, &ctl(&trace, pause, resume, sample_bytes)?)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("leak-analyze: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

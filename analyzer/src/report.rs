@@ -1,0 +1,299 @@
+//! The report: a stable JSON document (see README, "JSON report") and a text rendering of it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use leaktrace_format::{layout, Trace};
+
+use crate::analysis::Analysis;
+use crate::symbolize::{SourceFrame, Symbolizer};
+
+#[derive(Serialize)]
+pub struct Report {
+    pub format_version: String,
+    /// True when damage (truncation, torn records) made the trace incomplete.
+    pub partial: bool,
+    pub health_notes: Vec<String>,
+    pub process: Process,
+    pub sampling: Sampling,
+    pub totals: Totals,
+    pub rss: Vec<RssPoint>,
+    pub sites: Vec<SiteOut>,
+    pub symbolization_warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub start_unix_ns: u64,
+    pub duration_ns: u64,
+    pub ended: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct Sampling {
+    pub mean_bytes: u64,
+    pub changes: Vec<SamplingChangeOut>,
+}
+
+#[derive(Serialize)]
+pub struct SamplingChangeOut {
+    pub t_ns: u64,
+    pub mean_bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct Totals {
+    pub unfreed_bytes: f64,
+    pub unfreed_allocations: f64,
+    pub sampled_events: u64,
+    pub dropped_events: u64,
+}
+
+#[derive(Serialize)]
+pub struct RssPoint {
+    pub t_ns: u64,
+    pub rss_bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct SiteOut {
+    pub id: usize,
+    pub unfreed_bytes: f64,
+    /// Half-width of the 95% confidence interval of `unfreed_bytes` (0 in exact mode).
+    pub unfreed_bytes_ci95: f64,
+    pub unfreed_allocations: f64,
+    pub sampled_unfreed: u64,
+    pub growing: bool,
+    pub growth_bytes_per_sec: f64,
+    pub trend_confidence: f64,
+    pub first_alloc_ns: u64,
+    pub last_alloc_ns: u64,
+    pub frames: Vec<FrameOut>,
+}
+
+#[derive(Serialize, Clone)]
+pub struct FrameOut {
+    pub address: String,
+    pub module: Option<String>,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+fn module_name(path: &str) -> String {
+    Path::new(path).file_name().map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Report {
+    let mut addrs: Vec<u64> = analysis.sites.iter().flat_map(|s| s.frames.iter().copied()).collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    let resolved: HashMap<u64, Vec<SourceFrame>> = symbolizer.symbolize_all(&addrs);
+
+    let frames_out = |addr: u64| -> Vec<FrameOut> {
+        let module = trace.modules.iter().find(|m| m.contains(addr));
+        let module_label = module.map(|m| module_name(&m.path));
+        let address = format!("{addr:#x}");
+        match resolved.get(&addr).filter(|f| !f.is_empty()) {
+            Some(frames) => frames
+                .iter()
+                .map(|f| FrameOut {
+                    address: address.clone(),
+                    module: module_label.clone(),
+                    function: f.function.clone(),
+                    file: f.file.clone(),
+                    line: f.line,
+                })
+                .collect(),
+            None => vec![FrameOut { address, module: module_label, function: None, file: None, line: None }],
+        }
+    };
+
+    let h = &trace.header;
+    let process = trace.process.clone().unwrap_or_default();
+    let sites = analysis
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SiteOut {
+            id: i + 1,
+            unfreed_bytes: s.unfreed_bytes.round(),
+            unfreed_bytes_ci95: (1.96 * s.bytes_variance.sqrt()).round(),
+            unfreed_allocations: s.unfreed_allocations.round(),
+            sampled_unfreed: s.sampled_unfreed,
+            growing: s.trend.growing,
+            growth_bytes_per_sec: s.trend.bytes_per_sec.round(),
+            trend_confidence: (s.trend.confidence * 1000.0).round() / 1000.0,
+            first_alloc_ns: s.first_alloc_ns,
+            last_alloc_ns: s.last_alloc_ns,
+            frames: s.frames.iter().flat_map(|&a| frames_out(a)).collect(),
+        })
+        .collect();
+    Report {
+        format_version: format!("{}.{}", h.version_major, h.version_minor),
+        partial: trace.health.is_partial(),
+        health_notes: trace.health.notes.clone(),
+        process: Process {
+            pid: h.pid,
+            exe: process.exe,
+            cmdline: process.cmdline,
+            start_unix_ns: h.start_unix_ns,
+            duration_ns: analysis.end_ns,
+            ended: if h.ended_cleanly() { "exit" } else { "unknown" },
+        },
+        sampling: Sampling {
+            mean_bytes: h.current_mean_bytes.max(1),
+            changes: trace.sampling.iter().map(|s| SamplingChangeOut { t_ns: s.t_ns, mean_bytes: s.mean_bytes }).collect(),
+        },
+        totals: Totals {
+            unfreed_bytes: analysis.unfreed_bytes.round(),
+            unfreed_allocations: analysis.unfreed_allocations.round(),
+            sampled_events: h.ring_head,
+            dropped_events: h.events_dropped + h.live_dropped,
+        },
+        rss: trace.rss.iter().map(|r| RssPoint { t_ns: r.t_ns, rss_bytes: r.rss_bytes }).collect(),
+        sites,
+        symbolization_warnings: symbolizer.warnings(),
+    }
+}
+
+pub fn human_bytes(b: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b;
+    let mut u = 0;
+    while v.abs() >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", units[u])
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.1}s", ns as f64 / 1e9)
+}
+
+pub fn render_text(r: &Report, top: usize) -> String {
+    let mut o = String::new();
+    let p = &r.process;
+    let _ = writeln!(o, "leaktrace report: pid {} {} ({})", p.pid, p.cmdline.join(" "), p.exe);
+    let _ = writeln!(
+        o,
+        "ran {}, ended: {}; sampling mean {} bytes; {} sampled events, {} dropped",
+        secs(p.duration_ns),
+        p.ended,
+        r.sampling.mean_bytes,
+        r.totals.sampled_events,
+        r.totals.dropped_events
+    );
+    if r.partial {
+        let _ = writeln!(o, "PARTIAL: the trace is damaged; figures cover what could be read");
+    }
+    for n in &r.health_notes {
+        let _ = writeln!(o, "  note: {n}");
+    }
+    if let (Some(first), Some(last)) = (r.rss.first(), r.rss.last()) {
+        let _ = writeln!(
+            o,
+            "RSS {} -> {} over {}",
+            human_bytes(first.rss_bytes as f64),
+            human_bytes(last.rss_bytes as f64),
+            secs(last.t_ns.saturating_sub(first.t_ns))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "unfreed at end: {} in {:.0} allocations, {} call sites\n",
+        human_bytes(r.totals.unfreed_bytes),
+        r.totals.unfreed_allocations,
+        r.sites.len()
+    );
+    for s in r.sites.iter().take(top) {
+        let ci = if s.unfreed_bytes_ci95 > 0.0 { format!(" ± {}", human_bytes(s.unfreed_bytes_ci95)) } else { String::new() };
+        let verdict = if s.growing {
+            format!("GROWING {}/s (confidence {:.2})", human_bytes(s.growth_bytes_per_sec), s.trend_confidence)
+        } else {
+            "not growing".to_string()
+        };
+        let _ = writeln!(
+            o,
+            "#{} {}{} unfreed in {:.0} allocations ({} sampled), {}",
+            s.id,
+            human_bytes(s.unfreed_bytes),
+            ci,
+            s.unfreed_allocations,
+            s.sampled_unfreed,
+            verdict
+        );
+        for f in &s.frames {
+            let module = f.module.as_deref().unwrap_or("?");
+            match (&f.function, &f.file, f.line) {
+                (Some(func), Some(file), Some(line)) => {
+                    let _ = writeln!(o, "    {func} at {file}:{line}");
+                }
+                (Some(func), _, _) => {
+                    let _ = writeln!(o, "    {func} in {module}");
+                }
+                _ => {
+                    let _ = writeln!(o, "    {} in {module}", f.address);
+                }
+            }
+        }
+        let _ = writeln!(o);
+    }
+    if r.sites.len() > top {
+        let _ = writeln!(o, "... {} more sites (use --top or --format json)", r.sites.len() - top);
+    }
+    for w in &r.symbolization_warnings {
+        let _ = writeln!(o, "warning: {w}");
+    }
+    o
+}
+
+/// `leak-analyze info`: identity, settings, counts and health.
+pub fn render_info(t: &Trace) -> String {
+    let h = &t.header;
+    let mut o = String::new();
+    let p = t.process.clone().unwrap_or_default();
+    let state = match h.trace_state() {
+        Some(layout::TraceState::Initializing) => "initializing",
+        Some(layout::TraceState::Tracing) => "tracing",
+        Some(layout::TraceState::Paused) => "paused",
+        Some(layout::TraceState::Failed) => "stopped after an internal failure",
+        None => "unknown",
+    };
+    let _ = writeln!(o, "format version   {}.{}", h.version_major, h.version_minor);
+    let _ = writeln!(o, "process          pid {} (parent {}) on {}", h.pid, p.ppid, p.hostname);
+    let _ = writeln!(o, "executable       {}", p.exe);
+    let _ = writeln!(o, "command line     {}", p.cmdline.join(" "));
+    let _ = writeln!(o, "tracer           leaktrace {} ({} unwinder)", p.tracer_version, p.unwinder);
+    let _ = writeln!(o, "started          {} ns since the epoch", h.start_unix_ns);
+    let _ = writeln!(o, "time span        {}", secs(t.end_ns()));
+    let _ = writeln!(o, "ended            {}", if h.ended_cleanly() { "exit" } else { "unknown (still running, or killed)" });
+    let _ = writeln!(o, "state            {state}");
+    let _ = writeln!(o, "sampling mean    {} bytes (initially {})", h.current_mean_bytes, h.initial_mean_bytes);
+    let _ = writeln!(o, "file size        {} ({} ring records, {} live slots)", human_bytes(h.file_size as f64), h.ring_capacity, h.live_capacity);
+    let _ = writeln!(o, "events           {} recorded ({} allocations, {} frees sampled)", h.ring_head, h.sampled_allocs, h.sampled_frees);
+    let wraps = h.ring_head / h.ring_capacity.max(1);
+    let _ = writeln!(o, "ring             {} wraps, {} events overwritten, {} readable", wraps, t.health.overwritten_events, t.events.len());
+    let _ = writeln!(o, "live             {} sampled allocations unfreed", t.live.len());
+    let _ = writeln!(o, "dropped          {} events, {} allocations (live table full), {} stacks (stack table full)", h.events_dropped, h.live_dropped, h.stacks_dropped);
+    let _ = writeln!(o, "stack table      {} of {} used", human_bytes(h.stacks_used as f64), human_bytes(h.region(layout::Region::Stacks).1 as f64));
+    let _ = writeln!(o, "modules          {}", t.modules.len());
+    let _ = writeln!(o, "RSS samples      {} (every {} ms)", t.rss.len(), h.rss_interval_ms);
+    let health = if t.health.is_partial() { "DAMAGED (report will be marked partial)" } else { "ok" };
+    let _ = writeln!(o, "file health      {health}");
+    for n in &t.health.notes {
+        let _ = writeln!(o, "  {n}");
+    }
+    o
+}

@@ -1,0 +1,51 @@
+//! libleaktrace.so: an LD_PRELOAD malloc interposer that samples allocations by bytes and
+//! records them, with their stacks and frees, in a fixed-size memory-mapped trace file.
+//!
+//! - [`shim`]: the exported malloc family, a few lines each.
+//! - [`tracer`]: start-up, the record paths, fork and exit.
+//! - [`sampler`]: the per-thread Poisson sampler and re-entrancy guard.
+//! - [`mapped`]: lock-free writers for each region of the trace file.
+//! - [`real`]: the allocator we forward to, and the bootstrap arena.
+//!
+//! Any failure stops tracing with one line on stderr; the traced program runs on.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod background;
+pub mod config;
+pub mod file;
+pub mod mapped;
+pub mod modules;
+pub mod real;
+pub mod sampler;
+pub mod shim;
+pub mod tracer;
+
+/// One line on stderr, written with a single write(2) so it cannot interleave or take std's
+/// stderr lock (which a fork may have left held).
+pub fn warn(msg: &str) {
+    let line = format!("leaktrace: {msg}\n");
+    // SAFETY: writing a valid buffer of its own length to fd 2.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
+
+extern "C" fn constructor() {
+    tracer::on_load();
+}
+
+extern "C" fn destructor() {
+    tracer::on_unload();
+}
+
+// The loader runs these when the library is loaded and at exit. Not in unit tests, whose
+// harness must not start tracing itself.
+#[cfg(not(test))]
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = constructor;
+
+#[cfg(not(test))]
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = destructor;

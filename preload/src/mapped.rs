@@ -1,0 +1,595 @@
+//! Writing the trace file's regions through the shared mapping.
+//!
+//! Guarantees, for every region (a reader may look at any moment, or after a SIGKILL):
+//! - Space is reserved with an atomic `fetch_add` on a counter in the header, so writers never
+//!   share bytes and no lock is taken: a signal handler or a fork cannot leave one held.
+//! - A record becomes visible by a final release store of the word the reader checks first (a
+//!   ring record's sequence number, a stack's head, a live slot's key, a metadata length); the
+//!   rest of the record carries a check, so a record torn by a kill or lapped by a later writer is
+//!   rejected, not misread.
+//! - Nothing grows: a full stack region or live table counts a drop in the header and the
+//!   allocation is still recorded without that detail.
+//!
+//! The mapping is created once and never unmapped, so a `&Mapped` stays valid for the life of
+//! the process (including in a forked child, where it is simply no longer written).
+
+#[cfg(test)]
+use std::sync::atomic::AtomicU16;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use leaktrace_format::layout::{self, ev, hdr, live, Region, EVENT_SIZE, LIVE_SLOT_SIZE};
+
+/// One event to append to the ring.
+pub struct EventRecord {
+    pub time_ns: u64,
+    pub addr: u64,
+    pub size: u64,
+    pub stack_id: u32,
+    pub mean_bytes: u32,
+    pub tid: u32,
+    pub kind: layout::EventKind,
+    pub api: layout::Api,
+}
+
+/// What the live table remembers of a sampled allocation.
+#[derive(Clone, Copy)]
+pub struct LiveEntry {
+    pub size: u64,
+    pub time_ns: u64,
+    pub stack_id: u32,
+    pub mean_bytes: u32,
+}
+
+/// Counting filter in front of the live table: a zero counter proves an address was never
+/// sampled (or has been freed), so the free of an unsampled pointer reads one byte and returns.
+/// Counters saturate at 255 and then stay there, which only costs lookups, never correctness.
+const FILTER_BITS: u32 = 20;
+static FILTER: [AtomicU8; 1 << FILTER_BITS] = [const { AtomicU8::new(0) }; 1 << FILTER_BITS];
+
+#[inline(always)]
+fn filter_index(addr: u64) -> usize {
+    // Allocations are 16-byte aligned: drop the bits that never vary, then multiplicative hash.
+    ((addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FILTER_BITS)) as usize
+}
+
+/// Might `addr` be in the live table? The free fast path; false means certainly not.
+#[inline(always)]
+pub fn maybe_sampled(addr: u64) -> bool {
+    FILTER[filter_index(addr)].load(Ordering::Relaxed) != 0
+}
+
+fn filter_add(addr: u64) {
+    let _ = FILTER[filter_index(addr)]
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c < u8::MAX).then_some(c + 1));
+}
+
+fn filter_remove(addr: u64) {
+    let _ = FILTER[filter_index(addr)]
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c > 0 && c < u8::MAX).then(|| c - 1));
+}
+
+pub struct Mapped {
+    base: *mut u8,
+    len: usize,
+    live_capacity: u64,
+    ring_capacity: u64,
+    rss_capacity: u64,
+    regions: [(u64, u64); layout::REGION_COUNT],
+    /// Open-addressing index over the stack region: (check << 32 | stack id), 0 = empty.
+    /// Process memory, not the file: it only speeds up deduplication.
+    stack_index: Box<[AtomicU64]>,
+}
+
+// SAFETY: all access to the mapping goes through atomics or through byte ranges reserved by an
+// atomic fetch_add, so concurrent use from several threads never races on the same bytes.
+unsafe impl Sync for Mapped {}
+// SAFETY: the mapping is process-wide; which thread holds the pointer does not matter.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    /// # Safety
+    /// `base` must point to a writable shared mapping of `len` bytes that stays mapped for the
+    /// rest of the process, whose blocks are allocated on disk (so stores cannot SIGBUS), and
+    /// whose header and regions were laid out by `plan`.
+    pub unsafe fn new(base: *mut u8, len: usize, plan: &layout::Plan) -> Mapped {
+        let (_, stacks_size) = plan.region(Region::Stacks);
+        let index_len = ((stacks_size / 64).max(1024) * 2).next_power_of_two() as usize;
+        let mut index = Vec::with_capacity(index_len);
+        index.resize_with(index_len, || AtomicU64::new(0));
+        Mapped {
+            base,
+            len,
+            live_capacity: plan.live_capacity,
+            ring_capacity: plan.ring_capacity,
+            rss_capacity: plan.rss_capacity,
+            regions: plan.regions,
+            stack_index: index.into_boxed_slice(),
+        }
+    }
+
+    /// Every offset passed here is computed from the plan the mapping was laid out by (header
+    /// fields, or a region start plus an index below that region's capacity), so it is in range
+    /// and aligned to `width`; the debug assertion checks that, release builds do not pay for it.
+    fn at(&self, off: usize, width: usize) -> *mut u8 {
+        debug_assert!(off + width <= self.len && off % width == 0, "mapped access out of range");
+        // SAFETY: `off + width <= len` by the invariant above, so the result is in the mapping.
+        unsafe { self.base.add(off) }
+    }
+
+    pub fn u64_at(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: `at` checks bounds and 8-byte alignment; the mapping lives for the process and
+        // is only ever accessed atomically at this offset by writers.
+        unsafe { AtomicU64::from_ptr(self.at(off, 8).cast()) }
+    }
+
+    pub fn u32_at(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: as for `u64_at`, with 4-byte width and alignment.
+        unsafe { AtomicU32::from_ptr(self.at(off, 4).cast()) }
+    }
+
+    #[cfg(test)]
+    fn u16_at(&self, off: usize) -> &AtomicU16 {
+        // SAFETY: as for `u64_at`, with 2-byte width and alignment.
+        unsafe { AtomicU16::from_ptr(self.at(off, 2).cast()) }
+    }
+
+    fn u8_at(&self, off: usize) -> &AtomicU8 {
+        // SAFETY: as for `u64_at`, with 1-byte width.
+        unsafe { AtomicU8::from_ptr(self.at(off, 1)) }
+    }
+
+    pub fn header(&self, field: usize) -> &AtomicU64 {
+        self.u64_at(field)
+    }
+
+    fn region_start(&self, r: Region) -> usize {
+        self.regions[r as usize].0 as usize
+    }
+
+    /// Write the fixed header fields; called once before anything else is written.
+    pub fn write_header(&self, pid: u32, start_unix_ns: u64, start_mono_ns: u64, mean: u64, rss_ms: u64) {
+        let put_bytes = |off: usize, bytes: &[u8]| {
+            for (i, &b) in bytes.iter().enumerate() {
+                self.u8_at(off + i).store(b, Ordering::Relaxed);
+            }
+        };
+        put_bytes(hdr::VERSION_MAJOR, &layout::VERSION_MAJOR.to_le_bytes());
+        put_bytes(hdr::VERSION_MINOR, &layout::VERSION_MINOR.to_le_bytes());
+        self.u32_at(hdr::HEADER_SIZE).store(layout::HEADER_SIZE as u32, Ordering::Relaxed);
+        self.u64_at(hdr::FILE_SIZE).store(self.len as u64, Ordering::Relaxed);
+        self.u32_at(hdr::PID).store(pid, Ordering::Relaxed);
+        self.u32_at(hdr::POINTER_SIZE).store(8, Ordering::Relaxed);
+        self.u64_at(hdr::START_UNIX_NS).store(start_unix_ns, Ordering::Relaxed);
+        self.u64_at(hdr::START_MONO_NS).store(start_mono_ns, Ordering::Relaxed);
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u32;
+        self.u32_at(hdr::PAGE_SIZE).store(page, Ordering::Relaxed);
+        self.u64_at(hdr::INITIAL_MEAN_BYTES).store(mean, Ordering::Relaxed);
+        self.u64_at(hdr::CURRENT_MEAN_BYTES).store(mean, Ordering::Relaxed);
+        self.u64_at(hdr::REQUESTED_MEAN_BYTES).store(mean, Ordering::Relaxed);
+        for (i, (off, len)) in self.regions.iter().enumerate() {
+            self.u64_at(hdr::REGIONS + i * 16).store(*off, Ordering::Relaxed);
+            self.u64_at(hdr::REGIONS + i * 16 + 8).store(*len, Ordering::Relaxed);
+        }
+        self.u64_at(hdr::LIVE_CAPACITY).store(self.live_capacity, Ordering::Relaxed);
+        self.u64_at(hdr::RING_CAPACITY).store(self.ring_capacity, Ordering::Relaxed);
+        self.u64_at(hdr::RSS_CAPACITY).store(self.rss_capacity, Ordering::Relaxed);
+        self.u64_at(hdr::RSS_INTERVAL_MS).store(rss_ms, Ordering::Relaxed);
+        // Magic last: a reader that sees it sees a complete fixed header (release pairs with the
+        // reader's read of the file after it observed the magic).
+        put_bytes(hdr::MAGIC, &layout::MAGIC[..7]);
+        std::sync::atomic::fence(Ordering::Release);
+        self.u8_at(hdr::MAGIC + 7).store(layout::MAGIC[7], Ordering::Release);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Ring
+
+    /// Append one event. Lock-free; a slower writer lapped by the ring loses its record (the
+    /// check rejects the mix), it never blocks.
+    pub fn push_event(&self, e: &EventRecord) {
+        let seq = self.u64_at(hdr::RING_HEAD).fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = ((seq - 1) % self.ring_capacity) as usize;
+        let mut rec = [0u8; EVENT_SIZE];
+        rec[ev::SEQ..ev::SEQ + 8].copy_from_slice(&seq.to_le_bytes());
+        rec[ev::TIME_NS..ev::TIME_NS + 8].copy_from_slice(&e.time_ns.to_le_bytes());
+        rec[ev::ADDR..ev::ADDR + 8].copy_from_slice(&e.addr.to_le_bytes());
+        rec[ev::SIZE..ev::SIZE + 8].copy_from_slice(&e.size.to_le_bytes());
+        rec[ev::STACK_ID..ev::STACK_ID + 4].copy_from_slice(&e.stack_id.to_le_bytes());
+        rec[ev::MEAN_BYTES..ev::MEAN_BYTES + 4].copy_from_slice(&e.mean_bytes.to_le_bytes());
+        rec[ev::TID..ev::TID + 4].copy_from_slice(&e.tid.to_le_bytes());
+        rec[ev::KIND] = e.kind as u8;
+        rec[ev::API] = e.api as u8;
+        let check = layout::record_check(&rec);
+        rec[ev::CHECK..ev::CHECK + 2].copy_from_slice(&check.to_le_bytes());
+        let off = self.region_start(Region::Ring) + slot * EVENT_SIZE;
+        // Invalidate the slot first so a reader never pairs the old sequence with new fields.
+        let seq_word = self.u64_at(off + ev::SEQ);
+        seq_word.store(0, Ordering::Relaxed);
+        for i in (8..EVENT_SIZE - 8).step_by(8) {
+            let w = u64::from_le_bytes(rec[i..i + 8].try_into().unwrap_or_default());
+            self.u64_at(off + i).store(w, Ordering::Relaxed);
+        }
+        let tail = u64::from_le_bytes(rec[EVENT_SIZE - 8..].try_into().unwrap_or_default());
+        self.u64_at(off + EVENT_SIZE - 8).store(tail, Ordering::Relaxed);
+        // Pairs with the reader, which takes the sequence number first and then checks the rest.
+        seq_word.store(seq, Ordering::Release);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Live table
+
+    fn live_slot(&self, i: u64) -> usize {
+        self.region_start(Region::Live) + (i as usize) * LIVE_SLOT_SIZE
+    }
+
+    /// Remember a sampled allocation. False if the table has no free slot near its home.
+    pub fn live_insert(&self, addr: u64, e: LiveEntry) -> bool {
+        let mask = self.live_capacity - 1;
+        let home = layout::live_home(addr, self.live_capacity);
+        for probe in 0..layout::LIVE_MAX_PROBE as u64 {
+            let slot = self.live_slot((home + probe) & mask);
+            let key = self.u64_at(slot + live::KEY);
+            let cur = key.load(Ordering::Relaxed);
+            if cur != layout::LIVE_EMPTY && cur != layout::LIVE_TOMBSTONE {
+                continue;
+            }
+            // Claim the slot in the "being written" state; a live address is unique, so no other
+            // thread can be inserting or removing this key.
+            if key
+                .compare_exchange(cur, addr | layout::LIVE_WRITING_BIT, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            self.u64_at(slot + live::SIZE).store(e.size, Ordering::Relaxed);
+            self.u64_at(slot + live::TIME_NS).store(e.time_ns, Ordering::Relaxed);
+            self.u32_at(slot + live::STACK_ID).store(e.stack_id, Ordering::Relaxed);
+            self.u32_at(slot + live::MEAN_BYTES).store(e.mean_bytes, Ordering::Relaxed);
+            filter_add(addr);
+            // Pairs with the acquire load in `live_remove` and with readers of the file.
+            key.store(addr, Ordering::Release);
+            self.u64_at(hdr::LIVE_COUNT).fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.u64_at(hdr::LIVE_DROPPED).fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Forget a sampled allocation, returning what was remembered, or None if it was not sampled.
+    pub fn live_remove(&self, addr: u64) -> Option<LiveEntry> {
+        let mask = self.live_capacity - 1;
+        let home = layout::live_home(addr, self.live_capacity);
+        for probe in 0..layout::LIVE_MAX_PROBE as u64 {
+            let slot = self.live_slot((home + probe) & mask);
+            let key = self.u64_at(slot + live::KEY);
+            let cur = key.load(Ordering::Acquire);
+            if cur == layout::LIVE_EMPTY {
+                return None;
+            }
+            if cur != addr {
+                continue;
+            }
+            let e = LiveEntry {
+                size: self.u64_at(slot + live::SIZE).load(Ordering::Relaxed),
+                time_ns: self.u64_at(slot + live::TIME_NS).load(Ordering::Relaxed),
+                stack_id: self.u32_at(slot + live::STACK_ID).load(Ordering::Relaxed),
+                mean_bytes: self.u32_at(slot + live::MEAN_BYTES).load(Ordering::Relaxed),
+            };
+            // Only a double free could race here; the CAS makes the second one find nothing.
+            if key
+                .compare_exchange(addr, layout::LIVE_TOMBSTONE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return None;
+            }
+            filter_remove(addr);
+            self.u64_at(hdr::LIVE_COUNT).fetch_sub(1, Ordering::Relaxed);
+            return Some(e);
+        }
+        None
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Stack table
+
+    fn stack_frames_equal(&self, id: u32, frames: &[u64]) -> bool {
+        let off = self.region_start(Region::Stacks) + id as usize * layout::STACK_ALIGN;
+        let head = self.u64_at(off).load(Ordering::Acquire);
+        if (head & 0xffff) as usize != frames.len() {
+            return false;
+        }
+        frames
+            .iter()
+            .enumerate()
+            .all(|(i, &f)| self.u64_at(off + 8 + i * 8).load(Ordering::Relaxed) == f)
+    }
+
+    /// The id of this stack in the file, appending it if new. 0 if the region is full.
+    pub fn intern_stack(&self, frames: &[u64]) -> u32 {
+        if frames.is_empty() || frames.len() > layout::MAX_FRAMES {
+            return 0;
+        }
+        let check = layout::stack_check(frames);
+        let hash = layout::mix(u64::from(check) ^ frames[0]);
+        let mask = self.stack_index.len() - 1;
+        let mut pending_id = 0u32;
+        for probe in 0..64 {
+            let entry = &self.stack_index[(hash as usize + probe) & mask];
+            let cur = entry.load(Ordering::Acquire);
+            if cur != 0 {
+                let id = cur as u32;
+                if (cur >> 32) as u32 == check && self.stack_frames_equal(id, frames) {
+                    return id;
+                }
+                continue;
+            }
+            if pending_id == 0 {
+                pending_id = self.append_stack(frames, check);
+                if pending_id == 0 {
+                    return 0;
+                }
+            }
+            // Pairs with the acquire load above in other threads looking up the same stack.
+            match entry.compare_exchange(0, u64::from(check) << 32 | u64::from(pending_id), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return pending_id,
+                Err(now) => {
+                    // Someone filled the slot first; if it is our stack, use theirs (ours stays
+                    // in the file as a harmless duplicate).
+                    let id = now as u32;
+                    if (now >> 32) as u32 == check && self.stack_frames_equal(id, frames) {
+                        return id;
+                    }
+                }
+            }
+        }
+        pending_id
+    }
+
+    fn append_stack(&self, frames: &[u64], check: u32) -> u32 {
+        let (start, size) = self.regions[Region::Stacks as usize];
+        let bytes = 8 + frames.len() as u64 * 8;
+        let used = self.u64_at(hdr::STACKS_USED);
+        // Offset 0 is reserved so that stack id 0 means "no stack".
+        let _ = used.compare_exchange(0, 8, Ordering::Relaxed, Ordering::Relaxed);
+        let at = used.fetch_add(bytes, Ordering::Relaxed);
+        if at + bytes > size || (at / 8) > u64::from(u32::MAX) {
+            used.fetch_sub(bytes, Ordering::Relaxed);
+            self.u64_at(hdr::STACKS_DROPPED).fetch_add(1, Ordering::Relaxed);
+            return 0;
+        }
+        let off = (start + at) as usize;
+        for (i, &f) in frames.iter().enumerate() {
+            self.u64_at(off + 8 + i * 8).store(f, Ordering::Relaxed);
+        }
+        // Pairs with the acquire load in `stack_frames_equal` and with file readers.
+        self.u64_at(off).store(layout::stack_head(frames.len() as u16, check), Ordering::Release);
+        (at / 8) as u32
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Metadata log
+
+    /// Append a framed metadata record (from `leaktrace_format::encode_meta`). False if full.
+    pub fn append_meta(&self, framed: &[u8]) -> bool {
+        let (start, size) = self.regions[Region::Meta as usize];
+        let len = framed.len() as u64;
+        let used = self.u64_at(hdr::META_USED);
+        let at = used.fetch_add(len, Ordering::Relaxed);
+        if at + len > size {
+            used.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        let off = (start + at) as usize;
+        // Everything but the length word first; the length commits the record.
+        for i in (8..framed.len()).step_by(8) {
+            let w = u64::from_le_bytes(framed[i..i + 8].try_into().unwrap_or_default());
+            self.u64_at(off + i).store(w, Ordering::Relaxed);
+        }
+        let head = u64::from_le_bytes(framed[0..8].try_into().unwrap_or_default());
+        // Pairs with readers, which stop at the first zero length.
+        self.u64_at(off).store(head, Ordering::Release);
+        true
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // RSS series (one writer: the background thread)
+
+    /// Append an RSS sample. When the series is full, every other sample is dropped and the
+    /// spacing doubles, so the series always covers the whole run at bounded size.
+    pub fn push_rss(&self, t_ns: u64, rss_bytes: u64) -> bool {
+        let start = self.region_start(Region::Rss);
+        let count_word = self.u64_at(hdr::RSS_COUNT);
+        let mut count = count_word.load(Ordering::Relaxed);
+        let mut halved = false;
+        if count >= self.rss_capacity {
+            let keep = self.rss_capacity / 2;
+            // Shrink the visible count first, so a reader never sees half-moved samples as valid.
+            count_word.store(0, Ordering::Release);
+            for i in 0..keep {
+                let src = start + (2 * i as usize) * 16;
+                let dst = start + (i as usize) * 16;
+                let t = self.u64_at(src).load(Ordering::Relaxed);
+                let r = self.u64_at(src + 8).load(Ordering::Relaxed);
+                self.u64_at(dst).store(t, Ordering::Relaxed);
+                self.u64_at(dst + 8).store(r, Ordering::Relaxed);
+            }
+            count = keep;
+            count_word.store(count, Ordering::Release);
+            halved = true;
+        }
+        let at = start + count as usize * 16;
+        self.u64_at(at).store(t_ns, Ordering::Relaxed);
+        self.u64_at(at + 8).store(rss_bytes, Ordering::Relaxed);
+        count_word.store(count + 1, Ordering::Release);
+        halved
+    }
+
+    pub fn set_state(&self, s: layout::TraceState) {
+        self.u32_at(hdr::STATE).store(s as u32, Ordering::Release);
+    }
+
+    pub fn state(&self) -> u32 {
+        self.u32_at(hdr::STATE).load(Ordering::Acquire)
+    }
+
+    /// Used by tests to simulate a ring record half written when a kill arrives.
+    #[cfg(test)]
+    fn ring_u16(&self, off: usize) -> &AtomicU16 {
+        self.u16_at(off)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leaktrace_format::Trace;
+
+    struct Scratch {
+        mem: Vec<u64>,
+    }
+
+    fn with_mapped(size: u64, f: impl FnOnce(&Mapped, &dyn Fn() -> Vec<u8>)) {
+        let plan = layout::Plan::for_file_size(size).unwrap();
+        let mut s = Scratch { mem: vec![0u64; size as usize / 8] };
+        let base = s.mem.as_mut_ptr().cast::<u8>();
+        // SAFETY: `s.mem` outlives `m` (both dropped at the end of this function) and is plain
+        // process memory, so stores cannot fault.
+        let m = unsafe { Mapped::new(base, size as usize, &plan) };
+        m.write_header(42, 1, 2, 4096, 1000);
+        m.set_state(layout::TraceState::Tracing);
+        let snapshot = || {
+            // SAFETY: reading the same allocation as plain bytes; the test is single-threaded.
+            unsafe { std::slice::from_raw_parts(base, size as usize) }.to_vec()
+        };
+        f(&m, &snapshot);
+    }
+
+    fn event(addr: u64, kind: layout::EventKind) -> EventRecord {
+        EventRecord {
+            time_ns: addr,
+            addr,
+            size: 100,
+            stack_id: 1,
+            mean_bytes: 4096,
+            tid: 7,
+            kind,
+            api: layout::Api::Malloc,
+        }
+    }
+
+    #[test]
+    fn ring_wraps_and_keeps_the_newest() {
+        with_mapped(layout::MIN_FILE_SIZE, |m, snap| {
+            let cap = m.ring_capacity;
+            for i in 1..=cap * 3 + 5 {
+                m.push_event(&event(i * 16, layout::EventKind::Alloc));
+            }
+            let t = Trace::parse(&snap()).unwrap();
+            assert_eq!(t.events.len() as u64, cap);
+            assert_eq!(t.events.last().unwrap().addr, (cap * 3 + 5) * 16);
+            assert_eq!(t.events.first().unwrap().seq, 2 * cap + 6);
+            assert_eq!(t.health.overwritten_events, 2 * cap + 5);
+            assert!(!t.health.is_partial());
+        });
+    }
+
+    #[test]
+    fn torn_ring_record_is_skipped_and_counted() {
+        with_mapped(layout::MIN_FILE_SIZE, |m, snap| {
+            for i in 1..=10 {
+                m.push_event(&event(i * 16, layout::EventKind::Alloc));
+            }
+            // Damage record 5's size field, as a kill between stores would.
+            let off = m.region_start(Region::Ring) + 4 * EVENT_SIZE + ev::SIZE;
+            m.ring_u16(off).store(0xdead, Ordering::Relaxed);
+            let t = Trace::parse(&snap()).unwrap();
+            assert_eq!(t.events.len(), 9);
+            assert_eq!(t.health.torn_events, 1);
+            assert!(t.health.is_partial());
+        });
+    }
+
+    #[test]
+    fn live_table_insert_remove_and_read_back() {
+        with_mapped(layout::MIN_FILE_SIZE, |m, snap| {
+            let e = LiveEntry { size: 10, time_ns: 5, stack_id: 3, mean_bytes: 1 };
+            for i in 1..=500u64 {
+                assert!(m.live_insert(i * 16, LiveEntry { size: i, ..e }));
+                assert!(maybe_sampled(i * 16));
+            }
+            for i in (1..=500u64).step_by(2) {
+                assert_eq!(m.live_remove(i * 16).map(|e| e.size), Some(i));
+            }
+            assert!(m.live_remove(16).is_none(), "second free finds nothing");
+            assert!(m.live_remove(0xdead_0000).is_none());
+            let t = Trace::parse(&snap()).unwrap();
+            assert_eq!(t.live.len(), 250);
+            assert!(t.live.iter().all(|a| a.size % 2 == 0 && a.addr == a.size * 16));
+            // Re-inserting into tombstones works.
+            assert!(m.live_insert(16, e));
+            assert_eq!(m.live_remove(16).map(|e| e.size), Some(10));
+        });
+    }
+
+    #[test]
+    fn stacks_are_deduplicated_and_readable() {
+        with_mapped(layout::MIN_FILE_SIZE, |m, snap| {
+            let a = [0x1000u64, 0x2000, 0x3000];
+            let b = [0x1000u64, 0x2000];
+            let ia = m.intern_stack(&a);
+            let ib = m.intern_stack(&b);
+            assert_ne!(ia, 0);
+            assert_ne!(ia, ib);
+            assert_eq!(m.intern_stack(&a), ia);
+            let t = Trace::parse(&snap()).unwrap();
+            assert_eq!(t.stack(ia).unwrap(), a);
+            assert_eq!(t.stack(ib).unwrap(), b);
+            assert!(t.stack(0).is_none());
+            assert!(t.stack(ia + 1).is_none(), "an id inside a record is rejected");
+        });
+    }
+
+    #[test]
+    fn stack_region_full_counts_drops() {
+        with_mapped(layout::MIN_FILE_SIZE, |m, _| {
+            let mut last = 1;
+            for i in 0..100_000u64 {
+                last = m.intern_stack(&[i + 1; 64]);
+                if last == 0 {
+                    break;
+                }
+            }
+            assert_eq!(last, 0);
+            assert!(m.u64_at(hdr::STACKS_DROPPED).load(Ordering::Relaxed) >= 1);
+        });
+    }
+
+    #[test]
+    fn rss_series_halves_when_full() {
+        with_mapped(layout::MIN_FILE_SIZE, |m, snap| {
+            let cap = m.rss_capacity;
+            for i in 1..=cap + 1 {
+                m.push_rss(i * 1000, i);
+            }
+            let t = Trace::parse(&snap()).unwrap();
+            assert_eq!(t.rss.len() as u64, cap / 2 + 1);
+            assert_eq!(t.rss.first().unwrap().t_ns, 1000);
+            assert_eq!(t.rss.last().unwrap().t_ns, (cap + 1) * 1000);
+            assert!(t.rss.windows(2).all(|w| w[0].t_ns < w[1].t_ns));
+        });
+    }
+
+    #[test]
+    fn meta_records_roundtrip() {
+        with_mapped(layout::MIN_FILE_SIZE, |m, snap| {
+            let mut buf = [0u8; 512];
+            let p = leaktrace_format::ProcessInfo { pid: 9, exe: "/bin/x".into(), ..Default::default() };
+            let n = leaktrace_format::encode_meta(leaktrace_format::MetaKind::Process, &p, &mut buf).unwrap();
+            assert!(m.append_meta(&buf[..n]));
+            let t = Trace::parse(&snap()).unwrap();
+            assert_eq!(t.process.as_ref().unwrap().exe, "/bin/x");
+            assert_eq!(t.header.pid, 42);
+        });
+    }
+}

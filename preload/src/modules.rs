@@ -1,0 +1,160 @@
+//! The module map: which ELF objects are loaded where, with their build IDs, so stacks of raw
+//! addresses can be symbolized offline on another machine.
+//!
+//! Only called from the constructor and the background thread, never from a hook:
+//! `dl_iterate_phdr` takes the loader lock.
+
+use std::ffi::{c_int, c_void, CStr};
+
+use leaktrace_format::{ModuleRecord, Segment};
+
+/// The loader's counters of objects ever loaded and unloaded; when both are unchanged, so is
+/// the module map, and the background thread skips the walk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Generation {
+    pub adds: u64,
+    pub subs: u64,
+}
+
+struct Walk {
+    modules: Vec<ModuleRecord>,
+    generation: Generation,
+    exe: String,
+    tracer_addr: u64,
+}
+
+/// Runtime address range of this library's code, for trimming its own frames from stacks.
+pub fn tracer_text_range(modules: &[ModuleRecord]) -> (u64, u64) {
+    modules
+        .iter()
+        .find(|m| m.is_tracer)
+        .map(|m| {
+            let lo = m.segments.iter().map(|s| m.base + s.vaddr).min().unwrap_or(0);
+            let hi = m.segments.iter().map(|s| m.base + s.vaddr + s.memsz).max().unwrap_or(0);
+            (lo, hi)
+        })
+        .unwrap_or((0, 0))
+}
+
+/// The loader's counters alone: a walk that stops at the first object.
+pub fn generation() -> Generation {
+    unsafe extern "C" fn first(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
+        if size >= std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8 {
+            // SAFETY: dl_iterate_phdr passes a valid info of `size` bytes and our pointer.
+            unsafe { *data.cast::<Generation>() = Generation { adds: (*info).dlpi_adds, subs: (*info).dlpi_subs } };
+        }
+        1
+    }
+    let mut g = Generation::default();
+    // SAFETY: `first` matches the callback contract; `g` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(first), (&mut g as *mut Generation).cast()) };
+    g
+}
+
+/// Walk the loaded objects.
+pub fn snapshot(now_ns: u64) -> (Vec<ModuleRecord>, Generation) {
+    let mut walk = Walk {
+        modules: Vec::new(),
+        generation: Generation::default(),
+        exe: std::fs::read_link("/proc/self/exe")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        tracer_addr: snapshot as *const () as usize as u64,
+    };
+    // SAFETY: the callback matches dl_iterate_phdr's contract and only reads the info it is
+    // given; `walk` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(on_object), (&mut walk as *mut Walk).cast()) };
+    for m in &mut walk.modules {
+        m.seen_ns = now_ns;
+    }
+    (walk.modules, walk.generation)
+}
+
+unsafe extern "C" fn on_object(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
+    // SAFETY: dl_iterate_phdr passes a valid info of `size` bytes and our `data` pointer.
+    let (info, walk) = unsafe { (&*info, &mut *data.cast::<Walk>()) };
+    if size >= std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8 {
+        walk.generation = Generation { adds: info.dlpi_adds, subs: info.dlpi_subs };
+    }
+    let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+        &[]
+    } else {
+        // SAFETY: the loader guarantees dlpi_phnum program headers at dlpi_phdr.
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+    };
+    let name = if info.dlpi_name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: dlpi_name is a NUL-terminated string owned by the loader.
+        unsafe { CStr::from_ptr(info.dlpi_name) }.to_string_lossy().into_owned()
+    };
+    let is_main = walk.modules.is_empty() && name.is_empty();
+    let path = if is_main { walk.exe.clone() } else { name };
+    let base = info.dlpi_addr;
+    let segments: Vec<Segment> = phdrs
+        .iter()
+        .filter(|p| p.p_type == libc::PT_LOAD)
+        .map(|p| Segment { vaddr: p.p_vaddr, memsz: p.p_memsz, flags: p.p_flags })
+        .collect();
+    if segments.is_empty() {
+        return 0;
+    }
+    let build_id = phdrs
+        .iter()
+        .filter(|p| p.p_type == libc::PT_NOTE)
+        // SAFETY: PT_NOTE segments of a loaded object are mapped at base + p_vaddr.
+        .find_map(|p| unsafe { gnu_build_id(base + p.p_vaddr, p.p_memsz) })
+        .unwrap_or_default();
+    let mut m = ModuleRecord { path, base, build_id, segments, seen_ns: 0, is_tracer: false };
+    m.is_tracer = m.contains(walk.tracer_addr);
+    walk.modules.push(m);
+    0
+}
+
+/// Find NT_GNU_BUILD_ID in a note segment.
+///
+/// # Safety
+/// `[addr, addr + len)` must be readable memory.
+unsafe fn gnu_build_id(addr: u64, len: u64) -> Option<Vec<u8>> {
+    // SAFETY: the caller guarantees the range is readable.
+    let notes = unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) };
+    let word = |at: usize| -> Option<usize> {
+        Some(u32::from_ne_bytes(notes.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let align4 = |n: usize| (n + 3) & !3;
+    let mut pos = 0;
+    while pos + 12 <= notes.len() {
+        let (namesz, descsz, kind) = (word(pos)?, word(pos + 4)?, word(pos + 8)?);
+        let name_at = pos + 12;
+        let desc_at = name_at + align4(namesz);
+        let end = desc_at.checked_add(align4(descsz))?;
+        if end > notes.len() {
+            return None;
+        }
+        if kind == 3 && notes.get(name_at..name_at + namesz) == Some(b"GNU\0".as_slice()) {
+            return Some(notes[desc_at..desc_at + descsz].to_vec());
+        }
+        pos = end;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_finds_the_main_program_and_libc() {
+        let (mods, gen) = snapshot(5);
+        assert!(gen.adds >= 1);
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert_eq!(mods[0].path, exe.to_string_lossy());
+        assert!(mods.iter().any(|m| m.path.contains("libc.so")));
+        let libc = mods.iter().find(|m| m.path.contains("libc.so")).unwrap();
+        assert_eq!(libc.build_id.len(), 20, "Debian's libc has a SHA-1 build ID");
+        // The test binary contains `snapshot`, so it is the "tracer" here.
+        assert!(mods[0].is_tracer);
+        let (lo, hi) = tracer_text_range(&mods);
+        assert!(lo <= snapshot as *const () as usize as u64 && (snapshot as *const () as usize as u64) < hi);
+    }
+}

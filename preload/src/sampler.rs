@@ -1,0 +1,212 @@
+//! Per-thread Poisson sampling by bytes, and the re-entrancy guard that shares its cache line.
+//!
+//! Each thread counts down the bytes to its next sample point; the distance is drawn from an
+//! exponential distribution with the configured mean T, so every byte is equally likely to be
+//! the sample point and an allocation of s bytes is sampled with probability 1 - exp(-s/T).
+//! The exponential is memoryless, so drawing afresh after each sample keeps that probability
+//! exact whatever came before (see `leaktrace_format::sample_weight` for the estimator).
+//! The unsampled path is one subtraction and one compare on thread-local memory: no atomics,
+//! no floating point. T = 1 means "record everything": the distance is then always 0.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// `LEAKTRACE_SEED`, or a time-based value; each thread mixes in its creation number.
+pub static SEED: AtomicU64 = AtomicU64::new(0x5eed);
+
+/// Thread-local state of the hooks. `const`-initialised and without a destructor, so reaching
+/// it never allocates and is valid during thread start-up and teardown.
+pub struct ThreadState {
+    /// Set while this thread runs leaktrace code: allocations it makes pass straight through.
+    in_hook: Cell<bool>,
+    /// Bytes left before the next sample point; the allocation that brings it to <= 0 is sampled.
+    bytes_until_sample: Cell<i64>,
+    /// The mean the current distance was drawn with; a sample is credited with it.
+    mean_of_draw: Cell<u64>,
+    rng: Cell<u64>,
+    tid: Cell<u32>,
+}
+
+thread_local! {
+    pub static THREAD: ThreadState = const {
+        ThreadState {
+            in_hook: Cell::new(false),
+            // 0 sends the thread's first allocation to `draw_first`, which seeds the generator.
+            bytes_until_sample: Cell::new(0),
+            mean_of_draw: Cell::new(0),
+            rng: Cell::new(0),
+            tid: Cell::new(0),
+        }
+    };
+}
+
+/// Proof that the current thread is inside leaktrace; recording functions take `&Guard`.
+/// Restores the previous state when dropped, so nested guards are harmless.
+pub struct Guard<'a> {
+    state: &'a ThreadState,
+    was_in_hook: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.state.in_hook.set(self.was_in_hook);
+    }
+}
+
+/// Outcome of charging an allocation to the thread's sampler.
+pub enum Charge {
+    Skip,
+    /// Sample it, crediting the allocation with this mean.
+    Sample { mean_bytes: u64 },
+}
+
+impl ThreadState {
+    pub fn enter(&self) -> Guard<'_> {
+        let was_in_hook = self.in_hook.replace(true);
+        Guard { state: self, was_in_hook, _not_send: std::marker::PhantomData }
+    }
+
+    #[inline(always)]
+    pub fn in_hook(&self) -> bool {
+        self.in_hook.get()
+    }
+
+    /// Charge `size` bytes. The fast path; everything else is out of line.
+    #[inline(always)]
+    pub fn charge(&self, size: usize, mean_now: u64) -> Charge {
+        let left = self.bytes_until_sample.get().saturating_sub(size.min(i64::MAX as usize) as i64);
+        if left > 0 {
+            self.bytes_until_sample.set(left);
+            return Charge::Skip;
+        }
+        self.on_sample_point(size, mean_now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn on_sample_point(&self, size: usize, mean_now: u64) -> Charge {
+        let mean_now = mean_now.max(1);
+        if self.mean_of_draw.get() == 0 {
+            // First allocation of this thread: seed, draw, and charge it against the fresh distance.
+            self.seed(SEED.load(Ordering::Relaxed));
+            let left = self.draw(mean_now).saturating_sub(size.min(i64::MAX as usize) as i64);
+            self.mean_of_draw.set(mean_now);
+            if left > 0 {
+                self.bytes_until_sample.set(left);
+                return Charge::Skip;
+            }
+        }
+        let mean_bytes = self.mean_of_draw.get();
+        self.bytes_until_sample.set(self.draw(mean_now));
+        self.mean_of_draw.set(mean_now);
+        Charge::Sample { mean_bytes }
+    }
+
+    fn seed(&self, seed: u64) {
+        static THREADS: AtomicU64 = AtomicU64::new(0);
+        let n = THREADS.fetch_add(1, Ordering::Relaxed);
+        let s = leaktrace_format::layout::mix(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        self.rng.set(s | 1);
+    }
+
+    fn next_u64(&self) -> u64 {
+        // xorshift64*: fast, and good enough to drive an exponential draw.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// An exponential variate with mean `mean` bytes, at least 1; 0 when every allocation is
+    /// to be recorded.
+    fn draw(&self, mean: u64) -> i64 {
+        if mean <= 1 {
+            return 0;
+        }
+        // u in (0, 1]: 53 random bits, +1 so that ln(u) is finite.
+        let u = ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+        let d = -u.ln() * mean as f64;
+        (d as i64).saturating_add(1)
+    }
+
+    /// The kernel thread id, cached: gettid is a syscall.
+    pub fn tid(&self) -> u32 {
+        let t = self.tid.get();
+        if t != 0 {
+            return t;
+        }
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let t = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+        self.tid.set(t);
+        t
+    }
+
+    /// Forget per-process state in a forked child: its thread id changed.
+    pub fn reset_after_fork(&self) {
+        self.tid.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> ThreadState {
+        ThreadState {
+            in_hook: Cell::new(false),
+            bytes_until_sample: Cell::new(0),
+            mean_of_draw: Cell::new(0),
+            rng: Cell::new(0),
+            tid: Cell::new(0),
+        }
+    }
+
+    #[test]
+    fn every_allocation_is_sampled_at_mean_one() {
+        let t = fresh();
+        for size in [0usize, 1, 7, 1 << 20] {
+            assert!(matches!(t.charge(size, 1), Charge::Sample { mean_bytes: 1 }));
+        }
+    }
+
+    #[test]
+    fn sampled_bytes_estimate_is_unbiased() {
+        // Allocate 200 MB in 1000-byte blocks at T = 64 KiB: the weighted sum of the samples
+        // must come within a few percent of the truth.
+        let t = fresh();
+        let (size, mean, n) = (1000usize, 65536u64, 200_000u64);
+        let mut estimate = 0.0;
+        for _ in 0..n {
+            if let Charge::Sample { mean_bytes } = t.charge(size, mean) {
+                estimate += leaktrace_format::sample_weight(size as u64, mean_bytes);
+            }
+        }
+        let truth = (size as u64 * n) as f64;
+        assert!((estimate / truth - 1.0).abs() < 0.05, "estimate {estimate} vs {truth}");
+    }
+
+    #[test]
+    fn sample_count_follows_the_rate() {
+        // 10000 allocations of 100 bytes at T = 4096: about 1 - exp(-100/4096) ≈ 2.4% sampled.
+        let t = fresh();
+        let n = (0..10_000).filter(|_| matches!(t.charge(100, 4096), Charge::Sample { .. })).count();
+        assert!((170..320).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn guard_restores_nesting() {
+        let t = fresh();
+        {
+            let _a = t.enter();
+            assert!(t.in_hook());
+            {
+                let _b = t.enter();
+            }
+            assert!(t.in_hook());
+        }
+        assert!(!t.in_hook());
+    }
+}

@@ -1,0 +1,374 @@
+//! The tracer: process-wide state, start-up, the record paths behind the hooks, fork and exit.
+//!
+//! Cost budget per hook (see scripts/bench for the measured figures):
+//! - unsampled malloc: the real malloc, one relaxed load of `SAMPLING`, one of `MEAN`, and a
+//!   subtract-and-compare on thread-local memory. No atomics written, no floating point.
+//! - free of an unsampled pointer: the real free plus one relaxed byte load from the counting
+//!   filter (`mapped::maybe_sampled`).
+//! - sampled allocation (one per ~512 KiB allocated by default): a stack unwind, a lock-free
+//!   stack-table lookup, a live-table insert and a 48-byte ring append, all in the mapping.
+//!
+//! Nothing on these paths takes a lock, so a signal handler that allocates, or a fork from
+//! another thread, cannot find one held.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use leaktrace_format::layout::{self, hdr, Api, EventKind, TraceState};
+use leaktrace_format::{encode_meta, MetaKind, ProcessInfo, SamplingChange};
+
+use crate::config::Config;
+use crate::mapped::{self, EventRecord, LiveEntry, Mapped};
+use crate::sampler::{Charge, Guard, ThreadState, THREAD};
+use crate::{file, modules, warn};
+
+/// True while new allocations are being sampled (not dormant, not failed).
+static SAMPLING: AtomicBool = AtomicBool::new(false);
+/// The sampling mean in force, in bytes.
+static MEAN: AtomicU64 = AtomicU64::new(crate::config::DEFAULT_SAMPLE_BYTES);
+/// The active trace; null before start-up, after a failure to start, and in a forked child
+/// until it starts its own trace.
+static TRACER: AtomicPtr<Tracer> = AtomicPtr::new(std::ptr::null_mut());
+/// Settings read once at start-up; a forked child reuses them rather than reading the
+/// environment (std's environment lock may have been held by another thread at the fork).
+static CONFIG: OnceLock<Config> = OnceLock::new();
+/// Set in a forked child: its own trace starts at its first sample point, so a child that only
+/// execs never creates a file.
+static CHILD_PENDING: AtomicBool = AtomicBool::new(false);
+/// This library's code range; frames inside it are trimmed from the top of every stack.
+static TRACER_TEXT: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Most frames captured per sample.
+const MAX_CAPTURE: usize = 64;
+
+pub struct Tracer {
+    pub mapped: Mapped,
+    start_mono_ns: u64,
+}
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Tracer {
+    pub fn now_ns(&self) -> u64 {
+        mono_ns().saturating_sub(self.start_mono_ns)
+    }
+
+    fn append_meta<T: serde::Serialize>(&self, kind: MetaKind, value: &T) -> bool {
+        let mut buf = vec![0u8; 64 << 10];
+        match encode_meta(kind, value, &mut buf) {
+            Some(n) => self.mapped.append_meta(&buf[..n]),
+            None => false,
+        }
+    }
+
+    pub fn record_modules(&self, mods: &[leaktrace_format::ModuleRecord]) {
+        for m in mods {
+            if !self.append_meta(MetaKind::Module, m) {
+                self.mapped.header(hdr::EVENTS_DROPPED).fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+pub fn current() -> Option<&'static Tracer> {
+    let p = TRACER.load(Ordering::Acquire);
+    // SAFETY: TRACER only ever holds null or a pointer from `Box::leak`, never freed.
+    unsafe { p.as_ref() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hook paths
+
+/// Called after every successful allocation.
+#[inline(always)]
+pub fn on_alloc(p: *mut c_void, size: usize, api: Api) {
+    if p.is_null() || !SAMPLING.load(Ordering::Relaxed) {
+        return;
+    }
+    THREAD.with(|t| {
+        if t.in_hook() {
+            return;
+        }
+        if let Charge::Sample { mean_bytes } = t.charge(size, MEAN.load(Ordering::Relaxed)) {
+            record_alloc(t, p as u64, size as u64, api, mean_bytes);
+        }
+    });
+}
+
+/// Called before every free (and before realloc moves or frees a block).
+#[inline(always)]
+pub fn on_free(p: *mut c_void, api: Api) {
+    if !p.is_null() && mapped::maybe_sampled(p as u64) {
+        record_free(p as u64, api);
+    }
+}
+
+/// Take `p` out of the live table ahead of a realloc that may move it; the caller puts it back
+/// with [`restore_live`] if the realloc fails. Removing first means no other thread can be handed
+/// `p` by the allocator while it is still in the table.
+pub fn take_live(p: *mut c_void) -> Option<LiveEntry> {
+    if p.is_null() || !mapped::maybe_sampled(p as u64) {
+        return None;
+    }
+    current()?.mapped.live_remove(p as u64)
+}
+
+pub fn restore_live(p: *mut c_void, e: LiveEntry) {
+    if let Some(t) = current() {
+        t.mapped.live_insert(p as u64, e);
+    }
+}
+
+/// Record the end of a sampled allocation taken out with [`take_live`].
+pub fn record_taken_free(p: *mut c_void, e: LiveEntry, api: Api) {
+    if let Some(t) = current() {
+        push_free(t, p as u64, e, api);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes: u64) {
+    let guard = thread.enter();
+    let tracer = match current() {
+        Some(t) => t,
+        None if CHILD_PENDING.swap(false, Ordering::AcqRel) => match start_child(&guard) {
+            Some(t) => t,
+            None => return,
+        },
+        None => return,
+    };
+    let mut frames = [0u64; MAX_CAPTURE];
+    let n = capture_stack(&guard, &mut frames);
+    let stack_id = tracer.mapped.intern_stack(&frames[..n]);
+    let time_ns = tracer.now_ns();
+    let mean32 = mean_bytes.min(u64::from(u32::MAX)) as u32;
+    let entry = LiveEntry { size, time_ns, stack_id, mean_bytes: mean32 };
+    if !tracer.mapped.live_insert(addr, entry) {
+        // Without a live entry the free could not be matched; an event alone would read as a leak.
+        return;
+    }
+    tracer.mapped.push_event(&EventRecord {
+        time_ns,
+        addr,
+        size,
+        stack_id,
+        mean_bytes: mean32,
+        tid: thread.tid(),
+        kind: EventKind::Alloc,
+        api,
+    });
+    tracer.mapped.header(hdr::SAMPLED_ALLOCS).fetch_add(1, Ordering::Relaxed);
+}
+
+#[cold]
+#[inline(never)]
+fn record_free(addr: u64, api: Api) {
+    let Some(tracer) = current() else { return };
+    if let Some(e) = tracer.mapped.live_remove(addr) {
+        push_free(tracer, addr, e, api);
+    }
+}
+
+fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
+    // Frees are recorded even from inside leaktrace itself (a sampled block can reach free
+    // from anywhere); they only touch the mapping, so no guard is needed.
+    let tid = THREAD.with(|t| t.tid());
+    tracer.mapped.push_event(&EventRecord {
+        time_ns: tracer.now_ns(),
+        addr,
+        size: e.size,
+        stack_id: e.stack_id,
+        mean_bytes: e.mean_bytes,
+        tid,
+        kind: EventKind::Free,
+        api,
+    });
+    tracer.mapped.header(hdr::SAMPLED_FREES).fetch_add(1, Ordering::Relaxed);
+}
+
+/// Unwind the current stack into `out`, dropping the frames of leaktrace itself so the first
+/// frame is the caller of the allocation function. Returns the number of frames.
+fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE]) -> usize {
+    let (lo, hi) = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+    let mut n = 0;
+    let mut in_tracer = true;
+    // SAFETY: `trace_unsynchronized` requires that no other thread unwinds through the same
+    // backtrace-crate state concurrently in a way that needs its lock; with the libgcc unwinder
+    // used on Linux there is no such state (each call is independent), and allocations the
+    // unwinder makes are passed through by the guard we hold.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            let ip = frame.ip() as u64;
+            if in_tracer && ip >= lo && ip < hi {
+                return true;
+            }
+            in_tracer = false;
+            if ip < 4096 {
+                // The outermost frame's return address is 0: the end of the stack.
+                return false;
+            }
+            out[n] = ip;
+            n += 1;
+            n < MAX_CAPTURE
+        });
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up
+
+/// The library constructor: resolve the real allocator, read the settings, start tracing.
+pub fn on_load() {
+    crate::real::resolve();
+    THREAD.with(|t| {
+        let guard = t.enter();
+        // setuid and other secure-execution programs must not be traced (the file would be
+        // written with their privileges where an unprivileged user said).
+        // SAFETY: getauxval has no preconditions.
+        if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+            return;
+        }
+        let config = match Config::from_lookup(|k| std::env::var(k).ok()) {
+            Ok(c) => c,
+            Err(e) => {
+                warn(&format!("{e}; tracing disabled"));
+                return;
+            }
+        };
+        let seed = config.seed.unwrap_or_else(|| mono_ns() ^ u64::from(std::process::id()) << 32);
+        crate::sampler::SEED.store(seed, Ordering::Relaxed);
+        let (mods, _) = modules::snapshot(0);
+        let _ = TRACER_TEXT.set(modules::tracer_text_range(&mods));
+        let config = CONFIG.get_or_init(|| config);
+        if start(&guard, config, false).is_some() {
+            // SAFETY: `after_fork_in_child` is an `extern "C" fn()` that stays valid for the
+            // life of the process; the other two handlers are absent.
+            unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        }
+    });
+}
+
+/// Create and map the trace file, write what is known up front, start the background thread.
+fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static Tracer> {
+    let pid = std::process::id();
+    let plan = layout::Plan::for_file_size(config.file_size)?;
+    let (path, base) = match file::create_mapped(&config.path_for(pid, is_child), config.file_size) {
+        Ok(v) => v,
+        Err(e) => {
+            warn(&format!("{e}; tracing disabled"));
+            return None;
+        }
+    };
+    // SAFETY: `create_mapped` returns a shared writable mapping of exactly `file_size` bytes,
+    // with its blocks allocated, that is never unmapped; `plan` is for that size.
+    let mapped = unsafe { Mapped::new(base, config.file_size as usize, &plan) };
+    let start_mono_ns = mono_ns();
+    mapped.write_header(pid, unix_ns(), start_mono_ns, config.sample_bytes, config.rss_ms);
+    let tracer: &'static Tracer = Box::leak(Box::new(Tracer { mapped, start_mono_ns }));
+    let info = process_info(pid);
+    tracer.append_meta(MetaKind::Process, &info);
+    tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes: config.sample_bytes });
+    MEAN.store(config.sample_bytes, Ordering::Relaxed);
+    tracer.mapped.set_state(if config.start_paused { TraceState::Paused } else { TraceState::Tracing });
+    // Pairs with the acquire load in `current`.
+    TRACER.store(tracer as *const Tracer as *mut Tracer, Ordering::Release);
+    SAMPLING.store(!config.start_paused, Ordering::Relaxed);
+    if let Err(e) = crate::background::spawn(tracer, config.rss_ms) {
+        warn(&format!("cannot start the background thread ({e}); no RSS series or module updates in {path}"));
+    }
+    Some(tracer)
+}
+
+fn start_child(guard: &Guard<'_>) -> Option<&'static Tracer> {
+    let config = CONFIG.get()?;
+    start(guard, config, true)
+}
+
+fn process_info(pid: u32) -> ProcessInfo {
+    let cmdline = std::fs::read("/proc/self/cmdline")
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut host = [0u8; 256];
+    // SAFETY: `host` is a writable buffer of the length we pass.
+    let hostname = if unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0 {
+        let end = host.iter().position(|&c| c == 0).unwrap_or(host.len());
+        String::from_utf8_lossy(&host[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    ProcessInfo {
+        pid,
+        // SAFETY: getppid has no preconditions.
+        ppid: unsafe { libc::getppid() } as u32,
+        exe: std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        cmdline,
+        hostname,
+        tracer_version: env!("CARGO_PKG_VERSION").into(),
+        unwinder: "backtrace".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtime control, fork and exit
+
+/// Apply a `leak-analyze ctl` request found in the header by the background thread.
+pub fn apply_control(tracer: &Tracer, control: u32, mean_bytes: u64) {
+    let m = &tracer.mapped;
+    if m.state() == TraceState::Failed as u32 {
+        return;
+    }
+    match control {
+        c if c == layout::Control::Pause as u32 => {
+            SAMPLING.store(false, Ordering::Relaxed);
+            m.set_state(TraceState::Paused);
+        }
+        c if c == layout::Control::Resume as u32 => {
+            m.set_state(TraceState::Tracing);
+            SAMPLING.store(true, Ordering::Relaxed);
+        }
+        c if c == layout::Control::SetMeanBytes as u32 && (1..=u64::from(u32::MAX)).contains(&mean_bytes) => {
+            MEAN.store(mean_bytes, Ordering::Relaxed);
+            m.header(hdr::CURRENT_MEAN_BYTES).store(mean_bytes, Ordering::Relaxed);
+            tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: tracer.now_ns(), mean_bytes });
+        }
+        _ => {}
+    }
+}
+
+/// In a forked child the parent's trace must never be written again: it belongs to the
+/// parent, and both processes would interleave records. The child starts its own trace, with
+/// its own pid in the name, at its first sample point.
+extern "C" fn after_fork_in_child() {
+    TRACER.store(std::ptr::null_mut(), Ordering::Release);
+    CHILD_PENDING.store(SAMPLING.load(Ordering::Relaxed), Ordering::Release);
+    THREAD.with(|t| t.reset_after_fork());
+}
+
+/// The library destructor: runs at a normal `exit`, after `main` returns.
+pub fn on_unload() {
+    if let Some(t) = current() {
+        let m = &t.mapped;
+        m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
+        crate::background::sample_rss(t);
+        m.u32_at(hdr::END_REASON).store(layout::EndReason::Exit as u32, Ordering::Release);
+    }
+}
