@@ -1007,6 +1007,7 @@ int main(int argc, char **) {
             base: BASE,
             build_id,
             segments,
+            ..Default::default()
         }
     }
 
@@ -1365,6 +1366,7 @@ int main(int argc, char **) {
             base: BASE,
             build_id: Vec::new(),
             segments,
+            ..Default::default()
         };
         let s = Symbolizer::new(&[rec], &SymbolizeOptions::default());
         assert!(one(&s, addr).is_empty());
@@ -1541,6 +1543,7 @@ int main(int argc, char **) {
                     flags: 5,
                 },
             ],
+            ..Default::default()
         });
         let s = Symbolizer::new(&modules, &SymbolizeOptions::default());
         let offs = addr - BASE;
