@@ -43,7 +43,7 @@ pub struct LiveEntry {
 /// Counting filter in front of the live table: a zero counter proves an address was never
 /// sampled (or has been freed), so the free of an unsampled pointer reads one byte and returns.
 /// Counters saturate at 255 and then stay there, which only costs lookups, never correctness.
-const FILTER_BITS: u32 = 20;
+const FILTER_BITS: u32 = 15;
 static FILTER: [AtomicU8; 1 << FILTER_BITS] = [const { AtomicU8::new(0) }; 1 << FILTER_BITS];
 
 #[inline(always)]
