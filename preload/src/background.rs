@@ -12,7 +12,7 @@ use crate::sampler::THREAD;
 use crate::tracer::{apply_control, Tracer};
 
 /// How often `ctl` requests and module changes are looked for, whatever the RSS interval.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(50);
 
 struct Start {
     tracer: &'static Tracer,

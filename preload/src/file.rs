@@ -11,9 +11,10 @@ use std::ffi::CString;
 /// Blocks are allocated up front: a store into a mapped page with no block behind it would
 /// raise SIGBUS in the traced program when the disk is full.
 pub fn create_mapped(path: &str, size: u64) -> Result<(String, *mut u8), String> {
+    within_file_size_limit(size)?;
     let mut candidates = vec![path.to_string()];
     if !path.starts_with('/') {
-        let tmp = std::env::var("TMPDIR").ok().filter(|t| t.starts_with('/')).unwrap_or_else(|| "/tmp".into());
+        let tmp = getenv(c"TMPDIR").filter(|t| t.starts_with('/')).unwrap_or_else(|| "/tmp".into());
         candidates.push(format!("{}/{}", tmp.trim_end_matches('/'), path));
     }
     let mut last_err = String::new();
@@ -24,6 +25,30 @@ pub fn create_mapped(path: &str, size: u64) -> Result<(String, *mut u8), String>
         }
     }
     Err(last_err)
+}
+
+/// libc's getenv: unlike std::env::var it takes no lock, and this runs in forked children,
+/// where a lock held by another parent thread at the fork would never be released.
+fn getenv(name: &std::ffi::CStr) -> Option<String> {
+    // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string that
+    // stays valid until the environment is modified, and we copy it at once.
+    let v = unsafe { libc::getenv(name.as_ptr()) };
+    // SAFETY: non-null results of getenv point to a NUL-terminated string.
+    (!v.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(v) }.to_string_lossy().into_owned())
+}
+
+/// Growing a file past RLIMIT_FSIZE raises SIGXFSZ, whose default action kills the process:
+/// refuse such a size before trying.
+fn within_file_size_limit(size: u64) -> Result<(), String> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) } == 0
+        && lim.rlim_cur != libc::RLIM_INFINITY
+        && size > lim.rlim_cur as u64
+    {
+        return Err(format!("LEAKTRACE_FILE_SIZE={size} exceeds the file size limit (ulimit -f) of {} bytes", lim.rlim_cur));
+    }
+    Ok(())
 }
 
 fn errno_text() -> String {

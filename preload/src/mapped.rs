@@ -252,7 +252,12 @@ impl Mapped {
             self.u64_at(hdr::LIVE_COUNT).fetch_add(1, Ordering::Relaxed);
             return true;
         }
-        self.u64_at(hdr::LIVE_DROPPED).fetch_add(1, Ordering::Relaxed);
+        if self.u64_at(hdr::LIVE_DROPPED).fetch_add(1, Ordering::Relaxed) == 0 {
+            crate::warn(
+                "the live-allocation table is full; further sampled allocations are counted as dropped \
+                 (raise LEAKTRACE_FILE_SIZE or LEAKTRACE_SAMPLE_BYTES)",
+            );
+        }
         false
     }
 
@@ -355,7 +360,11 @@ impl Mapped {
         let at = used.fetch_add(bytes, Ordering::Relaxed);
         if at + bytes > size || (at / 8) > u64::from(u32::MAX) {
             used.fetch_sub(bytes, Ordering::Relaxed);
-            self.u64_at(hdr::STACKS_DROPPED).fetch_add(1, Ordering::Relaxed);
+            if self.u64_at(hdr::STACKS_DROPPED).fetch_add(1, Ordering::Relaxed) == 0 {
+                crate::warn(
+                    "the stack table is full; new call stacks are recorded as unknown (raise LEAKTRACE_FILE_SIZE)",
+                );
+            }
             return 0;
         }
         let off = (start + at) as usize;
