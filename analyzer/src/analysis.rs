@@ -50,6 +50,29 @@ fn estimate(size: u64, mean: u64) -> (f64, f64) {
     (sample_weight(size, mean), 1.0 / p)
 }
 
+/// The times at which every site's `series` is sampled: `SERIES_POINTS` even steps up to `end_ns`.
+pub fn series_times(end_ns: u64) -> Vec<u64> {
+    (1..=SERIES_POINTS).map(|i| (end_ns as u128 * i as u128 / SERIES_POINTS as u128) as u64).collect()
+}
+
+impl Analysis {
+    /// Times of the points of each site's `series`.
+    pub fn series_times(&self) -> Vec<u64> {
+        series_times(self.end_ns)
+    }
+
+    /// Estimated live heap (all sites with unfreed memory) at each of `series_times`.
+    pub fn heap_series(&self) -> Vec<f64> {
+        let mut heap = vec![0.0; SERIES_POINTS];
+        for s in &self.sites {
+            for (h, v) in heap.iter_mut().zip(&s.series) {
+                *h += v;
+            }
+        }
+        heap
+    }
+}
+
 pub fn analyze(trace: &Trace) -> Analysis {
     let tracer_modules: Vec<_> = trace.modules.iter().filter(|m| m.is_tracer).collect();
     let mut stacks: HashMap<u32, Vec<u64>> = HashMap::new();
@@ -143,8 +166,7 @@ pub fn analyze(trace: &Trace) -> Analysis {
         }
     }
 
-    let series_times: Vec<u64> =
-        (1..=SERIES_POINTS).map(|i| (end_ns as u128 * i as u128 / SERIES_POINTS as u128) as u64).collect();
+    let series_times = series_times(end_ns);
     deltas.resize_with(sites.len(), Vec::new);
     for (site, mut d) in sites.iter_mut().zip(deltas) {
         d.sort_by_key(|&(t, _)| t);

@@ -14,6 +14,8 @@ use crate::symbolize::{SourceFrame, Symbolizer};
 #[derive(Serialize)]
 pub struct Report {
     pub format_version: String,
+    /// One sentence: the likely answer.
+    pub summary: String,
     /// True when damage (truncation, torn records) made the trace incomplete.
     pub partial: bool,
     pub health_notes: Vec<String>,
@@ -21,6 +23,7 @@ pub struct Report {
     pub sampling: Sampling,
     pub totals: Totals,
     pub rss: Vec<RssPoint>,
+    pub rss_vs_heap: Option<RssVsHeap>,
     pub sites: Vec<SiteOut>,
     pub symbolization_warnings: Vec<String>,
 }
@@ -59,6 +62,17 @@ pub struct Totals {
 pub struct RssPoint {
     pub t_ns: u64,
     pub rss_bytes: u64,
+}
+
+/// Does the sampled heap explain the RSS growth, or is memory growing outside malloc?
+#[derive(Serialize)]
+pub struct RssVsHeap {
+    pub rss_growth_bytes: f64,
+    pub heap_growth_bytes: f64,
+    /// heap growth / RSS growth, when RSS grew.
+    pub explained_fraction: Option<f64>,
+    /// RSS grew by much more than the heap: fragmentation, mmap, thread stacks.
+    pub growth_outside_heap: bool,
 }
 
 #[derive(Serialize)]
@@ -117,7 +131,7 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
 
     let h = &trace.header;
     let process = trace.process.clone().unwrap_or_default();
-    let sites = analysis
+    let sites: Vec<SiteOut> = analysis
         .sites
         .iter()
         .enumerate()
@@ -135,8 +149,11 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
             frames: s.frames.iter().flat_map(|&a| frames_out(a)).collect(),
         })
         .collect();
+    let rss_vs_heap = compare_rss_with_heap(trace, analysis);
+    let summary = summarize(&sites, rss_vs_heap.as_ref());
     Report {
         format_version: format!("{}.{}", h.version_major, h.version_minor),
+        summary,
         partial: trace.health.is_partial(),
         health_notes: trace.health.notes.clone(),
         process: Process {
@@ -158,8 +175,82 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
             dropped_events: h.events_dropped + h.live_dropped,
         },
         rss: trace.rss.iter().map(|r| RssPoint { t_ns: r.t_ns, rss_bytes: r.rss_bytes }).collect(),
+        rss_vs_heap,
         sites,
         symbolization_warnings: symbolizer.warnings(),
+    }
+}
+
+/// RSS growth at least this large, and this much more than the heap's, is flagged as outside malloc.
+const OUTSIDE_HEAP_MIN_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
+const OUTSIDE_HEAP_MAX_EXPLAINED: f64 = 0.5;
+
+fn compare_rss_with_heap(trace: &Trace, analysis: &Analysis) -> Option<RssVsHeap> {
+    let (first, last) = (trace.rss.first()?, trace.rss.last()?);
+    if last.t_ns <= first.t_ns {
+        return None;
+    }
+    let times = analysis.series_times();
+    let heap = analysis.heap_series();
+    let heap_at = |t: u64| -> f64 {
+        // The series point at or just before t (0 before the first point).
+        times.iter().zip(&heap).take_while(|(&ts, _)| ts <= t).last().map_or(0.0, |(_, &h)| h)
+    };
+    let rss_growth = last.rss_bytes as f64 - first.rss_bytes as f64;
+    let heap_growth = heap_at(last.t_ns) - heap_at(first.t_ns);
+    let explained = (rss_growth > 0.0).then(|| (heap_growth / rss_growth).clamp(0.0, 10.0));
+    Some(RssVsHeap {
+        rss_growth_bytes: rss_growth,
+        heap_growth_bytes: heap_growth.round(),
+        explained_fraction: explained.map(|e| (e * 1000.0).round() / 1000.0),
+        growth_outside_heap: rss_growth >= OUTSIDE_HEAP_MIN_BYTES
+            && explained.is_some_and(|e| e < OUTSIDE_HEAP_MAX_EXPLAINED),
+    })
+}
+
+/// "where, in source terms" for a site: its first frame with a name.
+pub fn site_label(s: &SiteOut) -> String {
+    s.frames
+        .iter()
+        .find(|f| f.function.is_some())
+        .map(|f| match (&f.function, &f.file, f.line) {
+            (Some(func), Some(file), Some(line)) => {
+                let short = Path::new(file).file_name().map_or(file.as_str(), |n| n.to_str().unwrap_or(file));
+                format!("`{func}` at {short}:{line}")
+            }
+            (Some(func), _, _) => format!("`{func}`"),
+            _ => String::new(),
+        })
+        .or_else(|| s.frames.first().map(|f| format!("{} in {}", f.address, f.module.as_deref().unwrap_or("?"))))
+        .unwrap_or_else(|| "an unknown call stack".into())
+}
+
+fn summarize(sites: &[SiteOut], rss: Option<&RssVsHeap>) -> String {
+    let rss_part = match rss {
+        Some(r) if r.rss_growth_bytes > 0.0 => {
+            let explained = r.explained_fraction.map_or(String::new(), |e| {
+                format!(", {:.0}% of it explained by sampled heap growth", (e * 100.0).min(100.0))
+            });
+            let outside = if r.growth_outside_heap { " — most of the growth is outside malloc'd memory (fragmentation, mmap, thread stacks)" } else { "" };
+            format!("; RSS grew {} over the trace{explained}{outside}", human_bytes(r.rss_growth_bytes))
+        }
+        _ => String::new(),
+    };
+    match sites.iter().find(|s| s.growing) {
+        Some(s) => format!(
+            "{} grows {}/min with confidence {:.2}{rss_part}.",
+            site_label(s),
+            human_bytes(s.growth_bytes_per_sec * 60.0),
+            s.trend_confidence
+        ),
+        None => match sites.first() {
+            Some(s) => format!(
+                "No call site's live memory grows steadily; the largest unfreed site is {} with {}{rss_part}.",
+                site_label(s),
+                human_bytes(s.unfreed_bytes)
+            ),
+            None => format!("No sampled allocation was left unfreed{rss_part}."),
+        },
     }
 }
 
@@ -195,6 +286,7 @@ pub fn render_text(r: &Report, top: usize) -> String {
         r.totals.sampled_events,
         r.totals.dropped_events
     );
+    let _ = writeln!(o, "\n{}\n", r.summary);
     if r.partial {
         let _ = writeln!(o, "PARTIAL: the trace is damaged; figures cover what could be read");
     }
