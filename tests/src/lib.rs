@@ -1,0 +1,795 @@
+//! Helpers for leaktrace's end-to-end tests (the pattern of ripgrep's `tests/util.rs`).
+//!
+//! A test makes a [`TestDir`] (a fresh scratch directory under `target/lt-tests/<name>/`),
+//! compiles one of the small leaking programs of `tests/programs/` into it, runs it under
+//! `libleaktrace.so` with every `LEAKTRACE_*` variable set explicitly ([`Settings`]), and reads
+//! `leak-analyze report TRACE --format json` back as a [`Report`].
+//!
+//! Each program prints on stdout one JSON line of what it knows it leaked; tests compare the
+//! report with those numbers rather than with constants repeated here.
+//!
+//! Every failure panics with enough context to diagnose it without re-running: the command,
+//! the program's stderr, the analyzer's stderr, and the path of the saved report.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a traced program or the analyzer may run before the test gives up on it.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Most a JSON report or stderr is echoed into a panic message.
+const ECHO_LIMIT: usize = 6000;
+
+// ---------------------------------------------------------------------------------------------
+// The repository and its build products
+
+/// Paths of the workspace and of the two release build products under test.
+pub struct Repo {
+    pub root: PathBuf,
+    /// Cargo's target directory; scratch directories go in `<target>/lt-tests/`.
+    pub target: PathBuf,
+    pub preload: PathBuf,
+    pub analyzer: PathBuf,
+    pub programs: PathBuf,
+}
+
+/// The repository, checked once: both build products must exist.
+pub fn repo() -> &'static Repo {
+    static REPO: OnceLock<Repo> = OnceLock::new();
+    REPO.get_or_init(|| {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let root = manifest.parent().expect("tests/ has a parent directory").to_path_buf();
+        let target = target_dir(&root);
+        let release = target.join("release");
+        let preload = release.join("libleaktrace.so");
+        let analyzer = release.join("leak-analyze");
+        for p in [&preload, &analyzer] {
+            assert!(
+                p.is_file(),
+                "{} does not exist: run `cargo build --release` first (these tests use the release \
+                 build products, whatever profile the tests themselves are built with)",
+                p.display()
+            );
+        }
+        // `cargo test -p leaktrace-tests` does not rebuild them: refuse to test stale ones.
+        if std::env::var_os("LEAKTRACE_TESTS_ALLOW_STALE").is_none() {
+            for (artifact, crates) in [(&preload, &["preload", "format"][..]), (&analyzer, &["analyzer", "format"][..])] {
+                let built = mtime(artifact);
+                for c in crates {
+                    if let Some((newer, t)) = newest_source(&root.join(c)) {
+                        assert!(
+                            t <= built,
+                            "{} is older than {}: run `cargo build --release` first \
+                             (or set LEAKTRACE_TESTS_ALLOW_STALE=1 to test it anyway)",
+                            artifact.display(),
+                            newer.display()
+                        );
+                    }
+                }
+            }
+        }
+        Repo { programs: manifest.join("programs"), root, target, preload, analyzer }
+    })
+}
+
+/// `$CARGO_TARGET_DIR` if set (relative to the workspace root), else `<root>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => root.join(d),
+        None => root.join("target"),
+    }
+}
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH)
+}
+
+/// The most recently modified file a crate's library or binaries are built from: its
+/// `Cargo.toml`, `build.rs` and the `*.rs` under `src/` (not its tests or benches).
+fn newest_source(dir: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
+    let mut best: Option<(PathBuf, std::time::SystemTime)> = None;
+    for f in ["Cargo.toml", "build.rs"] {
+        let p = dir.join(f);
+        if p.is_file() {
+            let t = mtime(&p);
+            if best.as_ref().map(|(_, bt)| t > *bt) != Some(false) {
+                best = Some((p, t));
+            }
+        }
+    }
+    let mut stack = vec![dir.join("src")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let t = mtime(&p);
+                let newer = match &best {
+                    Some((_, bt)) => t > *bt,
+                    None => true,
+                };
+                if newer {
+                    best = Some((p, t));
+                }
+            }
+        }
+    }
+    best
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch directories and compilation
+
+/// A scratch directory for one test, emptied when made: `target/lt-tests/<name>/` (under
+/// `$CARGO_TARGET_DIR` when that is set).
+/// Names must be unique across the suite so tests can run in parallel.
+pub struct TestDir {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        let path = repo().target.join("lt-tests").join(name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).unwrap_or_else(|e| panic!("cannot empty {}: {e}", path.display()));
+        }
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TestDir { path, name: name.to_string() }
+    }
+
+    /// Compile `tests/programs/<source>` into this directory and return the executable.
+    ///
+    /// `.c` with `cc`, `.cpp` with `c++` (both `-g -O0 -fno-omit-frame-pointer -pthread`), `.rs`
+    /// with `rustc -g -C opt-level=0 -C force-frame-pointers=yes`.
+    pub fn compile(&self, source: &str) -> PathBuf {
+        let src = repo().programs.join(source);
+        assert!(src.is_file(), "no test program {}", src.display());
+        let stem = Path::new(source).file_stem().unwrap().to_string_lossy().into_owned();
+        let exe = self.path.join(&stem);
+        let mut cmd = match Path::new(source).extension().and_then(|e| e.to_str()) {
+            Some("c") => {
+                let mut c = Command::new(env_or("CC", "cc"));
+                c.args(["-g", "-O0", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"]).arg(&exe).arg(&src);
+                c
+            }
+            Some("cpp") => {
+                let mut c = Command::new(env_or("CXX", "c++"));
+                c.args(["-g", "-O0", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"]).arg(&exe).arg(&src);
+                c
+            }
+            Some("rs") => {
+                let mut c = Command::new(env_or("RUSTC", "rustc"));
+                c.args(["-g", "-C", "opt-level=0", "-C", "force-frame-pointers=yes", "--edition", "2021", "-o"])
+                    .arg(&exe)
+                    .arg(&src);
+                c
+            }
+            _ => panic!("don't know how to compile {source}"),
+        };
+        let out = run_with_timeout(&mut cmd, None);
+        assert!(
+            out.status.success(),
+            "compiling {source} failed ({}):\n$ {}\n--- stderr ---\n{}",
+            out.status,
+            show_command(&cmd),
+            clip(&out.stderr)
+        );
+        exe
+    }
+
+    /// Every file in the directory whose name starts with `prefix`, sorted.
+    pub fn files_starting_with(&self, prefix: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.path)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn env_or(var: &str, default: &str) -> OsString {
+    std::env::var_os(var).filter(|v| !v.is_empty()).unwrap_or_else(|| default.into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a program under the preload
+
+/// The `LEAKTRACE_*` settings of a run. Every one is passed explicitly, so nothing in the
+/// environment of whoever runs `cargo test` can change what a test measures.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub file_size: String,
+    pub sample_bytes: String,
+    pub seed: u64,
+    pub rss_ms: u64,
+    pub start: String,
+}
+
+impl Settings {
+    /// Record every allocation (`LEAKTRACE_SAMPLE_BYTES=1`): estimates are exact.
+    pub fn exact() -> Settings {
+        Settings { file_size: "32M".into(), sample_bytes: "1".into(), seed: 1, rss_ms: 100, start: "on".into() }
+    }
+
+    /// Sample with the default mean of 512 KiB and the given seed.
+    pub fn sampled(seed: u64) -> Settings {
+        Settings { file_size: "16M".into(), sample_bytes: "524288".into(), seed, rss_ms: 100, start: "on".into() }
+    }
+
+    pub fn file_size(mut self, s: &str) -> Settings {
+        self.file_size = s.into();
+        self
+    }
+}
+
+/// A finished run of a traced program.
+pub struct Run {
+    pub exe: PathBuf,
+    pub args: Vec<String>,
+    pub pid: u32,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The trace file the run produced.
+    pub trace: PathBuf,
+    /// Wall-clock time (ns since the epoch) just before the spawn and just after the exit.
+    pub spawned_unix_ns: u128,
+    pub exited_unix_ns: u128,
+    /// The test directory, where the report is saved.
+    pub dir: PathBuf,
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+impl TestDir {
+    /// Run `exe args` under `libleaktrace.so` with `settings`; the program must exit with
+    /// status 0 and leave exactly one trace file.
+    pub fn run(&self, exe: &Path, args: &[&str], settings: &Settings) -> Run {
+        let run = self.run_any_status(exe, args, settings);
+        assert!(
+            run.status.success(),
+            "{} exited with {}\n{}",
+            exe.display(),
+            run.status,
+            run.describe()
+        );
+        run
+    }
+
+    /// As [`TestDir::run`], but whatever the exit status.
+    pub fn run_any_status(&self, exe: &Path, args: &[&str], settings: &Settings) -> Run {
+        let r = repo();
+        let pattern = self.path.join("trace.%p.lt");
+        let mut cmd = Command::new(exe);
+        cmd.args(args).current_dir(&self.path);
+        // Whatever LEAKTRACE_* the caller's environment has, the test decides every one.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("LEAKTRACE_") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env("LD_PRELOAD", &r.preload)
+            .env("LEAKTRACE_FILE", &pattern)
+            .env("LEAKTRACE_FILE_SIZE", &settings.file_size)
+            .env("LEAKTRACE_SAMPLE_BYTES", &settings.sample_bytes)
+            .env("LEAKTRACE_SEED", settings.seed.to_string())
+            .env("LEAKTRACE_RSS_MS", settings.rss_ms.to_string())
+            .env("LEAKTRACE_START", &settings.start);
+        let before = self.files_starting_with("trace.");
+        let spawned_unix_ns = unix_ns();
+        let out = run_with_timeout(&mut cmd, None);
+        let exited_unix_ns = unix_ns();
+        let pid = out.pid;
+        let mut run = Run {
+            exe: exe.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            pid,
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            trace: self.path.join(format!("trace.{pid}.lt")),
+            spawned_unix_ns,
+            exited_unix_ns,
+            dir: self.path.clone(),
+        };
+        let new: Vec<PathBuf> =
+            self.files_starting_with("trace.").into_iter().filter(|p| !before.contains(p)).collect();
+        assert!(
+            run.trace.is_file(),
+            "the run produced no trace file {} (new trace files: {new:?}); settings {settings:?}\n{}",
+            run.trace.display(),
+            run.describe()
+        );
+        assert_eq!(
+            new,
+            vec![run.trace.clone()],
+            "expected exactly one new trace file, named after the pid\n{}",
+            run.describe()
+        );
+        run.trace = new.into_iter().next().unwrap();
+        run
+    }
+}
+
+impl Run {
+    /// What to print when something about this run is wrong.
+    pub fn describe(&self) -> String {
+        format!(
+            "$ {} {}\n(pid {}, {}; trace {})\n--- program stdout ---\n{}\n--- program stderr ---\n{}",
+            self.exe.display(),
+            self.args.join(" "),
+            self.pid,
+            self.status,
+            self.trace.display(),
+            clip(self.stdout.as_bytes()),
+            clip(self.stderr.as_bytes())
+        )
+    }
+
+    /// The program's own account of what it leaked: the last stdout line that is a JSON object.
+    pub fn program_json(&self) -> Value {
+        let line = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or_else(|| panic!("the program printed no JSON line\n{}", self.describe()));
+        serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("the program's JSON line does not parse ({e}): {line}\n{}", self.describe()))
+    }
+
+    /// `leak-analyze report TRACE --format json`, parsed. The analyzer must succeed.
+    pub fn report(&self) -> Report {
+        let r = repo();
+        let mut cmd = Command::new(&r.analyzer);
+        cmd.arg("report").arg(&self.trace).args(["--format", "json"]);
+        let out = run_with_timeout(&mut cmd, None);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "the analyzer failed ({}):\n$ {}\n--- analyzer stderr ---\n{}\n--- analyzer stdout ---\n{}\n{}",
+            out.status,
+            show_command(&cmd),
+            clip(stderr.as_bytes()),
+            clip(stdout.as_bytes()),
+            self.describe()
+        );
+        let saved = self.dir.join(format!("report.{}.json", self.pid));
+        let _ = std::fs::write(&saved, &stdout);
+        let json: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "the analyzer's output is not JSON ({e}); saved in {}\n$ {}\n--- analyzer stderr ---\n{}\n--- analyzer stdout ---\n{}",
+                saved.display(),
+                show_command(&cmd),
+                clip(stderr.as_bytes()),
+                clip(stdout.as_bytes())
+            )
+        });
+        let context = format!(
+            "report saved in {}\n--- analyzer stderr ---\n{}\n{}",
+            saved.display(),
+            clip(stderr.as_bytes()),
+            self.describe()
+        );
+        Report { json, context }
+    }
+
+    /// The trace file's size in bytes.
+    pub fn trace_len(&self) -> u64 {
+        std::fs::metadata(&self.trace).unwrap().len()
+    }
+
+    /// A little-endian u64 of the trace file's header at byte `offset` (FORMAT.md; the offsets
+    /// are `leaktrace_format::layout::hdr`).
+    pub fn trace_header_u64(&self, offset: usize) -> u64 {
+        let mut f = std::fs::File::open(&self.trace).unwrap();
+        let mut head = vec![0u8; 4096];
+        f.read_exact(&mut head).unwrap();
+        u64::from_le_bytes(head[offset..offset + 8].try_into().unwrap())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+
+/// A parsed `leak-analyze report --format json`, with the context to print on failure.
+pub struct Report {
+    pub json: Value,
+    /// Where the report is saved, the analyzer's stderr, the program's output.
+    pub context: String,
+}
+
+/// Does a symbolized function name denote `name`? Exact for C; for C++ the parameter list is
+/// ignored (`leak_new()`), for both C++ and Rust the path (`ns::leak_box`).
+pub fn function_is(function: &str, name: &str) -> bool {
+    let base = match function.find('(') {
+        Some(i) => &function[..i],
+        None => function,
+    };
+    // A legacy-mangled Rust name may keep its hash: `crate::leak_box::h0123456789abcdef`.
+    let base = match base.rsplit_once("::h") {
+        Some((head, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => head,
+        _ => base,
+    };
+    let base = base.rsplit("::").next().unwrap_or(base);
+    base == name
+}
+
+impl Report {
+    /// Panic with `msg` and the report's context.
+    pub fn fail(&self, msg: impl std::fmt::Display) -> ! {
+        panic!("{msg}\n--- sites ---\n{}\n{}", self.site_summary(), self.context)
+    }
+
+    /// A JSON value at a `/`-separated pointer, which must exist.
+    pub fn at(&self, pointer: &str) -> &Value {
+        self.json.pointer(pointer).unwrap_or_else(|| self.fail(format!("the report has no {pointer}")))
+    }
+
+    pub fn num(&self, pointer: &str) -> f64 {
+        let v = self.at(pointer);
+        v.as_f64().unwrap_or_else(|| self.fail(format!("{pointer} is not a number: {v}")))
+    }
+
+    /// An integer-valued number (exact mode): `5` or `5.0`, never `5.5`.
+    pub fn int(&self, pointer: &str) -> u64 {
+        let v = self.at(pointer);
+        as_exact_u64(v).unwrap_or_else(|| self.fail(format!("{pointer} is not a non-negative integer: {v}")))
+    }
+
+    pub fn str(&self, pointer: &str) -> &str {
+        let v = self.at(pointer);
+        v.as_str().unwrap_or_else(|| self.fail(format!("{pointer} is not a string: {v}")))
+    }
+
+    pub fn sites(&self) -> Vec<Site<'_>> {
+        let arr = self.at("/sites").as_array().unwrap_or_else(|| self.fail("`sites` is not an array"));
+        arr.iter().map(|json| Site { json }).collect()
+    }
+
+    /// Sites whose first frame (the caller of the allocation function) is in `function`.
+    pub fn sites_allocated_in(&self, function: &str) -> Vec<Site<'_>> {
+        self.sites().into_iter().filter(|s| s.top_function().is_some_and(|f| function_is(f, function))).collect()
+    }
+
+    /// Sites with `function` anywhere in their stack.
+    pub fn sites_through(&self, function: &str) -> Vec<Site<'_>> {
+        self.sites().into_iter().filter(|s| s.has_function(function)).collect()
+    }
+
+    /// Sum of `unfreed_bytes` and of `unfreed_allocations` over `sites`.
+    pub fn sum(&self, sites: &[Site<'_>]) -> (f64, f64) {
+        sites.iter().fold((0.0, 0.0), |(b, n), s| (b + s.unfreed_bytes(self), n + s.unfreed_allocations(self)))
+    }
+
+    /// As [`Report::sum`], every value required to be integer-valued (exact mode).
+    pub fn exact_sum(&self, sites: &[Site<'_>]) -> (u64, u64) {
+        sites.iter().fold((0, 0), |(b, n), s| (b + s.exact_bytes(self), n + s.exact_allocations(self)))
+    }
+
+    /// Properties every report must have, whatever the program:
+    /// - the documented top-level fields exist;
+    /// - every site has an id (unique), a non-empty stack, numbers where numbers are due;
+    /// - every frame's address is `0x` hex and no frame belongs to libleaktrace.so (its frames
+    ///   are stripped, so frames[0] is the caller of the allocation function);
+    /// - growing sites come first, and the others are ordered by unfreed_bytes, largest first.
+    pub fn check_invariants(&self) {
+        for p in [
+            "/format_version",
+            "/process/pid",
+            "/process/exe",
+            "/process/cmdline",
+            "/process/start_unix_ns",
+            "/process/duration_ns",
+            "/process/ended",
+            "/sampling/mean_bytes",
+            "/totals/unfreed_bytes",
+            "/totals/unfreed_allocations",
+            "/totals/sampled_events",
+            "/totals/dropped_events",
+            "/rss",
+            "/sites",
+        ] {
+            self.at(p);
+        }
+        let mut ids = std::collections::HashSet::new();
+        let sites = self.sites();
+        for site in &sites {
+            let id = self.json_field(site, "id");
+            if !ids.insert(id.to_string()) {
+                self.fail(format!("site id {id} appears twice"));
+            }
+            for key in ["growth_bytes_per_sec", "trend_confidence", "first_alloc_ns", "last_alloc_ns"] {
+                self.json_field(site, key);
+            }
+            if !self.json_field(site, "growing").is_boolean() {
+                self.fail(format!("site {id}: `growing` is not a boolean"));
+            }
+            site.unfreed_bytes(self);
+            site.unfreed_allocations(self);
+            site.sampled_unfreed(self);
+            if site.frames().is_empty() {
+                self.fail(format!("site {id} has no frames"));
+            }
+            for f in site.frames() {
+                let addr = f.get("address").and_then(|a| a.as_str()).unwrap_or("");
+                let hex_ok = addr.strip_prefix("0x").is_some_and(|h| !h.is_empty() && u64::from_str_radix(h, 16).is_ok());
+                if !hex_ok {
+                    self.fail(format!("site {id}: frame address {addr:?} is not 0x-prefixed hex"));
+                }
+                let module = f.get("module").and_then(|m| m.as_str()).unwrap_or("");
+                if module.ends_with("libleaktrace.so") {
+                    self.fail(format!("site {id}: a frame of libleaktrace.so itself was not stripped: {f}"));
+                }
+                for key in ["function", "file", "line"] {
+                    if f.get(key).is_none() {
+                        self.fail(format!("site {id}: frame without `{key}` (null when unknown): {f}"));
+                    }
+                }
+            }
+        }
+        let mut seen_steady = false;
+        let mut prev_bytes = f64::INFINITY;
+        for site in &sites {
+            let growing = self.json_field(site, "growing").as_bool().unwrap_or(false);
+            let bytes = site.unfreed_bytes(self);
+            if growing {
+                if seen_steady {
+                    self.fail("a growing site comes after a site that is not growing");
+                }
+                continue;
+            }
+            if seen_steady && bytes > prev_bytes {
+                self.fail(format!("sites are not ordered by unfreed_bytes: {bytes} after {prev_bytes}"));
+            }
+            seen_steady = true;
+            prev_bytes = bytes;
+        }
+    }
+
+    fn json_field<'s>(&self, site: &Site<'s>, key: &str) -> &'s Value {
+        site.json.get(key).unwrap_or_else(|| self.fail(format!("a site has no `{key}`: {}", site.json)))
+    }
+
+    /// None of `functions` may be on the stack of a site with unfreed memory: everything they
+    /// allocated was freed.
+    pub fn assert_not_leaking<S: AsRef<str>>(&self, functions: &[S]) {
+        for f in functions {
+            let f = f.as_ref();
+            for site in self.sites_through(f) {
+                if site.unfreed_allocations(self) > 0.0 || site.unfreed_bytes(self) > 0.0 {
+                    self.fail(format!(
+                        "{f} freed everything it allocated, yet a site through it is reported with {} bytes in {} allocations",
+                        site.unfreed_bytes(self),
+                        site.unfreed_allocations(self)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// One line per site: bytes, allocations, and the first few frames.
+    pub fn site_summary(&self) -> String {
+        let Some(arr) = self.json.get("sites").and_then(|s| s.as_array()) else {
+            return "(no sites array)".into();
+        };
+        let mut s = String::new();
+        for (i, site) in arr.iter().enumerate() {
+            if i == 40 {
+                let _ = writeln!(s, "... {} more", arr.len() - 40);
+                break;
+            }
+            let frames: Vec<String> = site
+                .get("frames")
+                .and_then(|f| f.as_array())
+                .map(|f| f.iter().take(6).map(frame_text).collect())
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "#{} bytes={} allocs={} growing={} :: {}",
+                site.get("id").unwrap_or(&Value::Null),
+                site.get("unfreed_bytes").unwrap_or(&Value::Null),
+                site.get("unfreed_allocations").unwrap_or(&Value::Null),
+                site.get("growing").unwrap_or(&Value::Null),
+                frames.join(" <- ")
+            );
+        }
+        s
+    }
+}
+
+fn frame_text(f: &Value) -> String {
+    let func = f.get("function").and_then(|v| v.as_str()).unwrap_or("?");
+    match (f.get("file").and_then(|v| v.as_str()), f.get("line").and_then(|v| v.as_u64())) {
+        (Some(file), Some(line)) => {
+            let short = file.rsplit('/').next().unwrap_or(file);
+            format!("{func} ({short}:{line})")
+        }
+        _ => format!("{func} [{}]", f.get("module").and_then(|v| v.as_str()).unwrap_or("?")),
+    }
+}
+
+/// `v` as a non-negative integer, accepting a float only if it has no fractional part.
+pub fn as_exact_u64(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let f = v.as_f64()?;
+    (f >= 0.0 && f.fract() == 0.0 && f < 9.0e15).then_some(f as u64)
+}
+
+/// One entry of the report's `sites`.
+#[derive(Clone, Copy)]
+pub struct Site<'a> {
+    pub json: &'a Value,
+}
+
+impl<'a> Site<'a> {
+    pub fn frames(&self) -> &'a [Value] {
+        self.json.get("frames").and_then(|f| f.as_array()).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    pub fn top_function(&self) -> Option<&'a str> {
+        self.frames().first()?.get("function")?.as_str()
+    }
+
+    pub fn has_function(&self, name: &str) -> bool {
+        self.frames().iter().any(|f| f.get("function").and_then(|v| v.as_str()).is_some_and(|s| function_is(s, name)))
+    }
+
+    fn field(&self, report: &Report, key: &str) -> &'a Value {
+        self.json.get(key).unwrap_or_else(|| report.fail(format!("a site has no `{key}`: {}", self.json)))
+    }
+
+    pub fn unfreed_bytes(&self, report: &Report) -> f64 {
+        let v = self.field(report, "unfreed_bytes");
+        v.as_f64().unwrap_or_else(|| report.fail(format!("unfreed_bytes is not a number: {v}")))
+    }
+
+    pub fn unfreed_allocations(&self, report: &Report) -> f64 {
+        let v = self.field(report, "unfreed_allocations");
+        v.as_f64().unwrap_or_else(|| report.fail(format!("unfreed_allocations is not a number: {v}")))
+    }
+
+    pub fn exact_bytes(&self, report: &Report) -> u64 {
+        let v = self.field(report, "unfreed_bytes");
+        as_exact_u64(v).unwrap_or_else(|| report.fail(format!("unfreed_bytes is not an integer in exact mode: {v}")))
+    }
+
+    pub fn exact_allocations(&self, report: &Report) -> u64 {
+        let v = self.field(report, "unfreed_allocations");
+        as_exact_u64(v)
+            .unwrap_or_else(|| report.fail(format!("unfreed_allocations is not an integer in exact mode: {v}")))
+    }
+
+    pub fn sampled_unfreed(&self, report: &Report) -> u64 {
+        let v = self.field(report, "sampled_unfreed");
+        as_exact_u64(v).unwrap_or_else(|| report.fail(format!("sampled_unfreed is not an integer: {v}")))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The program's JSON
+
+/// `json[key]` as an integer, with a clear message when absent.
+pub fn get_u64(json: &Value, pointer: &str) -> u64 {
+    json.pointer(pointer)
+        .and_then(as_exact_u64)
+        .unwrap_or_else(|| panic!("the program's JSON has no integer at {pointer}: {json}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+struct Output {
+    pid: u32,
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Spawn `cmd` with captured output and wait at most `timeout` (default [`TIMEOUT`]); a
+/// program still running then is killed and the test fails.
+fn run_with_timeout(cmd: &mut Command, timeout: Option<Duration>) -> Output {
+    let timeout = timeout.unwrap_or(TIMEOUT);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{}`: {e}", show_command(cmd)));
+    let pid = child.id();
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!(
+                "`{}` (pid {pid}) still running after {timeout:?}: killed\n--- stderr ---\n{}",
+                show_command(cmd),
+                clip(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output { pid, status, stdout: out_reader.join().unwrap_or_default(), stderr: err_reader.join().unwrap_or_default() }
+}
+
+fn show_command(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            let _ = write!(s, "{}={} ", k.to_string_lossy(), v.to_string_lossy());
+        }
+    }
+    let _ = write!(s, "{}", cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        let _ = write!(s, " {}", a.to_string_lossy());
+    }
+    s
+}
+
+fn clip(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.len() <= ECHO_LIMIT {
+        return s.into_owned();
+    }
+    let mut cut = s.len() - ECHO_LIMIT;
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("[... {} bytes cut ...]\n{}", cut, &s[cut..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_names_match_across_languages() {
+        assert!(function_is("leak_malloc", "leak_malloc"));
+        assert!(!function_is("leak_malloc2", "leak_malloc"));
+        assert!(function_is("leak_new()", "leak_new"));
+        assert!(!function_is("leak_new_array()", "leak_new"));
+        assert!(function_is("rust_box::leak_box", "leak_box"));
+        assert!(function_is("ns::Widget::leak_new(int, char const*)", "leak_new"));
+        assert!(function_is("rust_box::leak_box::h0123456789abcdef", "leak_box"));
+    }
+
+    #[test]
+    fn exact_integers() {
+        assert_eq!(as_exact_u64(&serde_json::json!(5)), Some(5));
+        assert_eq!(as_exact_u64(&serde_json::json!(5.0)), Some(5));
+        assert_eq!(as_exact_u64(&serde_json::json!(5.5)), None);
+        assert_eq!(as_exact_u64(&serde_json::json!(-1)), None);
+    }
+}
