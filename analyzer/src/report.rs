@@ -186,7 +186,10 @@ const OUTSIDE_HEAP_MIN_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
 const OUTSIDE_HEAP_MAX_EXPLAINED: f64 = 0.5;
 
 fn compare_rss_with_heap(trace: &Trace, analysis: &Analysis) -> Option<RssVsHeap> {
-    let (first, last) = (trace.rss.first()?, trace.rss.last()?);
+    // Only the stretch sampled without a pause: the heap is unknown while paused.
+    let since = trace.sampling_since()?;
+    let first = trace.rss.iter().find(|r| r.t_ns >= since)?;
+    let last = trace.rss.last()?;
     if last.t_ns <= first.t_ns {
         return None;
     }

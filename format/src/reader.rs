@@ -431,7 +431,23 @@ impl Trace {
         (layout::stack_check(&frames) == check).then_some(frames)
     }
 
-    /// The sampling mean in force at `t_ns`, from the recorded changes (the header's if none).
+    /// Since when new allocations have been sampled without a pause: the time of the last
+    /// change from paused (mean 0) to sampling, or 0 if tracing was never paused. `None` if the
+    /// trace ends paused.
+    pub fn sampling_since(&self) -> Option<u64> {
+        let mut since = Some(0);
+        for c in &self.sampling {
+            match (c.mean_bytes, since) {
+                (0, _) => since = None,
+                (_, None) => since = Some(c.t_ns),
+                _ => {}
+            }
+        }
+        since
+    }
+
+    /// The sampling mean in force at `t_ns`, from the recorded changes (the header's if none;
+    /// 0 while paused).
     pub fn mean_bytes_at(&self, t_ns: u64) -> u64 {
         self.sampling
             .iter()
@@ -450,5 +466,25 @@ impl Trace {
         let rss = self.rss.last().map_or(0, |r| r.t_ns);
         let live = self.live.last().map_or(0, |a| a.time_ns);
         ev.max(rss).max(live).max(self.header.heartbeat_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_since_follows_pauses() {
+        let change = |t_ns, mean_bytes| SamplingChange { t_ns, mean_bytes };
+        let mut t = Trace::default();
+        assert_eq!(t.sampling_since(), Some(0));
+        t.sampling = vec![change(0, 4096)];
+        assert_eq!(t.sampling_since(), Some(0));
+        t.sampling = vec![change(0, 4096), change(0, 0), change(50, 4096), change(70, 1)];
+        assert_eq!(t.sampling_since(), Some(50));
+        assert_eq!(t.mean_bytes_at(60), 4096);
+        t.sampling.push(change(90, 0));
+        assert_eq!(t.sampling_since(), None);
+        assert_eq!(t.mean_bytes_at(95), 0);
     }
 }

@@ -76,7 +76,8 @@ impl ModuleRecord {
     }
 }
 
-/// The sampling mean changed (or was set at start) at `t_ns`.
+/// The sampling mean changed (or was set at start) at `t_ns`. `mean_bytes == 0` means sampling
+/// was paused (`ctl --pause`, or `LEAKTRACE_START=off`) until the next change.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SamplingChange {
     pub t_ns: u64,

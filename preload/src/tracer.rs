@@ -282,6 +282,9 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     let info = process_info(pid);
     tracer.append_meta(MetaKind::Process, &info);
     tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes: config.sample_bytes });
+    if config.start_paused {
+        tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes: 0 });
+    }
     MEAN.store(config.sample_bytes, Ordering::Relaxed);
     tracer.mapped.set_state(if config.start_paused { TraceState::Paused } else { TraceState::Tracing });
     // Pairs with the acquire load in `current`.
@@ -340,10 +343,13 @@ pub fn apply_control(tracer: &Tracer, control: u32, mean_bytes: u64) {
         c if c == layout::Control::Pause as u32 => {
             SAMPLING.store(false, Ordering::Relaxed);
             m.set_state(TraceState::Paused);
+            tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: tracer.now_ns(), mean_bytes: 0 });
         }
         c if c == layout::Control::Resume as u32 => {
             m.set_state(TraceState::Tracing);
             SAMPLING.store(true, Ordering::Relaxed);
+            let mean_bytes = MEAN.load(Ordering::Relaxed);
+            tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: tracer.now_ns(), mean_bytes });
         }
         c if c == layout::Control::SetMeanBytes as u32 && (1..=u64::from(u32::MAX)).contains(&mean_bytes) => {
             MEAN.store(mean_bytes, Ordering::Relaxed);

@@ -1,0 +1,191 @@
+//! Other renderings of the report: collapsed stacks for flame-graph tools (`folded`), a pprof
+//! profile (`pprof`) and a self-contained HTML page (`html`).
+//!
+//! Everything here works from the finished [`Report`] (symbolized frames) plus the trace's module
+//! map and the [`Analysis`] (raw addresses and live-bytes series). The trace is untrusted input:
+//! nothing here indexes, divides or unwraps on values taken from it without a check, and every
+//! output is built in a deterministic order (no hash-map iteration order reaches the output).
+
+pub mod folded;
+pub mod html;
+pub mod pprof;
+pub mod proto;
+
+use std::path::Path;
+
+use leaktrace_format::ModuleRecord;
+
+use crate::analysis::Analysis;
+use crate::report::{FrameOut, Report, SiteOut};
+
+/// Shown in place of a stack that was lost (stack table full or damaged).
+pub const LOST_STACK: &str = "[stack lost]";
+
+/// The frames of one return address: the inlined functions innermost first, the function that
+/// holds the call instruction last. One entry, unresolved, when symbolization failed.
+pub struct AddrFrames<'a> {
+    pub addr: u64,
+    pub frames: &'a [FrameOut],
+}
+
+/// Parse the `0x…` addresses the report writes. Never fails: garbage reads as 0.
+pub fn parse_addr(s: &str) -> u64 {
+    let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    u64::from_str_radix(hex, 16).unwrap_or(0)
+}
+
+/// The raw return addresses of report site `s`, innermost first, if the analysis has them.
+fn raw_frames<'a>(analysis: &'a Analysis, s: &SiteOut) -> Option<&'a [u64]> {
+    // The report numbers its sites 1.. in the analysis's order.
+    let i = s.id.checked_sub(1)?;
+    analysis.sites.get(i).map(|site| site.frames.as_slice())
+}
+
+/// Split a site's flattened frames back into one group per return address, innermost first.
+///
+/// The report expands each raw address into its inlined frames, all carrying the same address
+/// string. Grouping by the raw stack (rather than by runs of equal strings) keeps direct
+/// recursion, where the same return address appears twice in a row, as two locations.
+pub fn group_by_address<'a>(analysis: &Analysis, s: &'a SiteOut) -> Vec<AddrFrames<'a>> {
+    raw_frames(analysis, s)
+        .and_then(|raw| group_with_raw(raw, &s.frames))
+        .unwrap_or_else(|| s.frames.chunks(1).map(|f| AddrFrames { addr: parse_addr(&f[0].address), frames: f }).collect())
+}
+
+fn group_with_raw<'a>(raw: &[u64], frames: &'a [FrameOut]) -> Option<Vec<AddrFrames<'a>>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let (mut i, mut k) = (0usize, 0usize);
+    while k < raw.len() {
+        let addr = raw[k];
+        let repeats = raw[k..].iter().take_while(|&&a| a == addr).count();
+        let run = frames.get(i..)?.iter().take_while(|f| parse_addr(&f.address) == addr).count();
+        if run == 0 || run % repeats != 0 {
+            return None;
+        }
+        let per = run / repeats;
+        for r in 0..repeats {
+            out.push(AddrFrames { addr, frames: frames.get(i + r * per..i + (r + 1) * per)? });
+        }
+        i += run;
+        k += repeats;
+    }
+    (i == frames.len()).then_some(out)
+}
+
+/// The module holding a return address: the call instruction (`addr - 1`) decides, as in
+/// symbolization; the address itself is the fallback.
+pub fn module_of(modules: &[ModuleRecord], addr: u64) -> Option<(usize, &ModuleRecord)> {
+    let by = |a: u64| modules.iter().enumerate().find(|(_, m)| m.contains(a));
+    addr.checked_sub(1).and_then(by).or_else(|| by(addr))
+}
+
+/// A file name without its directories.
+pub fn base_name(path: &str) -> &str {
+    Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or(path)
+}
+
+/// How one frame is named in a flame graph: its function, else `module+0xoffset` (the offset
+/// from the module's load bias, as `addr2line -e module` takes it), else the raw address.
+pub fn frame_label(f: &FrameOut, modules: &[ModuleRecord]) -> String {
+    if let Some(func) = f.function.as_deref().filter(|s| !s.is_empty()) {
+        return func.to_string();
+    }
+    let addr = parse_addr(&f.address);
+    match module_of(modules, addr) {
+        Some((_, m)) => format!("{}+{:#x}", base_name(&m.path), addr.wrapping_sub(m.base)),
+        None => f.address.clone(),
+    }
+}
+
+/// A site's stack for flame graphs: frame labels outermost first (inlined frames after the
+/// function they were inlined into).
+pub fn stack_outermost_first(s: &SiteOut, modules: &[ModuleRecord]) -> Vec<String> {
+    if s.frames.is_empty() {
+        return vec![LOST_STACK.to_string()];
+    }
+    s.frames.iter().rev().map(|f| frame_label(f, modules)).collect()
+}
+
+/// A finite, non-negative f64 as an integer (NaN and negatives read as 0, huge values saturate).
+pub fn whole(x: f64) -> u64 {
+    if x.is_finite() && x > 0.0 {
+        x.round() as u64
+    } else {
+        0
+    }
+}
+
+/// The times (ns since start) of the points of a site's live-bytes series of `n` points: even
+/// steps up to `end_ns`, as `analysis` samples them.
+pub fn series_times(end_ns: u64, n: usize) -> Vec<u64> {
+    let n128 = n.max(1) as u128;
+    (1..=n).map(|i| (u128::from(end_ns) * i as u128 / n128) as u64).collect()
+}
+
+/// Estimated live heap over time: the sum of every site's series, with its times.
+pub fn heap_series(report: &Report, analysis: &Analysis) -> Vec<(u64, f64)> {
+    let n = analysis.sites.iter().map(|s| s.series.len()).max().unwrap_or(0);
+    let mut heap = vec![0.0f64; n];
+    for s in &analysis.sites {
+        for (h, v) in heap.iter_mut().zip(&s.series) {
+            if v.is_finite() {
+                *h += v.max(0.0);
+            }
+        }
+    }
+    series_times(report.process.duration_ns.max(analysis.end_ns), n).into_iter().zip(heap).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(addr: &str, func: Option<&str>) -> FrameOut {
+        FrameOut { address: addr.into(), module: None, function: func.map(String::from), file: None, line: None }
+    }
+
+    #[test]
+    fn groups_inlined_frames_and_keeps_recursion_apart() {
+        let frames = vec![
+            f("0x10", Some("inner")),
+            f("0x10", Some("outer")),
+            f("0x20", Some("rec")),
+            f("0x20", Some("rec")),
+            f("0x30", None),
+        ];
+        let g = group_with_raw(&[0x10, 0x20, 0x20, 0x30], &frames).expect("consistent");
+        let shape: Vec<(u64, usize)> = g.iter().map(|a| (a.addr, a.frames.len())).collect();
+        assert_eq!(shape, vec![(0x10, 2), (0x20, 1), (0x20, 1), (0x30, 1)]);
+        // Inconsistent input is refused, not panicked on.
+        assert!(group_with_raw(&[0x10, 0x99], &frames).is_none());
+        assert!(group_with_raw(&[0x10], &frames).is_none());
+        assert!(group_with_raw(&[0x10, 0x20, 0x20, 0x30, 0x40], &frames).is_none());
+    }
+
+    #[test]
+    fn parses_addresses_without_trusting_them() {
+        assert_eq!(parse_addr("0x1f"), 0x1f);
+        assert_eq!(parse_addr("garbage"), 0);
+        assert_eq!(parse_addr(""), 0);
+        assert_eq!(whole(f64::NAN), 0);
+        assert_eq!(whole(-3.0), 0);
+        assert_eq!(whole(f64::INFINITY), 0);
+        assert_eq!(whole(2.6), 3);
+    }
+
+    #[test]
+    fn unresolved_frames_are_named_by_module_offset() {
+        let m = ModuleRecord {
+            path: "/opt/app/libx.so".into(),
+            base: 0x7f00_0000_0000,
+            segments: vec![leaktrace_format::Segment { vaddr: 0x1000, memsz: 0x2000, flags: 5 }],
+            ..Default::default()
+        };
+        assert_eq!(frame_label(&f("0x7f0000001234", None), std::slice::from_ref(&m)), "libx.so+0x1234");
+        assert_eq!(frame_label(&f("0x99", None), std::slice::from_ref(&m)), "0x99");
+        assert_eq!(frame_label(&f("0x99", Some("main")), &[]), "main");
+        assert_eq!(series_times(480, 48)[0], 10);
+        assert_eq!(series_times(480, 48)[47], 480);
+        assert!(series_times(5, 0).is_empty());
+    }
+}
