@@ -35,7 +35,42 @@ pub struct Analysis {
 }
 
 /// Number of points in each site's live-bytes series.
-const SERIES_POINTS: usize = 48;
+const SERIES_POINTS: usize = 96;
+
+/// A sampled allocation's life, as far as the trace knows it.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetime {
+    pub alloc_ns: u64,
+    /// None: still live at the end of the trace.
+    pub free_ns: Option<u64>,
+    /// Bytes it stands for.
+    pub weight: f64,
+    /// Sampling variance of `weight` (0 when every allocation is recorded).
+    pub variance: f64,
+}
+
+/// A site's estimated live bytes at each of `times`.
+fn live_series(lives: &[Lifetime], times: &[u64]) -> Vec<f64> {
+    let mut deltas: Vec<(u64, f64)> = Vec::with_capacity(lives.len() * 2);
+    for l in lives {
+        deltas.push((l.alloc_ns, l.weight));
+        if let Some(f) = l.free_ns {
+            deltas.push((f, -l.weight));
+        }
+    }
+    deltas.sort_by_key(|&(t, _)| t);
+    let (mut level, mut k) = (0.0f64, 0usize);
+    times
+        .iter()
+        .map(|&t| {
+            while k < deltas.len() && deltas[k].0 <= t {
+                level += deltas[k].1;
+                k += 1;
+            }
+            level.max(0.0)
+        })
+        .collect()
+}
 
 /// Weight and count estimate of one sampled allocation.
 fn estimate(size: u64, mean: u64) -> (f64, f64) {
@@ -115,71 +150,65 @@ pub fn analyze(trace: &Trace) -> Analysis {
         i
     };
 
-    // Per-site deltas of estimated live bytes: (time, +/- weight).
-    let mut deltas: Vec<Vec<(u64, f64)>> = Vec::new();
-    let push_delta = |deltas: &mut Vec<Vec<(u64, f64)>>, site: usize, t: u64, w: f64| {
-        if deltas.len() <= site {
-            deltas.resize_with(site + 1, Vec::new);
+    // Per site: the lifetime of every sampled allocation the trace knows of.
+    let mut lifetimes: Vec<Vec<Lifetime>> = Vec::new();
+    let push = |lifetimes: &mut Vec<Vec<Lifetime>>, site: usize, l: Lifetime| {
+        if lifetimes.len() <= site {
+            lifetimes.resize_with(site + 1, Vec::new);
         }
-        deltas[site].push((t, w));
+        lifetimes[site].push(l);
     };
 
     for a in &trace.live {
         let s = site_for(a.stack_id, &mut sites);
-        let (w, n) = estimate(a.size, u64::from(a.mean_bytes));
+        let mean = u64::from(a.mean_bytes);
+        let (w, n) = estimate(a.size, mean);
+        // Var of the HT estimator for one sampled unit: (1 - p) / p^2 * s^2 = w^2 (1 - p).
+        let var = w * w * (1.0 - sample_probability(a.size, mean.max(1)));
         let site = &mut sites[s];
         site.unfreed_bytes += w;
         site.unfreed_allocations += n;
         site.sampled_unfreed += 1;
-        // Var of the HT estimator for one sampled unit: (1 - p) / p^2 * s^2 = w^2 (1 - p).
-        let p = sample_probability(a.size, u64::from(a.mean_bytes).max(1));
-        site.bytes_variance += w * w * (1.0 - p);
+        site.bytes_variance += var;
         site.first_alloc_ns = site.first_alloc_ns.min(a.time_ns);
         site.last_alloc_ns = site.last_alloc_ns.max(a.time_ns);
-        push_delta(&mut deltas, s, a.time_ns, w);
+        push(&mut lifetimes, s, Lifetime { alloc_ns: a.time_ns, free_ns: None, weight: w, variance: var });
     }
 
     // History from the ring: allocations that lived and died inside its window.
     let window_start = trace.events.first().map_or(0, |e| e.time_ns);
     let wrapped = trace.health.overwritten_events > 0;
-    let mut open: HashMap<u64, (u64, f64, usize)> = HashMap::new();
+    let mut open: HashMap<u64, (u64, usize)> = HashMap::new();
     for e in &trace.events {
         match e.kind {
             EventKind::Alloc => {
                 let s = site_for(e.stack_id, &mut sites);
-                let (w, _) = estimate(e.size, u64::from(e.mean_bytes));
-                open.insert(e.addr, (e.time_ns, w, s));
+                open.insert(e.addr, (e.time_ns, s));
             }
             EventKind::Free => {
-                let (t0, w, s) = match open.remove(&e.addr) {
-                    Some(v) => v,
-                    None => {
-                        // Allocated before the window: it was live from (at least) its start.
-                        let s = site_for(e.stack_id, &mut sites);
-                        let t0 = if wrapped { window_start } else { 0 };
-                        (t0, estimate(e.size, u64::from(e.mean_bytes)).0, s)
-                    }
-                };
-                push_delta(&mut deltas, s, t0, w);
-                push_delta(&mut deltas, s, e.time_ns, -w);
+                let (alloc_ns, s) = open.remove(&e.addr).unwrap_or_else(|| {
+                    // Allocated before the window: it was live from (at least) its start.
+                    (if wrapped { window_start } else { 0 }, site_for(e.stack_id, &mut sites))
+                });
+                let mean = u64::from(e.mean_bytes);
+                let (w, _) = estimate(e.size, mean);
+                let var = w * w * (1.0 - sample_probability(e.size, mean.max(1)));
+                push(&mut lifetimes, s, Lifetime { alloc_ns, free_ns: Some(e.time_ns), weight: w, variance: var });
             }
         }
     }
 
     let series_times = series_times(end_ns);
-    deltas.resize_with(sites.len(), Vec::new);
-    for (site, mut d) in sites.iter_mut().zip(deltas) {
-        d.sort_by_key(|&(t, _)| t);
-        let mut series = Vec::with_capacity(SERIES_POINTS);
-        let (mut level, mut k) = (0.0f64, 0usize);
-        for &t in &series_times {
-            while k < d.len() && d[k].0 <= t {
-                level += d[k].1;
-                k += 1;
-            }
-            series.push(level.max(0.0));
-        }
-        site.trend = growth::assess(&series_times, &series, site.unfreed_bytes);
+    lifetimes.resize_with(sites.len(), Vec::new);
+    for (site, lives) in sites.iter_mut().zip(lifetimes) {
+        let series = live_series(&lives, &series_times);
+        site.trend = growth::assess(&growth::Evidence {
+            times_ns: &series_times,
+            live_bytes: &series,
+            end_ns,
+            unfreed_bytes: site.unfreed_bytes,
+            lifetimes: &lives,
+        });
         site.series = series;
     }
 
