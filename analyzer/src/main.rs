@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 2 error (unreadable or foreign file, bad arguments).
 
 mod analysis;
+mod export;
 mod growth;
 mod report;
 mod symbolize;
@@ -29,6 +30,12 @@ struct Cli {
 enum Format {
     Text,
     Json,
+    /// Collapsed stacks (`a;b;c bytes`) for flamegraph.pl, inferno, speedscope.
+    Folded,
+    /// A gzipped pprof profile (inuse_objects, inuse_space), for `go tool pprof`.
+    Pprof,
+    /// One self-contained HTML page: verdict, charts, sites, flame graph.
+    Html,
 }
 
 #[derive(Subcommand)]
@@ -77,12 +84,12 @@ fn load(path: &Path) -> Result<Trace> {
     Trace::parse(&bytes).with_context(|| format!("{}", path.display()))
 }
 
-fn write_output(output: Option<&Path>, text: &str) -> Result<()> {
+fn write_output(output: Option<&Path>, text: impl AsRef<[u8]>) -> Result<()> {
     match output {
         Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
         None => {
             let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())?;
+            out.write_all(text.as_ref())?;
             out.flush()?;
             Ok(())
         }
@@ -122,9 +129,12 @@ fn run(cli: Cli) -> Result<()> {
             let opts = symbolize::SymbolizeOptions { binaries, debug_dirs };
             let symbolizer = symbolize::Symbolizer::new(&t.modules, &opts);
             let r = report::build(&t, &analysis, &symbolizer);
-            let text = match format {
-                Format::Json => serde_json::to_string_pretty(&r)? + "\n",
-                Format::Text => report::render_text(&r, top),
+            let text: Vec<u8> = match format {
+                Format::Json => (serde_json::to_string_pretty(&r)? + "\n").into_bytes(),
+                Format::Text => report::render_text(&r, top).into_bytes(),
+                Format::Folded => export::folded::render(&r, &t.modules).into_bytes(),
+                Format::Pprof => export::pprof::render(&r, &analysis, &t.modules)?,
+                Format::Html => export::html::render(&r, &analysis, &t, top).into_bytes(),
             };
             write_output(output.as_deref(), &text)
         }

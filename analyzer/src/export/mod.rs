@@ -16,7 +16,7 @@ use std::path::Path;
 use leaktrace_format::ModuleRecord;
 
 use crate::analysis::Analysis;
-use crate::report::{FrameOut, Report, SiteOut};
+use crate::report::{FrameOut, SiteOut};
 
 /// Shown in place of a stack that was lost (stack table full or damaged).
 pub const LOST_STACK: &str = "[stack lost]";
@@ -115,27 +115,6 @@ pub fn whole(x: f64) -> u64 {
     }
 }
 
-/// The times (ns since start) of the points of a site's live-bytes series of `n` points: even
-/// steps up to `end_ns`, as `analysis` samples them.
-pub fn series_times(end_ns: u64, n: usize) -> Vec<u64> {
-    let n128 = n.max(1) as u128;
-    (1..=n).map(|i| (u128::from(end_ns) * i as u128 / n128) as u64).collect()
-}
-
-/// Estimated live heap over time: the sum of every site's series, with its times.
-pub fn heap_series(report: &Report, analysis: &Analysis) -> Vec<(u64, f64)> {
-    let n = analysis.sites.iter().map(|s| s.series.len()).max().unwrap_or(0);
-    let mut heap = vec![0.0f64; n];
-    for s in &analysis.sites {
-        for (h, v) in heap.iter_mut().zip(&s.series) {
-            if v.is_finite() {
-                *h += v.max(0.0);
-            }
-        }
-    }
-    series_times(report.process.duration_ns.max(analysis.end_ns), n).into_iter().zip(heap).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,8 +163,5 @@ mod tests {
         assert_eq!(frame_label(&f("0x7f0000001234", None), std::slice::from_ref(&m)), "libx.so+0x1234");
         assert_eq!(frame_label(&f("0x99", None), std::slice::from_ref(&m)), "0x99");
         assert_eq!(frame_label(&f("0x99", Some("main")), &[]), "main");
-        assert_eq!(series_times(480, 48)[0], 10);
-        assert_eq!(series_times(480, 48)[47], 480);
-        assert!(series_times(5, 0).is_empty());
     }
 }

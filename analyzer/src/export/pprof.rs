@@ -99,8 +99,9 @@ pub fn build(report: &Report, analysis: &Analysis, modules: &[ModuleRecord]) -> 
             }
         })
         .collect();
-    // Per mapping: (locations, locations with lines, lines all with a file name).
-    let mut resolved: Vec<(usize, usize, bool)> = vec![(0, 0, true); mappings.len()];
+    // Per mapping: (locations, locations with lines, whether any line has a file name, i.e. the
+    // module had line tables; `_start` and friends have none even then).
+    let mut resolved: Vec<(usize, usize, bool)> = vec![(0, 0, false); mappings.len()];
 
     let mut functions: Vec<Function> = Vec::new();
     let mut function_ids: HashMap<(String, String), u64> = HashMap::new();
@@ -109,11 +110,11 @@ pub fn build(report: &Report, analysis: &Analysis, modules: &[ModuleRecord]) -> 
     for (&addr, frames) in &frames_of {
         let id = locations.len() as u64 + 1;
         let mut lines = Vec::new();
-        let mut all_files = true;
+        let mut any_file = false;
         for f in frames.iter() {
             let Some(name) = f.function.as_deref() else { continue };
             let file = f.file.as_deref().unwrap_or("");
-            all_files &= !file.is_empty();
+            any_file |= !file.is_empty();
             let key = (name.to_string(), file.to_string());
             let function_id = match function_ids.get(&key) {
                 Some(&fid) => fid,
@@ -138,7 +139,7 @@ pub fn build(report: &Report, analysis: &Analysis, modules: &[ModuleRecord]) -> 
             if let Some(r) = resolved.get_mut(mi) {
                 r.0 += 1;
                 r.1 += usize::from(!lines.is_empty());
-                r.2 &= all_files;
+                r.2 |= any_file;
             }
         }
         locations.push(Location {
