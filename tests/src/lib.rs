@@ -770,6 +770,314 @@ fn clip(b: &[u8]) -> String {
     format!("[... {} bytes cut ...]\n{}", cut, &s[cut..])
 }
 
+// ---------------------------------------------------------------------------------------------
+// Helpers for the safety tests (tests/safety.rs): arbitrary commands, several or no trace
+// files, programs left running, the analyzer with any arguments.
+
+/// A finished process: any command, any exit status, output captured.
+pub struct Outcome {
+    pub command: String,
+    pub pid: u32,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// What to print when something about this process is wrong.
+    pub fn describe(&self) -> String {
+        format!(
+            "$ {}\n(pid {}, {}, {:.2?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command,
+            self.pid,
+            self.status,
+            self.elapsed,
+            clip(self.stdout.as_bytes()),
+            clip(self.stderr.as_bytes())
+        )
+    }
+
+    /// The last stdout line that is a JSON object, parsed.
+    pub fn json_line(&self) -> Value {
+        let line = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or_else(|| panic!("no JSON line on stdout\n{}", self.describe()));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout's JSON line does not parse ({e}): {line}\n{}", self.describe()))
+    }
+
+    /// The lines of stderr starting with `prefix`.
+    pub fn stderr_lines_starting(&self, prefix: &str) -> Vec<&str> {
+        self.stderr.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+}
+
+/// Run `cmd` to completion, stdin from /dev/null, output captured; a process still running
+/// after `timeout` is killed and the test fails (a hang is a failure, not a wait).
+pub fn run_command(cmd: &mut Command, timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    let out = run_with_timeout(cmd, Some(timeout));
+    Outcome {
+        command: show_command(cmd),
+        pid: out.pid,
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// `leak-analyze ARGS`, whatever its exit status, within `timeout`.
+pub fn analyze<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> Outcome {
+    let mut cmd = Command::new(&repo().analyzer);
+    cmd.args(args);
+    run_command(&mut cmd, timeout)
+}
+
+/// `leak-analyze report TRACE --format json`, which must succeed with JSON; saved as
+/// `save_as` for inspection.
+pub fn report_of(trace: &Path, save_as: &Path) -> Report {
+    let out = analyze(&[OsString::from("report"), trace.into(), "--format".into(), "json".into()], TIMEOUT);
+    let _ = std::fs::write(save_as, &out.stdout);
+    assert!(out.status.success(), "the analyzer failed on {}\n{}", trace.display(), out.describe());
+    let json: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!("the analyzer's output is not JSON ({e}); saved in {}\n{}", save_as.display(), out.describe())
+    });
+    let context = format!(
+        "trace {}, report saved in {}\n--- analyzer stderr ---\n{}",
+        trace.display(),
+        save_as.display(),
+        clip(out.stderr.as_bytes())
+    );
+    Report { json, context }
+}
+
+/// Set `LD_PRELOAD` and every `LEAKTRACE_*` of `settings` on `cmd` (removing any other
+/// `LEAKTRACE_*` of the caller's environment), with the trace path `file_pattern`.
+pub fn apply_settings(cmd: &mut Command, file_pattern: &Path, settings: &Settings) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LEAKTRACE_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("LD_PRELOAD", &repo().preload)
+        .env("LEAKTRACE_FILE", file_pattern)
+        .env("LEAKTRACE_FILE_SIZE", &settings.file_size)
+        .env("LEAKTRACE_SAMPLE_BYTES", &settings.sample_bytes)
+        .env("LEAKTRACE_SEED", settings.seed.to_string())
+        .env("LEAKTRACE_RSS_MS", settings.rss_ms.to_string())
+        .env("LEAKTRACE_START", &settings.start);
+}
+
+/// `cmd` rebuilt as `/bin/sh -c 'SCRIPT; exec PROGRAM ARGS'`, same environment and working
+/// directory, except that `LD_PRELOAD` applies only to PROGRAM (the shell itself is not traced).
+pub fn via_shell(cmd: &Command, script: &str) -> Command {
+    let mut sh = Command::new("/bin/sh");
+    let mut preload = None;
+    for (k, v) in cmd.get_envs() {
+        if k == "LD_PRELOAD" {
+            preload = v.map(|v| v.to_os_string());
+            sh.env_remove(k);
+            continue;
+        }
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let exec = match preload {
+        Some(p) => {
+            sh.env("LT_TEST_PRELOAD", p);
+            "LD_PRELOAD=\"$LT_TEST_PRELOAD\" exec \"$0\" \"$@\""
+        }
+        None => "exec \"$0\" \"$@\"",
+    };
+    sh.arg("-c").arg(format!("{script}; {exec}")).arg(cmd.get_program()).args(cmd.get_args());
+    if let Some(d) = cmd.get_current_dir() {
+        sh.current_dir(d);
+    }
+    sh
+}
+
+impl TestDir {
+    /// A command for `exe args` under the preload with `settings`, in this directory, tracing
+    /// to `trace.%p.lt` here. Callers may add or override environment variables.
+    pub fn traced_command<S: AsRef<std::ffi::OsStr>>(&self, exe: &Path, args: &[S], settings: &Settings) -> Command {
+        let mut cmd = Command::new(exe);
+        cmd.args(args).current_dir(&self.path);
+        apply_settings(&mut cmd, &self.path.join("trace.%p.lt"), settings);
+        cmd
+    }
+
+    /// The same program without the preload and without any `LEAKTRACE_*`: the baseline.
+    pub fn untraced_command<S: AsRef<std::ffi::OsStr>>(&self, exe: &Path, args: &[S]) -> Command {
+        let mut cmd = Command::new(exe);
+        cmd.args(args).current_dir(&self.path).env_remove("LD_PRELOAD");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("LEAKTRACE_") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd
+    }
+
+    /// The trace files in this directory (`trace.*`, not the saved reports).
+    pub fn trace_files(&self) -> Vec<PathBuf> {
+        self.files_starting_with("trace.").into_iter().filter(|p| p.extension().is_none_or(|e| e != "json")).collect()
+    }
+
+    /// `trace.<pid>.lt` in this directory.
+    pub fn trace_of(&self, pid: u32) -> PathBuf {
+        self.path.join(format!("trace.{pid}.lt"))
+    }
+
+    /// Compile C `tests/programs/<source>` into `<dir>/<out>` with the usual flags
+    /// (`-g -O0 -fno-omit-frame-pointer -pthread -Wall`) plus `extra` (e.g. `-shared -fPIC`).
+    pub fn compile_c_with(&self, source: &str, out: &str, extra: &[&str]) -> PathBuf {
+        let src = repo().programs.join(source);
+        assert!(src.is_file(), "no test program {}", src.display());
+        let exe = self.path.join(out);
+        let mut c = Command::new(env_or("CC", "cc"));
+        c.args(["-g", "-O0", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"]).arg(&exe).arg(&src).args(extra);
+        let out = run_with_timeout(&mut c, None);
+        assert!(
+            out.status.success(),
+            "compiling {source} failed ({}):\n$ {}\n--- stderr ---\n{}",
+            out.status,
+            show_command(&c),
+            clip(&out.stderr)
+        );
+        exe
+    }
+}
+
+/// A program running in the background, its output collected as it comes. Dropping it kills
+/// the process (by its own pid) if it is still running.
+pub struct Background {
+    child: std::process::Child,
+    pub pid: u32,
+    command: String,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Background {
+    pub fn spawn(cmd: &mut Command) -> Background {
+        use std::sync::{Arc, Mutex};
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{}`: {e}", show_command(cmd)));
+        let pid = child.id();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        for (mut pipe, buf) in [
+            (Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, stdout.clone()),
+            (Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, stderr.clone()),
+        ] {
+            readers.push(std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match pipe.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }));
+        }
+        Background { child, pid, command: show_command(cmd), stdout, stderr, readers, started: Instant::now() }
+    }
+
+    pub fn stdout_now(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    pub fn stderr_now(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Wait until stdout contains `needle`; fails if the process exits first or `timeout` passes.
+    pub fn wait_for_stdout(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stdout_now().contains(needle) {
+                return;
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // The readers may still hold the last bytes.
+                std::thread::sleep(Duration::from_millis(50));
+                if self.stdout_now().contains(needle) {
+                    return;
+                }
+                panic!("`{}` exited ({st}) before printing {needle:?}\n{}", self.command, self.describe_now());
+            }
+            if Instant::now() > deadline {
+                panic!("`{}` did not print {needle:?} within {timeout:?}\n{}", self.command, self.describe_now());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Send `signal` to the process (its pid only).
+    pub fn signal(&self, signal: i32) {
+        let rc = Command::new("kill").arg(format!("-{signal}")).arg(self.pid.to_string()).status();
+        assert!(rc.is_ok_and(|s| s.success()), "kill -{signal} {} failed", self.pid);
+    }
+
+    /// Wait for the process to end (killing it and failing after `timeout`).
+    pub fn wait(mut self, timeout: Duration) -> Outcome {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("`{}` still running after {timeout:?}: killed\n{}", self.command, self.describe_now());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Outcome {
+            command: self.command.clone(),
+            pid: self.pid,
+            status,
+            stdout: self.stdout_now(),
+            stderr: self.stderr_now(),
+            elapsed: self.started.elapsed(),
+        }
+    }
+
+    fn describe_now(&self) -> String {
+        format!(
+            "--- stdout so far ---\n{}\n--- stderr so far ---\n{}",
+            clip(&self.stdout.lock().unwrap()),
+            clip(&self.stderr.lock().unwrap())
+        )
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
