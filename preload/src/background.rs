@@ -1,13 +1,11 @@
 //! The background thread: RSS series, heartbeat, module map updates and `ctl` requests.
 //! It never runs inside a hook, so it may take the loader lock and do I/O.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use leaktrace_format::layout::hdr;
 
-use crate::modules;
 use crate::sampler::THREAD;
 use crate::tracer::{apply_control, Tracer};
 
@@ -53,8 +51,6 @@ extern "C" fn thread_main(arg: *mut std::ffi::c_void) -> *mut std::ffi::c_void {
 
 fn run(tracer: &'static Tracer, rss_ms: u64) {
     let m = &tracer.mapped;
-    let mut known: HashSet<(u64, String)> = HashSet::new();
-    let mut generation = None;
     let mut control_seq = m.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire);
     let mut next_rss = 0u64;
     loop {
@@ -65,7 +61,7 @@ fn run(tracer: &'static Tracer, rss_ms: u64) {
             next_rss = now + interval_ms * 1_000_000;
         }
         m.header(hdr::HEARTBEAT_NS).store(now, Ordering::Relaxed);
-        refresh_modules(tracer, &mut known, &mut generation);
+        tracer.refresh_modules();
         let seq = m.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire);
         if seq != control_seq {
             control_seq = seq;
@@ -73,19 +69,10 @@ fn run(tracer: &'static Tracer, rss_ms: u64) {
             let mean = m.header(hdr::REQUESTED_MEAN_BYTES).load(Ordering::Relaxed);
             apply_control(tracer, control, mean);
         }
-        std::thread::sleep(POLL);
+        // Sleep until the next poll, or the next RSS sample if that comes sooner.
+        let until_rss = Duration::from_nanos(next_rss.saturating_sub(tracer.now_ns()));
+        std::thread::sleep(POLL.min(until_rss).max(Duration::from_millis(1)));
     }
-}
-
-fn refresh_modules(tracer: &Tracer, known: &mut HashSet<(u64, String)>, generation: &mut Option<modules::Generation>) {
-    let gen = modules::generation();
-    if *generation == Some(gen) {
-        return;
-    }
-    let (mods, gen) = modules::snapshot(tracer.now_ns());
-    *generation = Some(gen);
-    let new: Vec<_> = mods.into_iter().filter(|m| known.insert((m.base, m.path.clone()))).collect();
-    tracer.record_modules(&new);
 }
 
 /// Current resident set size in bytes, from /proc/self/statm.

@@ -76,7 +76,9 @@ impl ThreadState {
     #[inline(always)]
     pub fn charge(&self, size: usize, mean_now: u64) -> Charge {
         let left = self.bytes_until_sample.get().saturating_sub(size.min(i64::MAX as usize) as i64);
-        if left > 0 {
+        // A changed mean (`leak-analyze ctl --sample-bytes`) sends the thread to the slow path,
+        // which redraws: the old distance may be far longer than the new mean.
+        if left > 0 && mean_now == self.mean_of_draw.get() {
             self.bytes_until_sample.set(left);
             return Charge::Skip;
         }
@@ -87,6 +89,13 @@ impl ThreadState {
     #[inline(never)]
     fn on_sample_point(&self, size: usize, mean_now: u64) -> Charge {
         let mean_now = mean_now.max(1);
+        let drawn_with = self.mean_of_draw.get();
+        if drawn_with != 0 && drawn_with != mean_now && self.bytes_until_sample.get() > size as i64 {
+            // The mean changed before the old distance ran out: start a fresh distance under
+            // the new mean (memorylessness keeps the estimate unbiased) and charge this
+            // allocation against it.
+            self.mean_of_draw.set(0);
+        }
         if self.mean_of_draw.get() == 0 {
             // First allocation of this thread: seed, draw, and charge it against the fresh distance.
             self.seed(SEED.load(Ordering::Relaxed));

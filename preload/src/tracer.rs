@@ -13,7 +13,8 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 
 use leaktrace_format::layout::{self, hdr, Api, EventKind, TraceState};
 use leaktrace_format::{encode_meta, MetaKind, ProcessInfo, SamplingChange};
@@ -45,7 +46,20 @@ const MAX_CAPTURE: usize = 64;
 pub struct Tracer {
     pub mapped: Mapped,
     start_mono_ns: u64,
+    /// Which modules this trace has recorded. Only ever `try_lock`ed: its holders are the
+    /// background thread, start-up and exit, and a forked child may find it held forever.
+    modules: Mutex<ModuleLog>,
 }
+
+#[derive(Default)]
+struct ModuleLog {
+    recorded: HashSet<(u64, String)>,
+    generation: Option<modules::Generation>,
+}
+
+/// The newest module snapshot any walk produced, so that a forked child (which must not walk
+/// the module list from inside a hook) can record its parent's map at once.
+static LAST_SNAPSHOT: Mutex<Vec<leaktrace_format::ModuleRecord>> = Mutex::new(Vec::new());
 
 fn mono_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -73,11 +87,30 @@ impl Tracer {
         }
     }
 
-    pub fn record_modules(&self, mods: &[leaktrace_format::ModuleRecord]) {
+    /// Record the modules of `mods` this trace has not recorded yet. Never blocks.
+    fn record_modules(&self, mods: &[leaktrace_format::ModuleRecord], generation: Option<modules::Generation>) {
+        let Ok(mut log) = self.modules.try_lock() else { return };
+        if generation.is_some() {
+            log.generation = generation;
+        }
         for m in mods {
-            if !self.append_meta(MetaKind::Module, m) {
+            if log.recorded.insert((m.base, m.path.clone())) && !self.append_meta(MetaKind::Module, m) {
                 self.mapped.header(hdr::EVENTS_DROPPED).fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Walk the loaded modules if the loader's counters moved, and record new ones.
+    /// Takes the loader lock: never call it from a hook.
+    pub fn refresh_modules(&self) {
+        let generation = modules::generation();
+        if self.modules.try_lock().is_ok_and(|log| log.generation == Some(generation)) {
+            return;
+        }
+        let (mods, generation) = modules::snapshot(self.now_ns());
+        self.record_modules(&mods, Some(generation));
+        if let Ok(mut last) = LAST_SNAPSHOT.try_lock() {
+            *last = mods;
         }
     }
 }
@@ -253,6 +286,9 @@ pub fn on_load() {
         crate::sampler::SEED.store(seed, Ordering::Relaxed);
         let (mods, _) = modules::snapshot(0);
         let _ = TRACER_TEXT.set(modules::tracer_text_range(&mods));
+        if let Ok(mut last) = LAST_SNAPSHOT.try_lock() {
+            *last = mods;
+        }
         let config = CONFIG.get_or_init(|| config);
         if start(&guard, config, false).is_some() {
             // SAFETY: `after_fork_in_child` is an `extern "C" fn()` that stays valid for the
@@ -278,9 +314,15 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     let mapped = unsafe { Mapped::new(base, config.file_size as usize, &plan) };
     let start_mono_ns = mono_ns();
     mapped.write_header(pid, unix_ns(), start_mono_ns, config.sample_bytes, config.rss_ms);
-    let tracer: &'static Tracer = Box::leak(Box::new(Tracer { mapped, start_mono_ns }));
+    let tracer: &'static Tracer =
+        Box::leak(Box::new(Tracer { mapped, start_mono_ns, modules: Mutex::new(ModuleLog::default()) }));
     let info = process_info(pid);
     tracer.append_meta(MetaKind::Process, &info);
+    // The module map goes in at once (a short-lived process may end before the background
+    // thread's first tick): from start-up's walk, or in a forked child from the parent's last one.
+    if let Ok(last) = LAST_SNAPSHOT.try_lock() {
+        tracer.record_modules(&last, None);
+    }
     tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes: config.sample_bytes });
     if config.start_paused {
         tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes: 0 });
@@ -372,6 +414,10 @@ extern "C" fn after_fork_in_child() {
 /// The library destructor: runs at a normal `exit`, after `main` returns.
 pub fn on_unload() {
     if let Some(t) = current() {
+        THREAD.with(|thread| {
+            let _guard = thread.enter();
+            t.refresh_modules();
+        });
         let m = &t.mapped;
         m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
         crate::background::sample_rss(t);
