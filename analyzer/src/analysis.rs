@@ -34,6 +34,10 @@ pub struct Analysis {
     pub end_ns: u64,
 }
 
+/// Outermost frames a frame-pointer stack lacks next to a DWARF one (`__libc_start_call_main`,
+/// `__libc_start_main`, `_start`; `start_thread`, `clone3`): `unwind::OUTER_SLACK` in the preload.
+const STARTUP_FRAMES: usize = 3;
+
 /// Number of points in each site's live-bytes series.
 const SERIES_POINTS: usize = 96;
 
@@ -123,6 +127,25 @@ pub fn analyze(trace: &Trace) -> Analysis {
             .clone()
     };
 
+    // A process that switched from DWARF to frame-pointer unwinding has stacks of the same call
+    // path with and without the outermost start-up frames (which have no frame pointers): map
+    // each stack to the longest stack that extends it by at most `STARTUP_FRAMES` frames.
+    let mut ids: Vec<u32> = trace.live.iter().map(|a| a.stack_id).chain(trace.events.iter().map(|e| e.stack_id)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut longest_extension: HashMap<Vec<u64>, Vec<u64>> = HashMap::new();
+    for &id in &ids {
+        let f = frames_of(id);
+        for cut in 1..=STARTUP_FRAMES.min(f.len().saturating_sub(1)) {
+            let prefix = f[..f.len() - cut].to_vec();
+            let e = longest_extension.entry(prefix).or_default();
+            if f.len() > e.len() || (f.len() == e.len() && f < *e) {
+                *e = f.clone();
+            }
+        }
+    }
+    let canonical = |f: Vec<u64>| -> Vec<u64> { longest_extension.get(&f).cloned().unwrap_or(f) };
+
     let end_ns = trace.end_ns();
     let mut index: HashMap<Vec<u64>, usize> = HashMap::new();
     let mut sites: Vec<Site> = Vec::new();
@@ -131,7 +154,7 @@ pub fn analyze(trace: &Trace) -> Analysis {
         if let Some(&i) = site_of_stack.get(&id) {
             return i;
         }
-        let frames = frames_of(id);
+        let frames = canonical(frames_of(id));
         let i = *index.entry(frames.clone()).or_insert_with(|| {
             sites.push(Site {
                 frames,

@@ -370,7 +370,13 @@ pub fn render_info(t: &Trace) -> String {
     let _ = writeln!(o, "process          pid {} (parent {}) on {}", h.pid, p.ppid, p.hostname);
     let _ = writeln!(o, "executable       {}", p.exe);
     let _ = writeln!(o, "command line     {}", p.cmdline.join(" "));
-    let _ = writeln!(o, "tracer           leaktrace {} ({} unwinder)", p.tracer_version, p.unwinder);
+    let unwinder = match h.unwinder {
+        0 => "deciding (DWARF, comparing with frame pointers)",
+        1 => "frame pointers",
+        2 => "DWARF",
+        _ => "unknown",
+    };
+    let _ = writeln!(o, "tracer           leaktrace {}, unwinder: {unwinder}", p.tracer_version);
     let _ = writeln!(o, "started          {} ns since the epoch", h.start_unix_ns);
     let _ = writeln!(o, "time span        {}", secs(t.end_ns()));
     let _ = writeln!(o, "ended            {}", if h.ended_cleanly() { "exit" } else { "unknown (still running, or killed)" });

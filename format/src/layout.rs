@@ -59,6 +59,7 @@ pub mod hdr {
     pub const SAMPLED_ALLOCS: usize = 376; // u64
     pub const SAMPLED_FREES: usize = 384; // u64
     pub const FAILURE: usize = 392; // u32, see `Failure`, set when tracing stopped on an error
+    pub const UNWINDER: usize = 396; // u32, see `UnwinderInUse`
     pub const LAST: usize = 400;
 }
 const _: () = assert!(hdr::LAST <= HEADER_SIZE);
@@ -124,6 +125,16 @@ pub enum Control {
     Pause = 1,
     Resume = 2,
     SetMeanBytes = 3,
+}
+
+/// `hdr::UNWINDER` values: how the process captures stacks now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum UnwinderInUse {
+    /// DWARF (the `backtrace` crate), comparing with frame pointers to decide.
+    Deciding = 0,
+    FramePointers = 1,
+    Dwarf = 2,
 }
 
 /// `hdr::FAILURE` values.

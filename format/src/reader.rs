@@ -40,6 +40,7 @@ pub struct Header {
     pub sampled_allocs: u64,
     pub sampled_frees: u64,
     pub failure: u32,
+    pub unwinder: u32,
 }
 
 /// One record from the event ring.
@@ -171,6 +172,7 @@ impl Header {
             sampled_allocs: u64_at(bytes, hdr::SAMPLED_ALLOCS),
             sampled_frees: u64_at(bytes, hdr::SAMPLED_FREES),
             failure: u32_at(bytes, hdr::FAILURE),
+            unwinder: u32_at(bytes, hdr::UNWINDER),
             ..Header::default()
         };
         if h.version_major != layout::VERSION_MAJOR {

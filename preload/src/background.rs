@@ -61,6 +61,7 @@ fn run(tracer: &'static Tracer, rss_ms: u64) {
             next_rss = now + interval_ms * 1_000_000;
         }
         m.header(hdr::HEARTBEAT_NS).store(now, Ordering::Relaxed);
+        m.u32_at(hdr::UNWINDER).store(crate::tracer::UNWIND.choice() as u32, Ordering::Relaxed);
         tracer.refresh_modules();
         let seq = m.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire);
         if seq != control_seq {

@@ -19,6 +19,17 @@ pub struct Config {
     pub rss_ms: u64,
     /// `LEAKTRACE_START=off` starts dormant: hooks pass through until `leak-analyze ctl --resume`.
     pub start_paused: bool,
+    /// `LEAKTRACE_UNWINDER`: how stacks are captured.
+    pub unwinder: Unwinder,
+}
+
+/// `LEAKTRACE_UNWINDER` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unwinder {
+    /// Compare both on the first samples; use frame pointers if they give the same stacks.
+    Auto,
+    FramePointers,
+    Dwarf,
 }
 
 impl Default for Config {
@@ -30,6 +41,7 @@ impl Default for Config {
             seed: None,
             rss_ms: DEFAULT_RSS_MS,
             start_paused: false,
+            unwinder: Unwinder::Auto,
         }
     }
 }
@@ -84,6 +96,14 @@ impl Config {
                 _ => return Err(format!("LEAKTRACE_START={v:?} is neither on nor off")),
             };
         }
+        if let Some(v) = get("LEAKTRACE_UNWINDER") {
+            c.unwinder = match v.trim() {
+                "auto" | "" => Unwinder::Auto,
+                "fp" | "frame-pointers" => Unwinder::FramePointers,
+                "dwarf" => Unwinder::Dwarf,
+                _ => return Err(format!("LEAKTRACE_UNWINDER={v:?} is not auto, fp or dwarf")),
+            };
+        }
         Ok(c)
     }
 
@@ -130,6 +150,7 @@ mod tests {
             ("LEAKTRACE_RSS_MS", "1"),
             ("LEAKTRACE_START", "maybe"),
             ("LEAKTRACE_FILE", ""),
+            ("LEAKTRACE_UNWINDER", "libunwind"),
         ] {
             let e = cfg(&[(k, v)]).unwrap_err();
             assert!(e.contains(k), "{e}");

@@ -6,6 +6,8 @@
 //! - [`sampler`]: the per-thread Poisson sampler and re-entrancy guard.
 //! - [`mapped`]: lock-free writers for each region of the trace file.
 //! - [`real`]: the allocator we forward to, and the bootstrap arena.
+//! - [`unwind`]: the bounds-checked frame-pointer unwinder and the per-process choice between
+//!   it and DWARF unwinding (the `backtrace` crate).
 //!
 //! Any failure stops tracing with one line on stderr; the traced program runs on.
 
@@ -21,6 +23,7 @@ pub mod real;
 pub mod sampler;
 pub mod shim;
 pub mod tracer;
+pub mod unwind;
 
 /// One line on stderr, written with a single write(2) so it cannot interleave or take std's
 /// stderr lock (which a fork may have left held).

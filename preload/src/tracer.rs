@@ -12,16 +12,17 @@
 //! another thread, cannot find one held.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
 use leaktrace_format::layout::{self, hdr, Api, EventKind, TraceState};
 use leaktrace_format::{encode_meta, MetaKind, ProcessInfo, SamplingChange};
 
-use crate::config::Config;
+use crate::config::{Config, Unwinder};
 use crate::mapped::{self, EventRecord, LiveEntry, Mapped};
 use crate::sampler::{Charge, Guard, ThreadState, THREAD};
+use crate::unwind::{self, Choice};
 use crate::{file, modules, warn};
 
 /// True while new allocations are being sampled (not dormant, not failed).
@@ -232,33 +233,89 @@ fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
     tracer.mapped.header(hdr::SAMPLED_FREES).fetch_add(1, Ordering::Relaxed);
 }
 
-/// Unwind the current stack into `out`, dropping the frames of leaktrace itself so the first
-/// frame is the caller of the allocation function. Returns the number of frames.
+/// Which unwinder this process uses; decided on its first samples (see `unwind::Calibration`).
+pub static UNWIND: unwind::Calibration = unwind::Calibration::new();
+/// While on frame pointers, one sample in this many is also unwound with DWARF and compared.
+const AUDIT_EVERY: u32 = 256;
+static AUDIT_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Capture the current stack into `out`, innermost first, without leaktrace's own frames, so the
+/// first frame is the caller of the allocation function. Returns the number of frames.
 fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE]) -> usize {
+    match UNWIND.choice() {
+        Choice::Dwarf => dwarf_stack(out),
+        Choice::FramePointers => {
+            let n = frame_pointer_stack(out);
+            if n == 0 {
+                // Unknown stack bounds on this thread (a fiber, a signal stack): DWARF it is.
+                return dwarf_stack(out);
+            }
+            if AUDIT_COUNTER.fetch_add(1, Ordering::Relaxed) % AUDIT_EVERY == 0 {
+                let mut dwarf = [0u64; MAX_CAPTURE];
+                let nd = dwarf_stack(&mut dwarf);
+                if telling(nd) {
+                    UNWIND.record(&out[..n], &dwarf[..nd]);
+                }
+            }
+            n
+        }
+        Choice::Undecided => {
+            let n = dwarf_stack(out);
+            let mut fp = [0u64; MAX_CAPTURE];
+            let nf = frame_pointer_stack(&mut fp);
+            if nf > 0 && telling(n) {
+                UNWIND.record(&fp[..nf], &out[..n]);
+            }
+            n
+        }
+    }
+}
+
+/// Does a DWARF stack this deep say anything about frame pointers? Below the outermost
+/// start-up frames, which are allowed to differ, a stack of one frame (`main` calling malloc)
+/// agrees with any walk; only deeper stacks show whether the program's code keeps frame pointers.
+fn telling(dwarf_frames: usize) -> bool {
+    dwarf_frames >= unwind::OUTER_SLACK + 2
+}
+
+/// Copy `frames` into `out`, skipping the leading frames inside leaktrace and stopping at the
+/// end-of-stack marker (a return address in the first page).
+fn trim_into(frames: impl Iterator<Item = u64>, out: &mut [u64; MAX_CAPTURE]) -> usize {
     let (lo, hi) = TRACER_TEXT.get().copied().unwrap_or((0, 0));
     let mut n = 0;
-    let mut in_tracer = true;
+    for ip in frames.skip_while(|&ip| ip >= lo && ip < hi) {
+        if ip < 4096 || n == MAX_CAPTURE {
+            break;
+        }
+        out[n] = ip;
+        n += 1;
+    }
+    n
+}
+
+fn frame_pointer_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
+    let Some(stack) = unwind::current_thread_stack() else { return 0 };
+    // Room for leaktrace's own frames on top of the ones we keep.
+    let mut raw = [0u64; MAX_CAPTURE + 16];
+    let n = unwind::frame_pointer_walk(&mut raw, stack);
+    trim_into(raw[..n].iter().copied(), out)
+}
+
+fn dwarf_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
+    let mut raw = [0u64; MAX_CAPTURE + 16];
+    let mut n = 0;
     // SAFETY: `trace_unsynchronized` requires that no other thread unwinds through the same
     // backtrace-crate state concurrently in a way that needs its lock; with the libgcc unwinder
     // used on Linux there is no such state (each call is independent), and allocations the
-    // unwinder makes are passed through by the guard we hold.
+    // unwinder makes are passed through by the guard the caller holds.
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
-            let ip = frame.ip() as u64;
-            if in_tracer && ip >= lo && ip < hi {
-                return true;
-            }
-            in_tracer = false;
-            if ip < 4096 {
-                // The outermost frame's return address is 0: the end of the stack.
-                return false;
-            }
-            out[n] = ip;
+            raw[n] = frame.ip() as u64;
             n += 1;
-            n < MAX_CAPTURE
+            n < raw.len()
         });
     }
-    n
+    trim_into(raw[..n].iter().copied(), out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,6 +343,12 @@ pub fn on_load() {
         crate::sampler::SEED.store(seed, Ordering::Relaxed);
         let (mods, _) = modules::snapshot(0);
         let _ = TRACER_TEXT.set(modules::tracer_text_range(&mods));
+        match config.unwinder {
+            Unwinder::Auto if !unwind::frame_pointers_usable() => UNWIND.force(Choice::Dwarf),
+            Unwinder::Auto => {}
+            Unwinder::FramePointers => UNWIND.force(Choice::FramePointers),
+            Unwinder::Dwarf => UNWIND.force(Choice::Dwarf),
+        }
         if let Ok(mut last) = LAST_SNAPSHOT.try_lock() {
             *last = mods;
         }
@@ -368,7 +431,8 @@ fn process_info(pid: u32) -> ProcessInfo {
         cmdline,
         hostname,
         tracer_version: env!("CARGO_PKG_VERSION").into(),
-        unwinder: "backtrace".into(),
+        // The choice may change after the first samples; the header's `unwinder` field follows it.
+        unwinder: "auto".into(),
     }
 }
 
@@ -419,6 +483,7 @@ pub fn on_unload() {
             t.refresh_modules();
         });
         let m = &t.mapped;
+        m.u32_at(hdr::UNWINDER).store(UNWIND.choice() as u32, Ordering::Relaxed);
         m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
         crate::background::sample_rss(t);
         m.u32_at(hdr::END_REASON).store(layout::EndReason::Exit as u32, Ordering::Release);

@@ -217,17 +217,24 @@ pub struct Settings {
     pub seed: u64,
     pub rss_ms: u64,
     pub start: String,
+    /// `LEAKTRACE_UNWINDER`: auto, fp or dwarf.
+    pub unwinder: String,
 }
 
 impl Settings {
     /// Record every allocation (`LEAKTRACE_SAMPLE_BYTES=1`): estimates are exact.
     pub fn exact() -> Settings {
-        Settings { file_size: "32M".into(), sample_bytes: "1".into(), seed: 1, rss_ms: 100, start: "on".into() }
+        Settings { file_size: "32M".into(), sample_bytes: "1".into(), seed: 1, rss_ms: 100, start: "on".into(), unwinder: "auto".into() }
     }
 
     /// Sample with the default mean of 512 KiB and the given seed.
     pub fn sampled(seed: u64) -> Settings {
-        Settings { file_size: "16M".into(), sample_bytes: "524288".into(), seed, rss_ms: 100, start: "on".into() }
+        Settings { file_size: "16M".into(), sample_bytes: "524288".into(), seed, rss_ms: 100, start: "on".into(), unwinder: "auto".into() }
+    }
+
+    pub fn unwinder(mut self, u: &str) -> Settings {
+        self.unwinder = u.into();
+        self
     }
 
     pub fn file_size(mut self, s: &str) -> Settings {
@@ -290,7 +297,8 @@ impl TestDir {
             .env("LEAKTRACE_SAMPLE_BYTES", &settings.sample_bytes)
             .env("LEAKTRACE_SEED", settings.seed.to_string())
             .env("LEAKTRACE_RSS_MS", settings.rss_ms.to_string())
-            .env("LEAKTRACE_START", &settings.start);
+            .env("LEAKTRACE_START", &settings.start)
+            .env("LEAKTRACE_UNWINDER", &settings.unwinder);
         let before = self.files_starting_with("trace.");
         let spawned_unix_ns = unix_ns();
         let out = run_with_timeout(&mut cmd, None);
@@ -869,7 +877,8 @@ pub fn apply_settings(cmd: &mut Command, file_pattern: &Path, settings: &Setting
         .env("LEAKTRACE_SAMPLE_BYTES", &settings.sample_bytes)
         .env("LEAKTRACE_SEED", settings.seed.to_string())
         .env("LEAKTRACE_RSS_MS", settings.rss_ms.to_string())
-        .env("LEAKTRACE_START", &settings.start);
+        .env("LEAKTRACE_START", &settings.start)
+        .env("LEAKTRACE_UNWINDER", &settings.unwinder);
 }
 
 /// `cmd` rebuilt as `/bin/sh -c 'SCRIPT; exec PROGRAM ARGS'`, same environment and working

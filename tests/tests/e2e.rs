@@ -150,6 +150,38 @@ fn first_frame_is_the_allocation_call_with_file_and_line() {
     }
 }
 
+/// Both unwinders, forced, give the same sites: exact bytes per leak_* function and the same
+/// first two frames (the frame-pointer walk may lack the outermost start-up frames).
+#[test]
+fn both_unwinders_agree_on_every_site() {
+    let mut tops: Vec<Vec<(String, u64, u64, String)>> = Vec::new();
+    for unwinder in ["fp", "dwarf"] {
+        let dir = TestDir::new(&format!("unwinder_{unwinder}"));
+        let exe = dir.compile("entry_points.c");
+        let run = dir.run(&exe, &[], &Settings::exact().unwinder(unwinder));
+        let json = run.program_json();
+        let report = run.report();
+        report.check_invariants();
+        assert_exact_sites(&report, &json, false);
+        let mut top: Vec<(String, u64, u64, String)> = program_sites(&json)
+            .into_iter()
+            .map(|(name, _, _)| {
+                let sites = report.sites_allocated_in(&name);
+                if sites.len() != 1 {
+                    report.fail(format!("{unwinder}: expected one site for {name}, found {}", sites.len()));
+                }
+                let f = sites[0].frames();
+                let line = f[0]["line"].as_u64().unwrap_or(0);
+                let caller = f.get(1).and_then(|c| c["function"].as_str()).unwrap_or("").to_string();
+                (name, line, sites[0].exact_bytes(&report), caller)
+            })
+            .collect();
+        top.sort();
+        tops.push(top);
+    }
+    assert_eq!(tops[0], tops[1], "frame pointers and DWARF disagree on the sites of entry_points.c");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. C++ new / new[] and Rust's system allocator reach the preload through malloc
 

@@ -1,0 +1,199 @@
+//! The frame-pointer unwinder runs inside malloc: neither the walk nor the per-thread stack
+//! bounds (first call included) may allocate. Also checks the main thread, from a constructor
+//! that runs before `main` as leaktrace's own does.
+//!
+//! This binary compiles `src/unwind.rs` into itself instead of linking the `leaktrace` rlib:
+//! the rlib brings its exported malloc family and its `.init_array` constructor, which would
+//! start a real trace (a 64 MiB file in the working directory) in the test process. Not linking
+//! it also frees this binary to define malloc itself, so every allocation is counted at the libc
+//! level (glibc's internal ones included, which a `#[global_allocator]` would not see). The
+//! module's own unit tests therefore run here a second time; that is harmless.
+//!
+//! Run with frame pointers: `RUSTFLAGS="-C force-frame-pointers=yes" cargo test -p
+//! leaktrace-preload --test unwind_no_alloc` (or with .cargo/config.toml setting it).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+// The malloc family below has the C functions' contracts.
+#![allow(clippy::missing_safety_doc)]
+
+#[allow(dead_code)]
+#[path = "../src/unwind.rs"]
+mod unwind;
+
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator: this executable's malloc family interposes glibc's for the whole process.
+
+extern "C" {
+    fn __libc_malloc(size: usize) -> *mut c_void;
+    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
+    fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
+    fn __libc_free(p: *mut c_void);
+    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+}
+
+thread_local! {
+    /// Set while this thread's allocations are being counted.
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    /// This thread's allocator calls while armed.
+    static COUNTED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note() {
+    if ARMED.try_with(Cell::get).unwrap_or(false) {
+        let _ = COUNTED.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_malloc(size) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_calloc(n, size) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_realloc(p, size) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_free(p) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    note();
+    // SAFETY: same contract as memalign; `out` is the caller's valid out-pointer.
+    unsafe {
+        let p = __libc_memalign(align, size);
+        if p.is_null() {
+            return libc::ENOMEM;
+        }
+        *out = p;
+    }
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_memalign(align, size) }
+}
+
+/// Run `f` with this thread's allocations counted; returns the count.
+fn count_allocations(f: impl FnOnce()) -> usize {
+    COUNTED.with(|c| c.set(0));
+    ARMED.with(|a| a.set(true));
+    f();
+    ARMED.with(|a| a.set(false));
+    COUNTED.with(Cell::get)
+}
+
+fn walk_many(times: usize) -> u64 {
+    let mut total = 0u64;
+    let mut out = [0u64; 64];
+    for _ in 0..times {
+        if let Some(b) = unwind::current_thread_stack() {
+            total += unwind::frame_pointer_walk(&mut out, b) as u64;
+        }
+    }
+    total
+}
+
+#[test]
+fn the_counter_counts() {
+    let n = count_allocations(|| {
+        std::hint::black_box(vec![1u8; 100]);
+        // SAFETY: strdup of a NUL-terminated literal; freed at once.
+        unsafe { libc::free(libc::strdup(c"glibc allocates too".as_ptr()).cast()) };
+    });
+    assert!(n >= 3, "{n}");
+}
+
+#[test]
+fn no_allocation_during_unwind() {
+    let mut frames = 0;
+    // The first call per thread reads /proc/self/maps: allowed to allocate by the hook's
+    // contract, but it does not.
+    let n = count_allocations(|| {
+        unwind::forget_current_thread_stack();
+        frames = walk_many(1000);
+    });
+    assert_eq!(n, 0, "allocations during 1000 walks");
+    assert!(frames >= 1000, "the walks found {frames} frames");
+}
+
+#[test]
+fn no_allocation_in_a_new_thread() {
+    let (n, frames) = std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn(|| {
+            let mut frames = 0;
+            let n = count_allocations(|| frames = walk_many(1000));
+            (n, frames)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(frames >= 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The main thread, before main (test functions run on other threads).
+
+static MAIN_SP: AtomicU64 = AtomicU64::new(0);
+static MAIN_LO: AtomicU64 = AtomicU64::new(0);
+static MAIN_HI: AtomicU64 = AtomicU64::new(0);
+static MAIN_FRAMES: AtomicU64 = AtomicU64::new(0);
+static MAIN_ALLOCS: AtomicU64 = AtomicU64::new(u64::MAX);
+static MAIN_USABLE: AtomicU64 = AtomicU64::new(2);
+
+extern "C" fn on_main_thread_before_main() {
+    let marker = 0u8;
+    MAIN_SP.store(std::hint::black_box(&marker) as *const u8 as u64, Ordering::Relaxed);
+    let mut frames = 0;
+    let n = count_allocations(|| frames = walk_many(100));
+    MAIN_ALLOCS.store(n as u64, Ordering::Relaxed);
+    MAIN_FRAMES.store(frames, Ordering::Relaxed);
+    if let Some(b) = unwind::current_thread_stack() {
+        MAIN_LO.store(b.lo(), Ordering::Relaxed);
+        MAIN_HI.store(b.hi(), Ordering::Relaxed);
+    }
+    MAIN_USABLE.store(u64::from(unwind::frame_pointers_usable()), Ordering::Relaxed);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static ON_MAIN_THREAD: extern "C" fn() = on_main_thread_before_main;
+
+#[test]
+fn main_thread_bounds_from_a_constructor() {
+    let (sp, lo, hi) =
+        (MAIN_SP.load(Ordering::Relaxed), MAIN_LO.load(Ordering::Relaxed), MAIN_HI.load(Ordering::Relaxed));
+    assert!(lo <= sp && sp < hi, "main thread: sp {sp:#x} outside [{lo:#x}, {hi:#x})");
+    assert!(hi - lo >= 128 << 10, "[{lo:#x}, {hi:#x})");
+    assert_eq!(MAIN_ALLOCS.load(Ordering::Relaxed), 0);
+    assert!(MAIN_FRAMES.load(Ordering::Relaxed) >= 100);
+    assert_eq!(MAIN_USABLE.load(Ordering::Relaxed), 1, "frame_pointers_usable() in a constructor");
+    // This test runs on another thread: different bounds.
+    let b = unwind::current_thread_stack().unwrap();
+    assert!(!b.contains(sp));
+}
