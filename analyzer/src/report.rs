@@ -169,8 +169,9 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
             changes: trace.sampling.iter().map(|s| SamplingChangeOut { t_ns: s.t_ns, mean_bytes: s.mean_bytes }).collect(),
         },
         totals: Totals {
-            unfreed_bytes: analysis.unfreed_bytes.round(),
-            unfreed_allocations: analysis.unfreed_allocations.round(),
+            // `+ 0.0` turns the -0.0 of an empty float sum into 0.
+            unfreed_bytes: analysis.unfreed_bytes.round() + 0.0,
+            unfreed_allocations: analysis.unfreed_allocations.round() + 0.0,
             sampled_events: h.ring_head,
             dropped_events: h.events_dropped + h.live_dropped,
         },
@@ -211,21 +212,18 @@ fn compare_rss_with_heap(trace: &Trace, analysis: &Analysis) -> Option<RssVsHeap
     })
 }
 
-/// "where, in source terms" for a site: its first frame with a name.
+/// Where a site allocates, in source terms when its first frame resolved, else as an address
+/// in its module (never a caller further out, which would name the wrong place).
 pub fn site_label(s: &SiteOut) -> String {
-    s.frames
-        .iter()
-        .find(|f| f.function.is_some())
-        .map(|f| match (&f.function, &f.file, f.line) {
-            (Some(func), Some(file), Some(line)) => {
-                let short = Path::new(file).file_name().map_or(file.as_str(), |n| n.to_str().unwrap_or(file));
-                format!("`{func}` at {short}:{line}")
-            }
-            (Some(func), _, _) => format!("`{func}`"),
-            _ => String::new(),
-        })
-        .or_else(|| s.frames.first().map(|f| format!("{} in {}", f.address, f.module.as_deref().unwrap_or("?"))))
-        .unwrap_or_else(|| "an unknown call stack".into())
+    let Some(f) = s.frames.first() else { return "an unknown call stack".into() };
+    match (&f.function, &f.file, f.line) {
+        (Some(func), Some(file), Some(line)) => {
+            let short = Path::new(file).file_name().and_then(|n| n.to_str()).unwrap_or(file);
+            format!("`{func}` at {short}:{line}")
+        }
+        (Some(func), _, _) => format!("`{func}`"),
+        _ => format!("{} in {}", f.address, f.module.as_deref().unwrap_or("an unknown module")),
+    }
 }
 
 fn summarize(sites: &[SiteOut], rss: Option<&RssVsHeap>) -> String {
