@@ -25,6 +25,21 @@ pub struct Site {
     pub trend: Trend,
     /// Estimated live bytes of this site at `SERIES_POINTS` evenly spaced times over the trace.
     pub series: Vec<f64>,
+    /// Every sampled allocation of this site the trace knows of.
+    pub lifetimes: Vec<Lifetime>,
+}
+
+impl Site {
+    /// Estimated live bytes of this site at `t_ns`, as far as the trace knows (allocations freed
+    /// before the ring's window are not known).
+    pub fn live_bytes_at(&self, t_ns: u64) -> f64 {
+        self.lifetimes
+            .iter()
+            .filter(|l| l.alloc_ns <= t_ns && l.free_ns.is_none_or(|f| f > t_ns))
+            .map(|l| l.weight)
+            .sum::<f64>()
+            + 0.0
+    }
 }
 
 pub struct Analysis {
@@ -166,6 +181,7 @@ pub fn analyze(trace: &Trace) -> Analysis {
                 last_alloc_ns: 0,
                 trend: Trend::default(),
                 series: Vec::new(),
+                lifetimes: Vec::new(),
             });
             sites.len() - 1
         });
@@ -233,6 +249,7 @@ pub fn analyze(trace: &Trace) -> Analysis {
             lifetimes: &lives,
         });
         site.series = series;
+        site.lifetimes = lives;
     }
 
     sites.retain(|s| s.sampled_unfreed > 0);

@@ -3,10 +3,13 @@
 //! Exit codes: 0 success, 2 error (unreadable or foreign file, bad arguments).
 
 mod analysis;
+mod diff;
 mod export;
 mod growth;
+mod progress;
 mod report;
 mod symbolize;
+mod watch;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -60,6 +63,43 @@ enum Command {
     },
     /// Process identity, settings, time span, event counts and file health.
     Info { trace: PathBuf },
+    /// What grew between two traces (OLD NEW), or between two moments of one trace
+    /// (TRACE --from T1 --to T2; times like 90s, 5m, 1h, from the start of the trace).
+    Diff {
+        old: PathBuf,
+        new: Option<PathBuf>,
+        /// With one trace: the earlier moment (default: the start).
+        #[arg(long)]
+        from: Option<String>,
+        /// With one trace: the later moment (default: the end).
+        #[arg(long)]
+        to: Option<String>,
+        /// text or json.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[arg(long = "binaries")]
+        binaries: Vec<PathBuf>,
+        #[arg(long = "debug-dir")]
+        debug_dirs: Vec<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// A live view of a running process: RSS, heap estimate, top growing sites.
+    Watch {
+        trace: PathBuf,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Stop after this many refreshes (default: when the process exits).
+        #[arg(long)]
+        iterations: Option<u64>,
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        #[arg(long = "binaries")]
+        binaries: Vec<PathBuf>,
+        #[arg(long = "debug-dir")]
+        debug_dirs: Vec<PathBuf>,
+    },
     /// Change a running process's tracing through its trace file, without a signal or restart.
     Ctl {
         trace: PathBuf,
@@ -121,14 +161,85 @@ fn ctl(path: &Path, pause: bool, resume: bool, sample_bytes: Option<u64>) -> Res
         u32::from_le_bytes(head[hdr::PID..hdr::PID + 4].try_into()?)))
 }
 
+/// A trace, its analysis and its report, for one side of a diff.
+struct Loaded {
+    trace: Trace,
+    analysis: analysis::Analysis,
+    report: report::Report,
+}
+
+fn load_and_report(path: &Path, opts: &symbolize::SymbolizeOptions) -> Result<Loaded> {
+    let progress = progress::Progress::new();
+    progress.stage(format!("reading {}", path.display()));
+    let trace = load(path)?;
+    progress.stage(format!("analyzing {} events and {} live allocations", trace.events.len(), trace.live.len()));
+    let analysis = analysis::analyze(&trace);
+    progress.stage(format!("symbolizing {} call sites", analysis.sites.len()));
+    let symbolizer = symbolize::Symbolizer::new(&trace.modules, opts);
+    let report = report::build(&trace, &analysis, &symbolizer);
+    Ok(Loaded { trace, analysis, report })
+}
+
+fn run_diff(
+    old: &Path,
+    new: Option<&Path>,
+    from: Option<&str>,
+    to: Option<&str>,
+    format: Format,
+    opts: &symbolize::SymbolizeOptions,
+    top: usize,
+) -> Result<String> {
+    let time = |s: Option<&str>, what: &str| -> Result<Option<u64>> {
+        s.map(|v| diff::parse_time(v).with_context(|| format!("--{what} {v:?} is not a time like 90s, 5m or 1h")))
+            .transpose()
+    };
+    let (from_ns, to_ns) = (time(from, "from")?, time(to, "to")?);
+    let a = load_and_report(old, opts)?;
+    let d = match new {
+        Some(new_path) => {
+            if from_ns.is_some() || to_ns.is_some() {
+                bail!("--from and --to compare two moments of one trace; give one trace with them");
+            }
+            let b = load_and_report(new_path, opts)?;
+            fn side<'a>(l: &'a Loaded, p: &Path) -> diff::Side<'a> {
+                diff::Side {
+                    label: format!("{} (pid {})", p.display(), l.trace.header.pid),
+                    trace: &l.trace,
+                    analysis: &l.analysis,
+                    report: &l.report,
+                    at_ns: None,
+                }
+            }
+            diff::diff(&side(&a, old), &side(&b, new_path))
+        }
+        None => {
+            let end = a.analysis.end_ns;
+            let (t1, t2) = (from_ns.unwrap_or(0).min(end), to_ns.unwrap_or(end).min(end));
+            if t1 >= t2 {
+                bail!("--from must come before --to (the trace spans {:.1}s)", end as f64 / 1e9);
+            }
+            let side = |t: u64| diff::Side {
+                label: format!("{:.1}s", t as f64 / 1e9),
+                trace: &a.trace,
+                analysis: &a.analysis,
+                report: &a.report,
+                at_ns: Some(t),
+            };
+            diff::diff(&side(t1), &side(t2))
+        }
+    };
+    Ok(match format {
+        Format::Json => serde_json::to_string_pretty(&d)? + "\n",
+        Format::Text => diff::render_text(&d, top),
+        _ => bail!("diff writes text or json"),
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Report { trace, format, output, binaries, debug_dirs, top } => {
-            let t = load(&trace)?;
-            let analysis = analysis::analyze(&t);
             let opts = symbolize::SymbolizeOptions { binaries, debug_dirs };
-            let symbolizer = symbolize::Symbolizer::new(&t.modules, &opts);
-            let r = report::build(&t, &analysis, &symbolizer);
+            let Loaded { trace: t, analysis, report: r } = load_and_report(&trace, &opts)?;
             let text: Vec<u8> = match format {
                 Format::Json => (serde_json::to_string_pretty(&r)? + "\n").into_bytes(),
                 Format::Text => report::render_text(&r, top).into_bytes(),
@@ -139,6 +250,23 @@ fn run(cli: Cli) -> Result<()> {
             write_output(output.as_deref(), &text)
         }
         Command::Info { trace } => write_output(None, &report::render_info(&load(&trace)?)),
+        Command::Diff { old, new, from, to, format, binaries, debug_dirs, top } => {
+            let opts = symbolize::SymbolizeOptions { binaries, debug_dirs };
+            let text = run_diff(&old, new.as_deref(), from.as_deref(), to.as_deref(), format, &opts, top)?;
+            write_output(None, &text)
+        }
+        Command::Watch { trace, interval, iterations, top, binaries, debug_dirs } => {
+            if !(interval.is_finite() && interval > 0.0) {
+                bail!("--interval must be a positive number of seconds");
+            }
+            let opts = watch::Options {
+                interval: std::time::Duration::from_secs_f64(interval.min(86_400.0)),
+                iterations,
+                top,
+                symbolize: symbolize::SymbolizeOptions { binaries, debug_dirs },
+            };
+            watch::run(|| load(&trace), &opts)
+        }
         Command::Ctl { trace, pause, resume, sample_bytes } => {
             write_output(None, &ctl(&trace, pause, resume, sample_bytes)?)
         }

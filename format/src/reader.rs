@@ -43,7 +43,7 @@ pub struct Header {
     pub unwinder: u32,
 }
 
-/// One record from the event ring.
+/// One record of the event ring. The writer fills every field but `seq`, which the ring assigns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     pub seq: u64,
@@ -55,6 +55,43 @@ pub struct Event {
     pub tid: u32,
     pub kind: layout::EventKind,
     pub api: layout::Api,
+}
+
+impl Event {
+    /// The record's 48 bytes as stored in the ring, under sequence number `seq`, with its check.
+    pub fn encode(&self, seq: u64) -> [u8; EVENT_SIZE] {
+        let mut rec = [0u8; EVENT_SIZE];
+        rec[ev::SEQ..ev::SEQ + 8].copy_from_slice(&seq.to_le_bytes());
+        rec[ev::TIME_NS..ev::TIME_NS + 8].copy_from_slice(&self.time_ns.to_le_bytes());
+        rec[ev::ADDR..ev::ADDR + 8].copy_from_slice(&self.addr.to_le_bytes());
+        rec[ev::SIZE..ev::SIZE + 8].copy_from_slice(&self.size.to_le_bytes());
+        rec[ev::STACK_ID..ev::STACK_ID + 4].copy_from_slice(&self.stack_id.to_le_bytes());
+        rec[ev::MEAN_BYTES..ev::MEAN_BYTES + 4].copy_from_slice(&self.mean_bytes.to_le_bytes());
+        rec[ev::TID..ev::TID + 4].copy_from_slice(&self.tid.to_le_bytes());
+        rec[ev::KIND] = self.kind as u8;
+        rec[ev::API] = self.api as u8;
+        let check = layout::record_check(&rec);
+        rec[ev::CHECK..ev::CHECK + 2].copy_from_slice(&check.to_le_bytes());
+        rec
+    }
+
+    /// Decode a stored record; `None` if its check fails or its kind or API is unknown.
+    pub fn decode(raw: &[u8; EVENT_SIZE]) -> Option<Event> {
+        if layout::record_check(raw) != u16_at(raw, ev::CHECK) {
+            return None;
+        }
+        Some(Event {
+            seq: u64_at(raw, ev::SEQ),
+            time_ns: u64_at(raw, ev::TIME_NS),
+            addr: u64_at(raw, ev::ADDR),
+            size: u64_at(raw, ev::SIZE),
+            stack_id: u32_at(raw, ev::STACK_ID),
+            mean_bytes: u32_at(raw, ev::MEAN_BYTES),
+            tid: u32_at(raw, ev::TID),
+            kind: layout::EventKind::from_u8(raw[ev::KIND])?,
+            api: layout::Api::from_u8(raw[ev::API])?,
+        })
+    }
 }
 
 /// A sampled allocation that was still live when the trace was read.
@@ -366,24 +403,11 @@ impl Trace {
                 continue;
             }
             let valid_slot = seq != 0 && (seq - 1) % cap == i as u64;
-            let check_ok = layout::record_check(raw) == u16_at(raw, ev::CHECK);
-            let kind = layout::EventKind::from_u8(raw[ev::KIND]);
-            let api = layout::Api::from_u8(raw[ev::API]);
             // Writers may commit a little past the head we read; the ring can only be a lap ahead.
             let in_window = seq >= oldest_kept && seq <= head.saturating_add(cap);
-            match (valid_slot && check_ok && in_window, kind, api) {
-                (true, Some(kind), Some(api)) => self.events.push(Event {
-                    seq,
-                    time_ns: u64_at(raw, ev::TIME_NS),
-                    addr: u64_at(raw, ev::ADDR),
-                    size: u64_at(raw, ev::SIZE),
-                    stack_id: u32_at(raw, ev::STACK_ID),
-                    mean_bytes: u32_at(raw, ev::MEAN_BYTES),
-                    tid: u32_at(raw, ev::TID),
-                    kind,
-                    api,
-                }),
-                _ => {
+            match Event::decode(raw).filter(|_| valid_slot && in_window) {
+                Some(e) => self.events.push(e),
+                None => {
                     // Reserved by a writer that has not (or never) committed it, or damaged.
                     if (i as u64) < head {
                         torn += 1;

@@ -18,18 +18,7 @@ use std::sync::atomic::AtomicU16;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use leaktrace_format::layout::{self, ev, hdr, live, Region, EVENT_SIZE, LIVE_SLOT_SIZE};
-
-/// One event to append to the ring.
-pub struct EventRecord {
-    pub time_ns: u64,
-    pub addr: u64,
-    pub size: u64,
-    pub stack_id: u32,
-    pub mean_bytes: u32,
-    pub tid: u32,
-    pub kind: layout::EventKind,
-    pub api: layout::Api,
-}
+use leaktrace_format::Event;
 
 /// What the live table remembers of a sampled allocation.
 #[derive(Clone, Copy)]
@@ -185,23 +174,12 @@ impl Mapped {
     // -----------------------------------------------------------------------------------------
     // Ring
 
-    /// Append one event. Lock-free; a slower writer lapped by the ring loses its record (the
+    /// Append one event (its `seq` is ignored: the ring assigns it). Lock-free; a slower writer lapped by the ring loses its record (the
     /// check rejects the mix), it never blocks.
-    pub fn push_event(&self, e: &EventRecord) {
+    pub fn push_event(&self, e: &Event) {
         let seq = self.u64_at(hdr::RING_HEAD).fetch_add(1, Ordering::Relaxed) + 1;
         let slot = ((seq - 1) % self.ring_capacity) as usize;
-        let mut rec = [0u8; EVENT_SIZE];
-        rec[ev::SEQ..ev::SEQ + 8].copy_from_slice(&seq.to_le_bytes());
-        rec[ev::TIME_NS..ev::TIME_NS + 8].copy_from_slice(&e.time_ns.to_le_bytes());
-        rec[ev::ADDR..ev::ADDR + 8].copy_from_slice(&e.addr.to_le_bytes());
-        rec[ev::SIZE..ev::SIZE + 8].copy_from_slice(&e.size.to_le_bytes());
-        rec[ev::STACK_ID..ev::STACK_ID + 4].copy_from_slice(&e.stack_id.to_le_bytes());
-        rec[ev::MEAN_BYTES..ev::MEAN_BYTES + 4].copy_from_slice(&e.mean_bytes.to_le_bytes());
-        rec[ev::TID..ev::TID + 4].copy_from_slice(&e.tid.to_le_bytes());
-        rec[ev::KIND] = e.kind as u8;
-        rec[ev::API] = e.api as u8;
-        let check = layout::record_check(&rec);
-        rec[ev::CHECK..ev::CHECK + 2].copy_from_slice(&check.to_le_bytes());
+        let rec = e.encode(seq);
         let off = self.region_start(Region::Ring) + slot * EVENT_SIZE;
         // Invalidate the slot first so a reader never pairs the old sequence with new fields.
         let seq_word = self.u64_at(off + ev::SEQ);
@@ -474,8 +452,9 @@ mod tests {
         f(&m, &snapshot);
     }
 
-    fn event(addr: u64, kind: layout::EventKind) -> EventRecord {
-        EventRecord {
+    fn event(addr: u64, kind: layout::EventKind) -> Event {
+        Event {
+            seq: 0,
             time_ns: addr,
             addr,
             size: 100,

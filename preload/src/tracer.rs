@@ -17,10 +17,10 @@ use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
 use leaktrace_format::layout::{self, hdr, Api, EventKind, TraceState};
-use leaktrace_format::{encode_meta, MetaKind, ProcessInfo, SamplingChange};
+use leaktrace_format::{encode_meta, Event, MetaKind, ProcessInfo, SamplingChange};
 
 use crate::config::{Config, Unwinder};
-use crate::mapped::{self, EventRecord, LiveEntry, Mapped};
+use crate::mapped::{self, LiveEntry, Mapped};
 use crate::sampler::{Charge, Guard, ThreadState, THREAD};
 use crate::unwind::{self, Choice};
 use crate::{file, modules, warn};
@@ -194,7 +194,8 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
         // Without a live entry the free could not be matched; an event alone would read as a leak.
         return;
     }
-    tracer.mapped.push_event(&EventRecord {
+    tracer.mapped.push_event(&Event {
+        seq: 0,
         time_ns,
         addr,
         size,
@@ -220,7 +221,8 @@ fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
     // Frees are recorded even from inside leaktrace itself (a sampled block can reach free
     // from anywhere); they only touch the mapping, so no guard is needed.
     let tid = THREAD.with(|t| t.tid());
-    tracer.mapped.push_event(&EventRecord {
+    tracer.mapped.push_event(&Event {
+        seq: 0,
         time_ns: tracer.now_ns(),
         addr,
         size: e.size,

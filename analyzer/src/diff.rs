@@ -1,0 +1,186 @@
+//! `leak-analyze diff`: what grew between two traces, or between two moments of one trace.
+//!
+//! Sites of different traces are matched by what they mean, not by address (two runs load
+//! their code at different addresses): each frame's module file name plus its function, file
+//! and line, or, when it did not symbolize, its offset in its module.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use leaktrace_format::Trace;
+
+use crate::analysis::Analysis;
+use crate::report::{human_bytes, site_label, FrameOut, Report, SiteOut};
+
+/// One side of a comparison: a trace's report, and the moment it is read at.
+pub struct Side<'a> {
+    pub label: String,
+    pub trace: &'a Trace,
+    pub analysis: &'a Analysis,
+    pub report: &'a Report,
+    /// None: the end of the trace (the live table); Some(t): live bytes at t from the history.
+    pub at_ns: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct Diff {
+    pub old: String,
+    pub new: String,
+    pub old_unfreed_bytes: f64,
+    pub new_unfreed_bytes: f64,
+    /// Sites ordered by growth, largest first.
+    pub sites: Vec<SiteDiff>,
+}
+
+#[derive(Serialize)]
+pub struct SiteDiff {
+    pub old_unfreed_bytes: f64,
+    pub new_unfreed_bytes: f64,
+    pub delta_bytes: f64,
+    /// The site's growth verdict in the newer trace (false if it is not there).
+    pub growing_in_new: bool,
+    pub frames: Vec<FrameOut>,
+    #[serde(skip)]
+    label: String,
+}
+
+fn frame_key(trace: &Trace, f: &FrameOut) -> String {
+    let module = f.module.clone().unwrap_or_default();
+    match (&f.function, &f.file, f.line) {
+        (Some(func), file, line) => format!("{module}|{func}|{}|{}", file.as_deref().unwrap_or(""), line.unwrap_or(0)),
+        _ => {
+            let addr = u64::from_str_radix(f.address.trim_start_matches("0x"), 16).unwrap_or(0);
+            let offset = trace.modules.iter().find(|m| m.contains(addr)).map_or(addr, |m| addr.wrapping_sub(m.base));
+            format!("{module}|+{offset:#x}")
+        }
+    }
+}
+
+fn site_key(trace: &Trace, s: &SiteOut) -> Vec<String> {
+    s.frames.iter().map(|f| frame_key(trace, f)).collect()
+}
+
+/// Unfreed bytes of every site of `side`, keyed by meaning.
+fn bytes_by_key<'a>(side: &Side<'a>) -> BTreeMap<Vec<String>, (f64, bool, &'a SiteOut)> {
+    let mut out = BTreeMap::new();
+    for (s, site) in side.report.sites.iter().zip(&side.analysis.sites) {
+        let bytes = match side.at_ns {
+            None => s.unfreed_bytes,
+            Some(t) => site.live_bytes_at(t).round(),
+        };
+        let e = out.entry(site_key(side.trace, s)).or_insert((0.0, false, s));
+        e.0 += bytes;
+        e.1 |= s.growing;
+    }
+    out
+}
+
+pub fn diff(old: &Side<'_>, new: &Side<'_>) -> Diff {
+    let (a, b) = (bytes_by_key(old), bytes_by_key(new));
+    let mut sites: Vec<SiteDiff> = Vec::new();
+    for (key, &(nb, growing, s)) in &b {
+        let ob = a.get(key).map_or(0.0, |e| e.0);
+        sites.push(SiteDiff {
+            old_unfreed_bytes: ob,
+            new_unfreed_bytes: nb,
+            delta_bytes: nb - ob,
+            growing_in_new: growing,
+            frames: s.frames.clone(),
+            label: site_label(s),
+        });
+    }
+    for (key, &(ob, _, s)) in &a {
+        if !b.contains_key(key) {
+            sites.push(SiteDiff {
+                old_unfreed_bytes: ob,
+                new_unfreed_bytes: 0.0,
+                delta_bytes: -ob,
+                growing_in_new: false,
+                frames: s.frames.clone(),
+                label: site_label(s),
+            });
+        }
+    }
+    sites.retain(|s| s.delta_bytes != 0.0);
+    sites.sort_by(|x, y| y.delta_bytes.total_cmp(&x.delta_bytes).then_with(|| x.label.cmp(&y.label)));
+    Diff {
+        old: old.label.clone(),
+        new: new.label.clone(),
+        old_unfreed_bytes: a.values().map(|e| e.0).sum::<f64>() + 0.0,
+        new_unfreed_bytes: b.values().map(|e| e.0).sum::<f64>() + 0.0,
+        sites,
+    }
+}
+
+fn signed(b: f64) -> String {
+    if b >= 0.0 {
+        format!("+{}", human_bytes(b))
+    } else {
+        format!("-{}", human_bytes(-b))
+    }
+}
+
+pub fn render_text(d: &Diff, top: usize) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "leak-analyze diff: {} -> {}", d.old, d.new);
+    let _ = writeln!(
+        o,
+        "unfreed: {} -> {} ({})\n",
+        human_bytes(d.old_unfreed_bytes),
+        human_bytes(d.new_unfreed_bytes),
+        signed(d.new_unfreed_bytes - d.old_unfreed_bytes)
+    );
+    for s in d.sites.iter().take(top) {
+        let _ = writeln!(
+            o,
+            "{:>12}  ({} -> {})  {}{}",
+            signed(s.delta_bytes),
+            human_bytes(s.old_unfreed_bytes),
+            human_bytes(s.new_unfreed_bytes),
+            s.label,
+            if s.growing_in_new { "  [growing]" } else { "" }
+        );
+    }
+    if d.sites.len() > top {
+        let _ = writeln!(o, "... {} more sites changed (use --top or --format json)", d.sites.len() - top);
+    }
+    if d.sites.is_empty() {
+        let _ = writeln!(o, "no site changed");
+    }
+    o
+}
+
+/// "90s", "1500ms", "2m", "1h", "12.5" (seconds) into nanoseconds.
+pub fn parse_time(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, scale) = if let Some(v) = s.strip_suffix("ms") {
+        (v, 1e6)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1e9)
+    } else if let Some(v) = s.strip_suffix('m') {
+        (v, 60e9)
+    } else if let Some(v) = s.strip_suffix('h') {
+        (v, 3600e9)
+    } else {
+        (s, 1e9)
+    };
+    let v: f64 = num.parse().ok()?;
+    (v.is_finite() && v >= 0.0 && v * scale < u64::MAX as f64).then(|| (v * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_with_units() {
+        assert_eq!(parse_time("90s"), Some(90_000_000_000));
+        assert_eq!(parse_time("1500ms"), Some(1_500_000_000));
+        assert_eq!(parse_time("2m"), Some(120_000_000_000));
+        assert_eq!(parse_time("0.5"), Some(500_000_000));
+        assert_eq!(parse_time("-1s"), None);
+        assert_eq!(parse_time("soon"), None);
+    }
+}

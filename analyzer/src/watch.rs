@@ -1,0 +1,108 @@
+//! `leak-analyze watch`: a live view of a running process, re-read from its trace every few
+//! seconds: RSS and its recent rate, the estimated heap, the verdict, the top growing sites.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Result;
+
+use leaktrace_format::Trace;
+
+use crate::report::{human_bytes, site_label, Report};
+use crate::symbolize::{SymbolizeOptions, Symbolizer};
+use crate::{analysis, report};
+
+/// Clear the screen and home the cursor (only on a terminal).
+const CLEAR: &str = "\x1b[2J\x1b[H";
+
+pub struct Options {
+    pub interval: Duration,
+    /// Stop after this many refreshes (None: until the process ends).
+    pub iterations: Option<u64>,
+    pub top: usize,
+    pub symbolize: SymbolizeOptions,
+}
+
+pub fn run(load: impl Fn() -> Result<Trace>, opts: &Options) -> Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    // Symbolizing is the slow part; keep the symbolizer while the module map stays the same.
+    let mut symbolizer: Option<(usize, Symbolizer)> = None;
+    let mut refreshes = 0u64;
+    loop {
+        let trace = load()?;
+        let analysis = analysis::analyze(&trace);
+        if symbolizer.as_ref().is_none_or(|(n, _)| *n != trace.modules.len()) {
+            symbolizer = Some((trace.modules.len(), Symbolizer::new(&trace.modules, &opts.symbolize)));
+        }
+        let sym = &symbolizer.as_ref().expect("set just above").1;
+        let r = report::build(&trace, &analysis, sym);
+        let mut out = std::io::stdout().lock();
+        if tty {
+            out.write_all(CLEAR.as_bytes())?;
+        }
+        out.write_all(render(&trace, &r, opts.top).as_bytes())?;
+        out.flush()?;
+        refreshes += 1;
+        if trace.header.ended_cleanly() || opts.iterations.is_some_and(|n| refreshes >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(opts.interval);
+    }
+}
+
+fn minutes_and_seconds(ns: u64) -> String {
+    let s = ns / 1_000_000_000;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// RSS change per minute over the last minute of the series (or what there is of it), and the
+/// span it was measured over.
+fn recent_rss_rate(t: &Trace) -> Option<(f64, u64)> {
+    let last = t.rss.last()?;
+    let from = t.rss.iter().find(|r| r.t_ns + 60_000_000_000 >= last.t_ns)?;
+    let dt = last.t_ns.checked_sub(from.t_ns).filter(|&d| d > 0)?;
+    Some(((last.rss_bytes as f64 - from.rss_bytes as f64) * 60e9 / dt as f64, dt))
+}
+
+pub fn render(t: &Trace, r: &Report, top: usize) -> String {
+    let mut o = String::new();
+    let state = if t.header.ended_cleanly() {
+        "exited"
+    } else {
+        match t.header.trace_state() {
+            Some(leaktrace_format::layout::TraceState::Paused) => "paused",
+            Some(leaktrace_format::layout::TraceState::Failed) => "tracing stopped (internal failure)",
+            _ => "running",
+        }
+    };
+    let _ = writeln!(o, "pid {}  {}  [{state}, {}]", r.process.pid, r.process.cmdline.join(" "), minutes_and_seconds(t.end_ns()));
+    let rss_now = t.rss.last().map_or(0.0, |s| s.rss_bytes as f64);
+    let rate = recent_rss_rate(t).map_or(String::new(), |(v, span)| {
+        let sign = if v >= 0.0 { "+" } else { "-" };
+        format!(" ({sign}{}/min over the last {})", human_bytes(v.abs()), minutes_and_seconds(span))
+    });
+    let _ = writeln!(o, "RSS {}{rate}   heap estimate {}", human_bytes(rss_now), human_bytes(r.totals.unfreed_bytes));
+    let _ = writeln!(o, "\n{}\n", r.summary);
+    let _ = writeln!(o, "{:>3}  {:>11}  {:>13}  {:>5}  site", "#", "unfreed", "growth/min", "conf");
+    for s in r.sites.iter().take(top) {
+        let growth = if s.growing { format!("+{}", human_bytes(s.growth_bytes_per_sec * 60.0)) } else { "-".into() };
+        let _ = writeln!(
+            o,
+            "{:>3}  {:>11}  {:>13}  {:>5.2}  {}",
+            s.id,
+            human_bytes(s.unfreed_bytes),
+            growth,
+            s.trend_confidence,
+            site_label(s)
+        );
+    }
+    if r.sites.is_empty() {
+        let _ = writeln!(o, "     (no unfreed sampled allocations yet)");
+    }
+    o
+}
