@@ -167,7 +167,7 @@ pub fn parse_time(s: &str) -> Option<u64> {
         (s, 1e9)
     };
     let v: f64 = num.parse().ok()?;
-    (v.is_finite() && v >= 0.0 && v * scale < u64::MAX as f64).then(|| (v * scale) as u64)
+    (v.is_finite() && v >= 0.0 && v * scale < u64::MAX as f64).then_some((v * scale) as u64)
 }
 
 #[cfg(test)]

@@ -249,7 +249,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             write_output(output.as_deref(), &text)
         }
-        Command::Info { trace } => write_output(None, &report::render_info(&load(&trace)?)),
+        Command::Info { trace } => write_output(None, report::render_info(&load(&trace)?)),
         Command::Diff { old, new, from, to, format, binaries, debug_dirs, top } => {
             let opts = symbolize::SymbolizeOptions { binaries, debug_dirs };
             let text = run_diff(&old, new.as_deref(), from.as_deref(), to.as_deref(), format, &opts, top)?;

@@ -476,9 +476,7 @@ impl Trace {
     /// 0 while paused).
     pub fn mean_bytes_at(&self, t_ns: u64) -> u64 {
         self.sampling
-            .iter()
-            .filter(|s| s.t_ns <= t_ns)
-            .next_back()
+            .iter().rfind(|s| s.t_ns <= t_ns)
             .map_or(self.header.initial_mean_bytes, |s| s.mean_bytes)
     }
 
