@@ -12,14 +12,22 @@ use crate::tracer::{apply_control, Tracer};
 /// How often `ctl` requests and module changes are looked for, whatever the RSS interval.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How often a forked child's thread looks for the child's trace to have started.
+const CHILD_WAIT: Duration = Duration::from_millis(200);
+
 struct Start {
-    tracer: &'static Tracer,
+    /// None in a forked child: wait for the child's own trace, started at its first sample point.
+    tracer: Option<&'static Tracer>,
     rss_ms: u64,
 }
 
 /// Start the thread with pthread_create rather than std::thread, whose start-up code allocates
 /// (spawn hooks, thread-local destructors) before any closure of ours could raise the guard.
-pub fn spawn(tracer: &'static Tracer, rss_ms: u64) -> std::io::Result<()> {
+///
+/// A forked child gets its thread from the atfork handler (`tracer` None), not from the hook
+/// that starts its trace: pthread_create takes glibc-internal locks that the allocation which
+/// reached the hook might be holding.
+pub fn spawn(tracer: Option<&'static Tracer>, rss_ms: u64) -> std::io::Result<()> {
     let start = Box::into_raw(Box::new(Start { tracer, rss_ms }));
     // SAFETY: an all-zero pthread_t is a valid out-buffer.
     let mut thread: libc::pthread_t = unsafe { std::mem::zeroed() };
@@ -44,7 +52,13 @@ extern "C" fn thread_main(arg: *mut std::ffi::c_void) -> *mut std::ffi::c_void {
         let _guard = t.enter();
         // SAFETY: `arg` is the `Start` leaked by `spawn` for this thread alone.
         let start = unsafe { Box::from_raw(arg.cast::<Start>()) };
-        run(start.tracer, start.rss_ms);
+        let tracer = start.tracer.unwrap_or_else(|| loop {
+            if let Some(t) = crate::tracer::current() {
+                break t;
+            }
+            std::thread::sleep(CHILD_WAIT);
+        });
+        run(tracer, start.rss_ms);
     });
     std::ptr::null_mut()
 }

@@ -397,8 +397,11 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     // Pairs with the acquire load in `current`.
     TRACER.store(tracer as *const Tracer as *mut Tracer, Ordering::Release);
     SAMPLING.store(!config.start_paused, Ordering::Relaxed);
-    if let Err(e) = crate::background::spawn(tracer, config.rss_ms) {
-        warn(&format!("cannot start the background thread ({e}); no RSS series or module updates in {path}"));
+    // A forked child's thread was started by the atfork handler and is waiting for this trace.
+    if !is_child {
+        if let Err(e) = crate::background::spawn(Some(tracer), config.rss_ms) {
+            warn(&format!("cannot start the background thread ({e}); no RSS series or module updates in {path}"));
+        }
     }
     Some(tracer)
 }
@@ -471,10 +474,23 @@ pub fn apply_control(tracer: &Tracer, control: u32, mean_bytes: u64) {
 /// In a forked child the parent's trace must never be written again: it belongs to the
 /// parent, and both processes would interleave records. The child starts its own trace, with
 /// its own pid in the name, at its first sample point.
+///
+/// The child's background thread starts here, idle until that trace exists: starting it from
+/// the hook that starts the trace would call pthread_create inside an allocation, which may
+/// hold glibc locks pthread_create needs. A child that execs loses the thread at once.
 extern "C" fn after_fork_in_child() {
     TRACER.store(std::ptr::null_mut(), Ordering::Release);
-    CHILD_PENDING.store(SAMPLING.load(Ordering::Relaxed), Ordering::Release);
-    THREAD.with(|t| t.reset_after_fork());
+    let tracing = SAMPLING.load(Ordering::Relaxed);
+    CHILD_PENDING.store(tracing, Ordering::Release);
+    THREAD.with(|t| {
+        t.reset_after_fork();
+        if tracing {
+            let _guard = t.enter();
+            if let Some(config) = CONFIG.get() {
+                let _ = crate::background::spawn(None, config.rss_ms);
+            }
+        }
+    });
 }
 
 /// The library destructor: runs at a normal `exit`, after `main` returns.
