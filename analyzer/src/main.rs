@@ -41,6 +41,23 @@ enum Format {
     Html,
 }
 
+/// Where to find the traced program's binaries and debug files.
+#[derive(clap::Args)]
+struct SymbolArgs {
+    /// Look for the traced binaries here (by file name, or by full path as in a sysroot).
+    #[arg(long = "binaries")]
+    binaries: Vec<PathBuf>,
+    /// Look for separate debug files here, in the .build-id/xx/rest.debug layout.
+    #[arg(long = "debug-dir")]
+    debug_dirs: Vec<PathBuf>,
+}
+
+impl From<SymbolArgs> for symbolize::SymbolizeOptions {
+    fn from(a: SymbolArgs) -> Self {
+        symbolize::SymbolizeOptions { binaries: a.binaries, debug_dirs: a.debug_dirs }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// List the call sites with unfreed memory at the end of the trace, biggest first.
@@ -51,12 +68,8 @@ enum Command {
         /// Write the report here instead of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Look for the traced binaries here (by file name, or by full path as in a sysroot).
-        #[arg(long = "binaries")]
-        binaries: Vec<PathBuf>,
-        /// Look for separate debug files here, in the .build-id/xx/rest.debug layout.
-        #[arg(long = "debug-dir")]
-        debug_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        symbols: SymbolArgs,
         /// Sites to show in text output.
         #[arg(long, default_value_t = 20)]
         top: usize,
@@ -77,10 +90,8 @@ enum Command {
         /// text or json.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
-        #[arg(long = "binaries")]
-        binaries: Vec<PathBuf>,
-        #[arg(long = "debug-dir")]
-        debug_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        symbols: SymbolArgs,
         #[arg(long, default_value_t = 20)]
         top: usize,
     },
@@ -95,10 +106,8 @@ enum Command {
         iterations: Option<u64>,
         #[arg(long, default_value_t = 10)]
         top: usize,
-        #[arg(long = "binaries")]
-        binaries: Vec<PathBuf>,
-        #[arg(long = "debug-dir")]
-        debug_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        symbols: SymbolArgs,
     },
     /// Change a running process's tracing through its trace file, without a signal or restart.
     Ctl {
@@ -237,8 +246,8 @@ fn run_diff(
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Report { trace, format, output, binaries, debug_dirs, top } => {
-            let opts = symbolize::SymbolizeOptions { binaries, debug_dirs };
+        Command::Report { trace, format, output, symbols, top } => {
+            let opts = symbols.into();
             let Loaded { trace: t, analysis, report: r } = load_and_report(&trace, &opts)?;
             let text: Vec<u8> = match format {
                 Format::Json => (serde_json::to_string_pretty(&r)? + "\n").into_bytes(),
@@ -250,12 +259,12 @@ fn run(cli: Cli) -> Result<()> {
             write_output(output.as_deref(), &text)
         }
         Command::Info { trace } => write_output(None, report::render_info(&load(&trace)?)),
-        Command::Diff { old, new, from, to, format, binaries, debug_dirs, top } => {
-            let opts = symbolize::SymbolizeOptions { binaries, debug_dirs };
+        Command::Diff { old, new, from, to, format, symbols, top } => {
+            let opts = symbols.into();
             let text = run_diff(&old, new.as_deref(), from.as_deref(), to.as_deref(), format, &opts, top)?;
             write_output(None, &text)
         }
-        Command::Watch { trace, interval, iterations, top, binaries, debug_dirs } => {
+        Command::Watch { trace, interval, iterations, top, symbols } => {
             if !(interval.is_finite() && interval > 0.0) {
                 bail!("--interval must be a positive number of seconds");
             }
@@ -263,7 +272,7 @@ fn run(cli: Cli) -> Result<()> {
                 interval: std::time::Duration::from_secs_f64(interval.min(86_400.0)),
                 iterations,
                 top,
-                symbolize: symbolize::SymbolizeOptions { binaries, debug_dirs },
+                symbolize: symbols.into(),
             };
             watch::run(|| load(&trace), &opts)
         }

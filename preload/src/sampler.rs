@@ -28,16 +28,7 @@ pub struct ThreadState {
 }
 
 thread_local! {
-    pub static THREAD: ThreadState = const {
-        ThreadState {
-            in_hook: Cell::new(false),
-            // 0 sends the thread's first allocation to `draw_first`, which seeds the generator.
-            bytes_until_sample: Cell::new(0),
-            mean_of_draw: Cell::new(0),
-            rng: Cell::new(0),
-            tid: Cell::new(0),
-        }
-    };
+    pub static THREAD: ThreadState = const { ThreadState::new() };
 }
 
 /// Proof that the current thread is inside leaktrace; recording functions take `&Guard`.
@@ -62,6 +53,18 @@ pub enum Charge {
 }
 
 impl ThreadState {
+    pub const fn new() -> ThreadState {
+        ThreadState {
+            in_hook: Cell::new(false),
+            // 0 (with no mean drawn yet) sends the thread's first allocation to the slow path,
+            // which seeds the generator.
+            bytes_until_sample: Cell::new(0),
+            mean_of_draw: Cell::new(0),
+            rng: Cell::new(0),
+            tid: Cell::new(0),
+        }
+    }
+
     pub fn enter(&self) -> Guard<'_> {
         let was_in_hook = self.in_hook.replace(true);
         Guard { state: self, was_in_hook, _not_send: std::marker::PhantomData }
@@ -164,13 +167,7 @@ mod tests {
     use super::*;
 
     fn fresh() -> ThreadState {
-        ThreadState {
-            in_hook: Cell::new(false),
-            bytes_until_sample: Cell::new(0),
-            mean_of_draw: Cell::new(0),
-            rng: Cell::new(0),
-            tid: Cell::new(0),
-        }
+        ThreadState::new()
     }
 
     #[test]

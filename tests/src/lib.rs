@@ -352,14 +352,7 @@ impl Run {
 
     /// The program's own account of what it leaked: the last stdout line that is a JSON object.
     pub fn program_json(&self) -> Value {
-        let line = self
-            .stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .unwrap_or_else(|| panic!("the program printed no JSON line\n{}", self.describe()));
-        serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("the program's JSON line does not parse ({e}): {line}\n{}", self.describe()))
+        last_json_line(&self.stdout, || self.describe())
     }
 
     /// `leak-analyze report TRACE --format json`, parsed. The analyzer must succeed.
@@ -808,19 +801,23 @@ impl Outcome {
 
     /// The last stdout line that is a JSON object, parsed.
     pub fn json_line(&self) -> Value {
-        let line = self
-            .stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .unwrap_or_else(|| panic!("no JSON line on stdout\n{}", self.describe()));
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout's JSON line does not parse ({e}): {line}\n{}", self.describe()))
+        last_json_line(&self.stdout, || self.describe())
     }
 
     /// The lines of stderr starting with `prefix`.
     pub fn stderr_lines_starting(&self, prefix: &str) -> Vec<&str> {
         self.stderr.lines().filter(|l| l.starts_with(prefix)).collect()
     }
+}
+
+/// The last line of `stdout` that is a JSON object, parsed; panics with `describe()` otherwise.
+fn last_json_line(stdout: &str, describe: impl Fn() -> String) -> Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line on stdout\n{}", describe()));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout's JSON line does not parse ({e}): {line}\n{}", describe()))
 }
 
 /// Run `cmd` to completion, stdin from /dev/null, output captured; a process still running
