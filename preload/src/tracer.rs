@@ -1,6 +1,8 @@
 //! The tracer: process-wide state, start-up, the record paths behind the hooks, fork and exit.
 //!
-//! Cost budget per hook (see scripts/bench for the measured figures):
+//! Cost budget per hook. Measured with callgrind on a malloc/free loop (instructions per
+//! malloc+free pair above no preload): a bare pass-through interposer 4, leaktrace dormant 53,
+//! tracing with nothing sampled 85, default sampling 98. Wall-clock figures: scripts/bench.
 //! - unsampled malloc: the real malloc, one relaxed load of `SAMPLING`, one of `MEAN`, and a
 //!   subtract-and-compare on thread-local memory. No atomics written, no floating point.
 //! - free of an unsampled pointer: the real free plus one relaxed byte load from the counting
