@@ -138,7 +138,7 @@ pub fn on_alloc(p: *mut c_void, size: usize, api: Api) {
             return;
         }
         if let Charge::Sample { mean_bytes } = t.charge(size, MEAN.load(Ordering::Relaxed)) {
-            record_alloc(t, p as u64, size as u64, api, mean_bytes);
+            on_sample(t, p as u64, size as u64, api, mean_bytes);
         }
     });
 }
@@ -171,6 +171,22 @@ pub fn restore_live(p: *mut c_void, e: LiveEntry) {
 pub fn record_taken_free(p: *mut c_void, e: LiveEntry, api: Api) {
     if let Some(t) = current() {
         push_free(t, p as u64, e, api);
+    }
+}
+
+/// The sampled path's entry: a small frame that checks there is stack to spare before calling
+/// into the large one. Unwinding needs several KiB; a thread near the end of a small stack would
+/// overflow it (seen: a 20 KiB thread stack that the program itself fits in). Such a sample is
+/// counted as dropped instead.
+#[cold]
+#[inline(never)]
+fn on_sample(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes: u64) {
+    // The first check on a thread reads /proc/self/maps, which allocates: pass that through.
+    let _guard = thread.enter();
+    if enough_stack_left() {
+        record_alloc(thread, addr, size, api, mean_bytes);
+    } else if let Some(t) = current() {
+        t.mapped.header(hdr::LIVE_DROPPED).fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -273,6 +289,18 @@ fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE]) -> usize {
             n
         }
     }
+}
+
+/// Stack the sampled path may use: our buffers (~3 KiB) plus libgcc's unwinder. Measured: a
+/// thread with 10 KiB of stack left crashed in the unwinder, one with 14 KiB did not.
+const SAMPLED_PATH_STACK: u64 = 16 << 10;
+
+/// Is there room on this thread's stack for the sampled path? True when the bounds are unknown
+/// (the common threads all have them; fibers and signal stacks may not).
+fn enough_stack_left() -> bool {
+    let here = 0u8;
+    let sp = std::hint::black_box(&here) as *const u8 as u64;
+    unwind::current_thread_stack().is_none_or(|b| sp.saturating_sub(b.lo()) >= SAMPLED_PATH_STACK || !b.contains(sp))
 }
 
 /// Does a DWARF stack this deep say anything about frame pointers? Below the outermost

@@ -36,7 +36,7 @@
 //! interposer on this machine's glibc 2.36.) Its stdio calls are also cancellation points.
 //!
 //! [`current_thread_stack`] therefore reads /proc/self/maps itself, with raw `openat`/`read`
-//! system calls into a buffer on the stack: no allocation, no lock, no cancellation point, and
+//! system calls into a small buffer on the stack: no allocation, no lock, no cancellation point, and
 //! errno preserved. It runs once per thread; the result (or its failure) is cached in a
 //! `const`-initialised thread-local without a destructor. The bounds are:
 //! - on a thread created by glibc: from the start of the mapping that holds both the stack
@@ -215,7 +215,8 @@ fn read_proc_self_maps(mut on_chunk: impl FnMut(&[u8])) -> bool {
     if fd < 0 {
         return false;
     }
-    let mut buf = [0u8; 1024];
+    // Small: this runs once per thread, possibly deep in a small thread stack.
+    let mut buf = [0u8; 256];
     let ok = loop {
         // SAFETY: `buf` is writable for the length passed.
         let n = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len() as c_long) };

@@ -277,6 +277,33 @@ fn thirty_two_threads_free_across_threads() {
     }
 }
 
+/// Threads with small stacks that allocate with only a few KiB left: wherever the program runs
+/// without the preload, it runs with it (the sampled path checks its stack headroom and drops
+/// the sample when short; without that check a 20 KiB thread stack crashed here), and with
+/// ample stack every block is recorded.
+#[test]
+fn small_thread_stacks_do_not_overflow() {
+    let dir = TestDir::new("safety_small_stacks");
+    let exe = dir.compile("small_stack.c");
+    for stack in ["20480", "24576", "32768", "65536"] {
+        let baseline = run(&mut dir.untraced_command(&exe, &[stack]));
+        if !baseline.status.success() {
+            continue; // the program alone overflows this stack: nothing to compare
+        }
+        let traced = run(&mut dir.traced_command(&exe, &[stack], &Settings::exact()));
+        assert_same_behaviour(&traced, &baseline, &format!("{stack}-byte thread stacks"));
+        if stack == "65536" {
+            let report = report_for(&dir, &dir.trace_of(traced.pid));
+            let leaked = get_u64(&traced.json_line(), "/leaked_blocks");
+            let sites = report.sites_allocated_in("deep");
+            let (_, count) = report.exact_sum(&sites);
+            if count != leaked {
+                report.fail(format!("with 64 KiB stacks every block is recorded: {count} of {leaked}"));
+            }
+        }
+    }
+}
+
 /// Threads exiting while tracing, with pthread-key destructors that free (and allocate): no
 /// crash, and the freed blocks are not leaks.
 #[test]
