@@ -295,12 +295,23 @@ fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE]) -> usize {
 /// thread with 10 KiB of stack left crashed in the unwinder, one with 14 KiB did not.
 const SAMPLED_PATH_STACK: u64 = 16 << 10;
 
-/// Is there room on this thread's stack for the sampled path? True when the bounds are unknown
-/// (the common threads all have them; fibers and signal stacks may not).
+/// Is there room on the stack we are running on for the sampled path? On the thread's own stack
+/// the bounds are known; on a signal's alternate stack, sigaltstack(2) tells its base. On any
+/// other stack (a coroutine's, a fiber's) the room is unknown and the answer is no: such samples
+/// are dropped and counted rather than risk overflowing a small stack.
 fn enough_stack_left() -> bool {
     let here = 0u8;
     let sp = std::hint::black_box(&here) as *const u8 as u64;
-    unwind::current_thread_stack().is_none_or(|b| sp.saturating_sub(b.lo()) >= SAMPLED_PATH_STACK || !b.contains(sp))
+    let room = |lo: u64| sp.saturating_sub(lo) >= SAMPLED_PATH_STACK;
+    if let Some(b) = unwind::current_thread_stack().filter(|b| b.contains(sp)) {
+        return room(b.lo());
+    }
+    // SAFETY: an all-zero stack_t is a valid out-buffer.
+    let mut alt: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new stack only queries the current one into `alt`.
+    let queried = unsafe { libc::sigaltstack(std::ptr::null(), &mut alt) } == 0;
+    let lo = alt.ss_sp as u64;
+    queried && alt.ss_flags & libc::SS_ONSTACK != 0 && sp >= lo && sp - lo < alt.ss_size as u64 && room(lo)
 }
 
 /// Does a DWARF stack this deep say anything about frame pointers? Below the outermost

@@ -304,6 +304,30 @@ fn small_thread_stacks_do_not_overflow() {
     }
 }
 
+/// A signal handler allocating on a small alternate signal stack: the preload must not overflow
+/// it (an 8 KiB sigaltstack with 5.5 KiB in use crashed before the headroom check knew about
+/// alternate stacks); on a roomy one every block is recorded.
+#[test]
+fn small_signal_stacks_do_not_overflow() {
+    let dir = TestDir::new("safety_altstack");
+    let exe = dir.compile("altstack.c");
+    for (alt, pad, all_recorded) in [("8192", "5500", false), ("8192", "1024", false), ("65536", "5500", true)] {
+        let args = [alt, pad];
+        let baseline = run(&mut dir.untraced_command(&exe, &args));
+        assert_success(&baseline);
+        let traced = run(&mut dir.traced_command(&exe, &args, &Settings::exact()));
+        assert_same_behaviour(&traced, &baseline, &format!("a {alt}-byte alternate stack with {pad} bytes in use"));
+        if all_recorded {
+            let report = report_for(&dir, &dir.trace_of(traced.pid));
+            let (_, count) = report.exact_sum(&report.sites_allocated_in("handler_leak"));
+            let leaked = get_u64(&traced.json_line(), "/leaked_blocks");
+            if count != leaked {
+                report.fail(format!("on a 64 KiB alternate stack every block is recorded: {count} of {leaked}"));
+            }
+        }
+    }
+}
+
 /// Threads exiting while tracing, with pthread-key destructors that free (and allocate): no
 /// crash, and the freed blocks are not leaks.
 #[test]
