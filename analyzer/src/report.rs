@@ -173,7 +173,7 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
             unfreed_bytes: analysis.unfreed_bytes.round() + 0.0,
             unfreed_allocations: analysis.unfreed_allocations.round() + 0.0,
             sampled_events: h.ring_head,
-            dropped_events: h.events_dropped + h.live_dropped,
+            dropped_events: h.events_dropped + h.live_dropped + h.skipped_no_stack,
         },
         rss: trace.rss.iter().map(|r| RssPoint { t_ns: r.t_ns, rss_bytes: r.rss_bytes }).collect(),
         rss_vs_heap,
@@ -386,6 +386,7 @@ pub fn render_info(t: &Trace) -> String {
     let _ = writeln!(o, "ring             {} wraps, {} events overwritten, {} readable", wraps, t.health.overwritten_events, t.events.len());
     let _ = writeln!(o, "live             {} sampled allocations unfreed", t.live.len());
     let _ = writeln!(o, "dropped          {} events, {} allocations (live table full), {} stacks (stack table full)", h.events_dropped, h.live_dropped, h.stacks_dropped);
+    let _ = writeln!(o, "skipped          {} sampled allocations made with too little stack left to unwind", h.skipped_no_stack);
     let _ = writeln!(o, "stack table      {} of {} used", human_bytes(h.stacks_used as f64), human_bytes(h.region(layout::Region::Stacks).1 as f64));
     let _ = writeln!(o, "modules          {}", t.modules.len());
     let _ = writeln!(o, "RSS samples      {} (every {} ms)", t.rss.len(), h.rss_interval_ms);

@@ -60,7 +60,8 @@ pub mod hdr {
     pub const SAMPLED_FREES: usize = 384; // u64
     pub const FAILURE: usize = 392; // u32, see `Failure`, set when tracing stopped on an error
     pub const UNWINDER: usize = 396; // u32, see `UnwinderInUse`
-    pub const LAST: usize = 400;
+    pub const SKIPPED_NO_STACK: usize = 400; // u64, samples skipped: too little stack left to unwind
+    pub const LAST: usize = 408;
 }
 const _: () = assert!(hdr::LAST <= HEADER_SIZE);
 const _: () = assert!(hdr::REGIONS + REGION_COUNT * 16 <= hdr::LIVE_CAPACITY);

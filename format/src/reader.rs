@@ -41,6 +41,7 @@ pub struct Header {
     pub sampled_frees: u64,
     pub failure: u32,
     pub unwinder: u32,
+    pub skipped_no_stack: u64,
 }
 
 /// One record of the event ring. The writer fills every field but `seq`, which the ring assigns.
@@ -210,6 +211,7 @@ impl Header {
             sampled_frees: u64_at(bytes, hdr::SAMPLED_FREES),
             failure: u32_at(bytes, hdr::FAILURE),
             unwinder: u32_at(bytes, hdr::UNWINDER),
+            skipped_no_stack: u64_at(bytes, hdr::SKIPPED_NO_STACK),
             ..Header::default()
         };
         if h.version_major != layout::VERSION_MAJOR {

@@ -186,7 +186,7 @@ fn on_sample(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes: u
     if enough_stack_left() {
         record_alloc(thread, addr, size, api, mean_bytes);
     } else if let Some(t) = current() {
-        t.mapped.header(hdr::LIVE_DROPPED).fetch_add(1, Ordering::Relaxed);
+        t.mapped.header(hdr::SKIPPED_NO_STACK).fetch_add(1, Ordering::Relaxed);
     }
 }
 
