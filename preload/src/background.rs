@@ -77,6 +77,8 @@ fn run(tracer: &'static Tracer, rss_ms: u64) {
         m.header(hdr::HEARTBEAT_NS).store(now, Ordering::Relaxed);
         m.u32_at(hdr::UNWINDER).store(crate::tracer::UNWIND.choice() as u32, Ordering::Relaxed);
         tracer.refresh_modules();
+        // Rebuild the CFI unwinder the hooks use when the loaded modules changed.
+        crate::cfi::refresh();
         let seq = m.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire);
         if seq != control_seq {
             control_seq = seq;

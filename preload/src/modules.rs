@@ -5,6 +5,8 @@
 //! `dl_iterate_phdr` takes the loader lock.
 
 use std::ffi::{c_int, c_void, CStr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
 
 use leaktrace_format::{ModuleRecord, Segment};
 
@@ -36,8 +38,64 @@ pub fn tracer_text_range(modules: &[ModuleRecord]) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
-/// The loader's counters alone: a walk that stops at the first object.
-pub fn generation() -> Generation {
+// Walking the loaded objects and fork.
+//
+// `dl_iterate_phdr` holds the loader's lock while our callback runs. A fork from another thread
+// meanwhile gives a child in which that lock is held forever (glibc 2.36's fork neither takes
+// nor resets it), so the child's next dlopen, dl_iterate_phdr or exit-time walk would hang
+// (seen: `safety::fork_child_writes_its_own_trace`, before this fence). Every walk leaktrace
+// makes goes through `fenced`: an atfork prepare handler raises `FORKING` and waits for
+// `WALKING` to drop; a walk starts only with `FORKING` down (checked after raising `WALKING`:
+// with sequentially consistent order one side always sees the other) and is skipped otherwise.
+
+/// Walks in progress.
+static WALKING: AtomicU32 = AtomicU32::new(0);
+/// Forks in progress (between the prepare and the parent handler).
+static FORKING: AtomicU32 = AtomicU32::new(0);
+/// The longest a fork waits for a walk to end: walks take microseconds to a millisecond; the
+/// bound only matters if fork is called from inside a `dl_iterate_phdr` callback of the
+/// program's own, which holds the lock our walk is waiting for.
+const FORK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+static FENCE: Once = Once::new();
+
+/// Run `walk` (a `dl_iterate_phdr` call) unless a fork is in progress; None if skipped.
+pub fn fenced<R>(walk: impl FnOnce() -> R) -> Option<R> {
+    install_fork_fence();
+    WALKING.fetch_add(1, Ordering::SeqCst);
+    let r = (FORKING.load(Ordering::SeqCst) == 0).then(walk);
+    WALKING.fetch_sub(1, Ordering::SeqCst);
+    r
+}
+
+/// Register the fork handlers of the fence (once; before the first walk).
+pub fn install_fork_fence() {
+    FENCE.call_once(|| {
+        // SAFETY: the three handlers are `extern "C" fn()`s valid for the life of the process.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(after_fork_in_child)) };
+    });
+}
+
+extern "C" fn before_fork() {
+    FORKING.fetch_add(1, Ordering::SeqCst);
+    let start = std::time::Instant::now();
+    while WALKING.load(Ordering::SeqCst) != 0 && start.elapsed() < FORK_WAIT {
+        std::thread::yield_now();
+    }
+}
+
+extern "C" fn after_fork_in_parent() {
+    FORKING.fetch_sub(1, Ordering::SeqCst);
+}
+
+extern "C" fn after_fork_in_child() {
+    // Only the forking thread exists in the child: no walk is running, no other fork pending.
+    WALKING.store(0, Ordering::SeqCst);
+    FORKING.store(0, Ordering::SeqCst);
+}
+
+/// The loader's counters alone: a walk that stops at the first object. None while a fork is
+/// in progress.
+pub fn generation() -> Option<Generation> {
     unsafe extern "C" fn first(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
         if size >= std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8 {
             // SAFETY: dl_iterate_phdr passes a valid info of `size` bytes and our pointer.
@@ -47,12 +105,12 @@ pub fn generation() -> Generation {
     }
     let mut g = Generation::default();
     // SAFETY: `first` matches the callback contract; `g` outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&mut g as *mut Generation).cast()) };
-    g
+    fenced(|| unsafe { libc::dl_iterate_phdr(Some(first), (&mut g as *mut Generation).cast()) })?;
+    Some(g)
 }
 
-/// Walk the loaded objects.
-pub fn snapshot(now_ns: u64) -> (Vec<ModuleRecord>, Generation) {
+/// Walk the loaded objects. None while a fork is in progress.
+pub fn snapshot(now_ns: u64) -> Option<(Vec<ModuleRecord>, Generation)> {
     let mut walk = Walk {
         modules: Vec::new(),
         generation: Generation::default(),
@@ -63,11 +121,11 @@ pub fn snapshot(now_ns: u64) -> (Vec<ModuleRecord>, Generation) {
     };
     // SAFETY: the callback matches dl_iterate_phdr's contract and only reads the info it is
     // given; `walk` outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(on_object), (&mut walk as *mut Walk).cast()) };
+    fenced(|| unsafe { libc::dl_iterate_phdr(Some(on_object), (&mut walk as *mut Walk).cast()) })?;
     for m in &mut walk.modules {
         m.seen_ns = now_ns;
     }
-    (walk.modules, walk.generation)
+    Some((walk.modules, walk.generation))
 }
 
 unsafe extern "C" fn on_object(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
@@ -144,8 +202,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn walks_are_skipped_during_a_fork() {
+        before_fork();
+        assert_eq!(fenced(|| 1), None);
+        assert!(generation().is_none());
+        after_fork_in_parent();
+        assert_eq!(fenced(|| 1), Some(1));
+        assert_eq!(WALKING.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn snapshot_finds_the_main_program_and_libc() {
-        let (mods, gen) = snapshot(5);
+        // Another test may be simulating a fork, which skips walks: try again until it is over.
+        let (mods, gen) = (0..1000)
+            .find_map(|_| snapshot(5).or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                None
+            }))
+            .expect("a walk outside a fork");
         assert!(gen.adds >= 1);
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         assert_eq!(mods[0].path, exe.to_string_lossy());

@@ -40,6 +40,9 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 /// Set in a forked child: its own trace starts at its first sample point, so a child that only
 /// execs never creates a file.
 static CHILD_PENDING: AtomicBool = AtomicBool::new(false);
+/// Set in a forked child: another thread of the parent may have held the loader's lock at the
+/// fork, so the child never walks the module list at exit (its map came from the parent).
+static IS_FORKED_CHILD: AtomicBool = AtomicBool::new(false);
 /// This library's code range; frames inside it are trimmed from the top of every stack.
 static TRACER_TEXT: OnceLock<(u64, u64)> = OnceLock::new();
 
@@ -106,11 +109,11 @@ impl Tracer {
     /// Walk the loaded modules if the loader's counters moved, and record new ones.
     /// Takes the loader lock: never call it from a hook.
     pub fn refresh_modules(&self) {
-        let generation = modules::generation();
+        let Some(generation) = modules::generation() else { return };
         if self.modules.try_lock().is_ok_and(|log| log.generation == Some(generation)) {
             return;
         }
-        let (mods, generation) = modules::snapshot(self.now_ns());
+        let Some((mods, generation)) = modules::snapshot(self.now_ns()) else { return };
         self.record_modules(&mods, Some(generation));
         if let Ok(mut last) = LAST_SNAPSHOT.try_lock() {
             *last = mods;
@@ -346,6 +349,12 @@ fn frame_pointer_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
 
 fn dwarf_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
     let mut raw = [0u64; MAX_CAPTURE + 16];
+    // The caching CFI unwinder (cfi.rs), once the background thread has built it; it gives 0
+    // frames whenever it cannot finish an unwind, and libgcc takes over.
+    let n = crate::cfi::trace(&mut raw);
+    if n > 0 {
+        return trim_into(raw[..n].iter().copied(), out);
+    }
     let mut n = 0;
     // SAFETY: `trace_unsynchronized` requires that no other thread unwinds through the same
     // backtrace-crate state concurrently in a way that needs its lock; with the libgcc unwinder
@@ -384,7 +393,8 @@ pub fn on_load() {
         };
         let seed = config.seed.unwrap_or_else(|| mono_ns() ^ u64::from(std::process::id()) << 32);
         crate::sampler::SEED.store(seed, Ordering::Relaxed);
-        let (mods, _) = modules::snapshot(0);
+        modules::install_fork_fence();
+        let (mods, _) = modules::snapshot(0).unwrap_or_default();
         let _ = TRACER_TEXT.set(modules::tracer_text_range(&mods));
         match config.unwinder {
             Unwinder::Auto if !unwind::frame_pointers_usable() => UNWIND.force(Choice::Dwarf),
@@ -521,6 +531,7 @@ pub fn apply_control(tracer: &Tracer, control: u32, mean_bytes: u64) {
 /// hold glibc locks pthread_create needs. A child that execs loses the thread at once.
 extern "C" fn after_fork_in_child() {
     TRACER.store(std::ptr::null_mut(), Ordering::Release);
+    IS_FORKED_CHILD.store(true, Ordering::Relaxed);
     let tracing = SAMPLING.load(Ordering::Relaxed);
     CHILD_PENDING.store(tracing, Ordering::Release);
     THREAD.with(|t| {
@@ -537,10 +548,12 @@ extern "C" fn after_fork_in_child() {
 /// The library destructor: runs at a normal `exit`, after `main` returns.
 pub fn on_unload() {
     if let Some(t) = current() {
-        THREAD.with(|thread| {
-            let _guard = thread.enter();
-            t.refresh_modules();
-        });
+        if !IS_FORKED_CHILD.load(Ordering::Relaxed) {
+            THREAD.with(|thread| {
+                let _guard = thread.enter();
+                t.refresh_modules();
+            });
+        }
         let m = &t.mapped;
         m.u32_at(hdr::UNWINDER).store(UNWIND.choice() as u32, Ordering::Relaxed);
         m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);

@@ -1,0 +1,183 @@
+//! The CFI unwinder (`src/cfi.rs`) runs inside malloc: once the background thread has built
+//! the unwinder and its caches, an unwind must not allocate, on a thread's first unwind included,
+//! through this crate's frames and through glibc's (qsort, built without frame pointers).
+//!
+//! Like `unwind_no_alloc.rs` (see there why), this binary compiles the modules it tests into
+//! itself instead of linking the `leaktrace` rlib, and defines malloc itself to count every
+//! allocation at the libc level.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+// The malloc family below has the C functions' contracts.
+#![allow(clippy::missing_safety_doc)]
+
+#[allow(dead_code)]
+#[path = "../src/unwind.rs"]
+mod unwind;
+
+#[allow(dead_code)]
+#[path = "../src/cfi.rs"]
+mod cfi;
+#[allow(dead_code)]
+#[path = "../src/modules.rs"]
+mod modules;
+
+use std::cell::Cell;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator: this executable's malloc family interposes glibc's for the whole process.
+
+extern "C" {
+    fn __libc_malloc(size: usize) -> *mut c_void;
+    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
+    fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
+    fn __libc_free(p: *mut c_void);
+    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+}
+
+thread_local! {
+    /// Set while this thread's allocations are being counted.
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    /// This thread's allocator calls while armed.
+    static COUNTED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note() {
+    if ARMED.try_with(Cell::get).unwrap_or(false) {
+        let _ = COUNTED.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_malloc(size) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_calloc(n, size) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_realloc(p, size) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_free(p) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    note();
+    // SAFETY: same contract as memalign; `out` is the caller's valid out-pointer.
+    unsafe {
+        let p = __libc_memalign(align, size);
+        if p.is_null() {
+            return libc::ENOMEM;
+        }
+        *out = p;
+    }
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    note();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { __libc_memalign(align, size) }
+}
+
+/// Run `f` with this thread's allocations counted; returns the count.
+fn count_allocations(f: impl FnOnce()) -> usize {
+    COUNTED.with(|c| c.set(0));
+    ARMED.with(|a| a.set(true));
+    f();
+    ARMED.with(|a| a.set(false));
+    COUNTED.with(Cell::get)
+}
+
+fn trace_many(times: usize) -> usize {
+    let mut total = 0;
+    let mut out = [0u64; 80];
+    for _ in 0..times {
+        total += cfi::trace(&mut out);
+    }
+    total
+}
+
+#[test]
+fn the_counter_counts() {
+    let n = count_allocations(|| {
+        std::hint::black_box(vec![1u8; 100]);
+        // SAFETY: strdup of a NUL-terminated literal; freed at once.
+        unsafe { libc::free(libc::strdup(c"glibc allocates too".as_ptr()).cast()) };
+    });
+    assert!(n >= 3, "{n}");
+}
+
+#[test]
+fn no_allocation_during_unwind() {
+    cfi::refresh_until_ready();
+    let mut frames = 0;
+    let n = count_allocations(|| {
+        unwind::forget_current_thread_stack();
+        frames = trace_many(1000);
+    });
+    assert_eq!(n, 0, "allocations during 1000 unwinds");
+    assert!(frames >= 1000 * 5, "the unwinds found {frames} frames");
+}
+
+#[test]
+fn no_allocation_in_a_new_thread() {
+    cfi::refresh_until_ready();
+    let (n, frames) = std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn(|| {
+            let mut frames = 0;
+            let n = count_allocations(|| frames = trace_many(1000));
+            (n, frames)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(frames >= 1000 * 3);
+}
+
+static IN_QSORT_FRAMES: AtomicUsize = AtomicUsize::new(0);
+static IN_QSORT_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn compare_and_unwind(a: *const c_void, b: *const c_void) -> c_int {
+    let mut out = [0u64; 80];
+    let mut frames = 0;
+    let n = count_allocations(|| frames = cfi::trace(&mut out));
+    IN_QSORT_FRAMES.fetch_add(frames, Ordering::Relaxed);
+    IN_QSORT_ALLOCS.fetch_add(n, Ordering::Relaxed);
+    // SAFETY: qsort passes pointers to elements of the u32 array below.
+    let (a, b) = unsafe { (*a.cast::<u32>(), *b.cast::<u32>()) };
+    a.cmp(&b) as c_int
+}
+
+#[test]
+fn no_allocation_through_glibc_frames() {
+    cfi::refresh_until_ready();
+    let mut v: Vec<u32> = (0..256u32).map(|i| i.wrapping_mul(2_654_435_761) >> 7).collect();
+    // Only the unwinds are counted (qsort itself may allocate its temporary array). The first
+    // ones fill the caches: parsing FDEs must not allocate either.
+    // SAFETY: a valid array of u32 and a comparator for u32.
+    unsafe { libc::qsort(v.as_mut_ptr().cast(), v.len(), 4, Some(compare_and_unwind)) };
+    assert_eq!(IN_QSORT_ALLOCS.load(Ordering::Relaxed), 0, "allocations while unwinding from a qsort comparator");
+    assert!(IN_QSORT_FRAMES.load(Ordering::Relaxed) >= 256 * 5);
+    assert!(v.windows(2).all(|w| w[0] <= w[1]));
+}
