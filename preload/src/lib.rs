@@ -34,10 +34,12 @@ pub fn warn(msg: &str) {
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
 }
 
+#[cfg_attr(test, allow(dead_code))]
 extern "C" fn constructor() {
     tracer::on_load();
 }
 
+#[cfg_attr(test, allow(dead_code))]
 extern "C" fn destructor() {
     tracer::on_unload();
 }

@@ -21,91 +21,11 @@ mod cfi;
 #[path = "../src/modules.rs"]
 mod modules;
 
-use std::cell::Cell;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-// ---------------------------------------------------------------------------------------------
-// Counting allocator: this executable's malloc family interposes glibc's for the whole process.
-
-extern "C" {
-    fn __libc_malloc(size: usize) -> *mut c_void;
-    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
-    fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
-    fn __libc_free(p: *mut c_void);
-    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
-}
-
-thread_local! {
-    /// Set while this thread's allocations are being counted.
-    static ARMED: Cell<bool> = const { Cell::new(false) };
-    /// This thread's allocator calls while armed.
-    static COUNTED: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note() {
-    if ARMED.try_with(Cell::get).unwrap_or(false) {
-        let _ = COUNTED.try_with(|c| c.set(c.get() + 1));
-    }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    note();
-    // SAFETY: same contract as the C function we forward to.
-    unsafe { __libc_malloc(size) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: same contract as the C function we forward to.
-    unsafe { __libc_calloc(n, size) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: same contract as the C function we forward to.
-    unsafe { __libc_realloc(p, size) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn free(p: *mut c_void) {
-    note();
-    // SAFETY: same contract as the C function we forward to.
-    unsafe { __libc_free(p) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    note();
-    // SAFETY: same contract as memalign; `out` is the caller's valid out-pointer.
-    unsafe {
-        let p = __libc_memalign(align, size);
-        if p.is_null() {
-            return libc::ENOMEM;
-        }
-        *out = p;
-    }
-    0
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    note();
-    // SAFETY: same contract as the C function we forward to.
-    unsafe { __libc_memalign(align, size) }
-}
-
-/// Run `f` with this thread's allocations counted; returns the count.
-fn count_allocations(f: impl FnOnce()) -> usize {
-    COUNTED.with(|c| c.set(0));
-    ARMED.with(|a| a.set(true));
-    f();
-    ARMED.with(|a| a.set(false));
-    COUNTED.with(Cell::get)
-}
+mod common;
+use common::count_allocations;
 
 fn trace_many(times: usize) -> usize {
     let mut total = 0;
