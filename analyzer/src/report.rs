@@ -375,6 +375,11 @@ pub fn render_info(t: &Trace) -> String {
         _ => "unknown",
     };
     let _ = writeln!(o, "tracer           leaktrace {}, unwinder: {unwinder}", p.tracer_version);
+    let _ = writeln!(
+        o,
+        "DWARF stacks     {} by the caching CFI unwinder, {} by libgcc (when the first could not finish)",
+        h.cfi_stacks, h.libgcc_stacks
+    );
     let _ = writeln!(o, "started          {} ns since the epoch", h.start_unix_ns);
     let _ = writeln!(o, "time span        {}", secs(t.end_ns()));
     let _ = writeln!(o, "ended            {}", if h.ended_cleanly() { "exit" } else { "unknown (still running, or killed)" });

@@ -61,7 +61,9 @@ pub mod hdr {
     pub const FAILURE: usize = 392; // u32, see `Failure`, set when tracing stopped on an error
     pub const UNWINDER: usize = 396; // u32, see `UnwinderInUse`
     pub const SKIPPED_NO_STACK: usize = 400; // u64, samples skipped: too little stack left to unwind
-    pub const LAST: usize = 408;
+    pub const CFI_STACKS: usize = 408; // u64, DWARF-path stacks unwound by the caching CFI unwinder
+    pub const LIBGCC_STACKS: usize = 416; // u64, DWARF-path stacks it could not finish (libgcc did)
+    pub const LAST: usize = 424;
 }
 const _: () = assert!(hdr::LAST <= HEADER_SIZE);
 const _: () = assert!(hdr::REGIONS + REGION_COUNT * 16 <= hdr::LIVE_CAPACITY);

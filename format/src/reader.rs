@@ -42,6 +42,8 @@ pub struct Header {
     pub failure: u32,
     pub unwinder: u32,
     pub skipped_no_stack: u64,
+    pub cfi_stacks: u64,
+    pub libgcc_stacks: u64,
 }
 
 /// One record of the event ring. The writer fills every field but `seq`, which the ring assigns.
@@ -212,6 +214,8 @@ impl Header {
             failure: u32_at(bytes, hdr::FAILURE),
             unwinder: u32_at(bytes, hdr::UNWINDER),
             skipped_no_stack: u64_at(bytes, hdr::SKIPPED_NO_STACK),
+            cfi_stacks: u64_at(bytes, hdr::CFI_STACKS),
+            libgcc_stacks: u64_at(bytes, hdr::LIBGCC_STACKS),
             ..Header::default()
         };
         if h.version_major != layout::VERSION_MAJOR {

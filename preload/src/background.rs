@@ -75,7 +75,7 @@ fn run(tracer: &'static Tracer, rss_ms: u64) {
             next_rss = now + interval_ms * 1_000_000;
         }
         m.header(hdr::HEARTBEAT_NS).store(now, Ordering::Relaxed);
-        m.u32_at(hdr::UNWINDER).store(crate::tracer::UNWIND.choice() as u32, Ordering::Relaxed);
+        crate::tracer::publish_unwinder_stats(tracer);
         tracer.refresh_modules();
         // Rebuild the CFI unwinder the hooks use when the loaded modules changed.
         crate::cfi::refresh();

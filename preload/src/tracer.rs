@@ -317,6 +317,14 @@ fn enough_stack_left() -> bool {
     queried && alt.ss_flags & libc::SS_ONSTACK != 0 && sp >= lo && sp - lo < alt.ss_size as u64 && room(lo)
 }
 
+/// Copy the unwinder in use and its counters into the header, for `leak-analyze info`.
+pub fn publish_unwinder_stats(tracer: &Tracer) {
+    let m = &tracer.mapped;
+    m.u32_at(hdr::UNWINDER).store(UNWIND.choice() as u32, Ordering::Relaxed);
+    m.header(hdr::CFI_STACKS).store(crate::cfi::TRACED.load(Ordering::Relaxed), Ordering::Relaxed);
+    m.header(hdr::LIBGCC_STACKS).store(crate::cfi::FAILED.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
 /// Does a DWARF stack this deep say anything about frame pointers? Below the outermost
 /// start-up frames, which are allowed to differ, a stack of one frame (`main` calling malloc)
 /// agrees with any walk; only deeper stacks show whether the program's code keeps frame pointers.
@@ -555,7 +563,7 @@ pub fn on_unload() {
             });
         }
         let m = &t.mapped;
-        m.u32_at(hdr::UNWINDER).store(UNWIND.choice() as u32, Ordering::Relaxed);
+        publish_unwinder_stats(t);
         m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
         crate::background::sample_rss(t);
         m.u32_at(hdr::END_REASON).store(layout::EndReason::Exit as u32, Ordering::Release);
