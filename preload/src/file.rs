@@ -44,7 +44,7 @@ fn within_file_size_limit(size: u64) -> Result<(), String> {
     // SAFETY: `lim` is a valid out-pointer.
     if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) } == 0
         && lim.rlim_cur != libc::RLIM_INFINITY
-        && size > lim.rlim_cur as u64
+        && size > lim.rlim_cur
     {
         return Err(format!("LEAKTRACE_FILE_SIZE={size} exceeds the file size limit (ulimit -f) of {} bytes", lim.rlim_cur));
     }

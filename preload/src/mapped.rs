@@ -100,7 +100,7 @@ impl Mapped {
     /// fields, or a region start plus an index below that region's capacity), so it is in range
     /// and aligned to `width`; the debug assertion checks that, release builds do not pay for it.
     fn at(&self, off: usize, width: usize) -> *mut u8 {
-        debug_assert!(off + width <= self.len && off % width == 0, "mapped access out of range");
+        debug_assert!(off + width <= self.len && off.is_multiple_of(width), "mapped access out of range");
         // SAFETY: `off + width <= len` by the invariant above, so the result is in the mapping.
         unsafe { self.base.add(off) }
     }

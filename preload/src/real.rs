@@ -8,6 +8,10 @@
 //! other threads while resolution runs, are served from a static bump arena whose blocks are
 //! never returned.
 
+// Every `unsafe fn` here has exactly the contract of the C function it is named after (the
+// caller passes what that function requires); a `# Safety` section on each would say only that.
+#![allow(clippy::missing_safety_doc)]
+
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};

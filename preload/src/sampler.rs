@@ -52,6 +52,12 @@ pub enum Charge {
     Sample { mean_bytes: u64 },
 }
 
+impl Default for ThreadState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ThreadState {
     pub const fn new() -> ThreadState {
         ThreadState {

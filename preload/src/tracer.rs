@@ -273,7 +273,7 @@ fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE]) -> usize {
                 // Unknown stack bounds on this thread (a fiber, a signal stack): DWARF it is.
                 return dwarf_stack(out);
             }
-            if AUDIT_COUNTER.fetch_add(1, Ordering::Relaxed) % AUDIT_EVERY == 0 {
+            if AUDIT_COUNTER.fetch_add(1, Ordering::Relaxed).is_multiple_of(AUDIT_EVERY) {
                 let mut dwarf = [0u64; MAX_CAPTURE];
                 let nd = dwarf_stack(&mut dwarf);
                 if telling(nd) {
