@@ -297,14 +297,14 @@ pub const RSS_SAMPLE_SIZE: usize = 16;
 /// Head of a metadata record: u32 payload length, u16 kind, u16 zero, u32 check, u32 zero.
 pub const META_HEAD_SIZE: usize = 16;
 
-/// FNV-1a, 32 bit, for metadata payloads.
+/// FNV-1a, 32 bit.
+pub fn fnv1a_32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// The check of a metadata payload: FNV-1a, 32 bit.
 pub fn meta_check(payload: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for &b in payload {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
+    fnv1a_32(payload)
 }
 
 /// Round `n` up to a multiple of `align` (a power of two).

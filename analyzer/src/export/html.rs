@@ -471,14 +471,10 @@ const FLAME_MAX_BOXES: usize = 20_000;
 /// Advance of one character of the 12-unit monospace label font.
 const FLAME_CHAR_W: f64 = 7.3;
 
-fn fnv(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
-}
-
 /// Warm colours, redder as more of the box's bytes come from growing sites; a little variation
 /// by name keeps neighbours apart.
 fn flame_color(name: &str, growing_share: f64) -> String {
-    let h = fnv(name);
+    let h = leaktrace_format::layout::fnv1a_32(name.as_bytes());
     let share = fin(growing_share).clamp(0.0, 1.0);
     let hue = 44.0 - 40.0 * share + f64::from(h % 9) - 4.0;
     let sat = 70.0 + f64::from((h >> 8) % 16);
