@@ -177,14 +177,7 @@ impl TestDir {
             }
             _ => panic!("don't know how to compile {source}"),
         };
-        let out = run_with_timeout(&mut cmd, None);
-        assert!(
-            out.status.success(),
-            "compiling {source} failed ({}):\n$ {}\n--- stderr ---\n{}",
-            out.status,
-            show_command(&cmd),
-            clip(&out.stderr)
-        );
+        run_compiler(&mut cmd, source);
         exe
     }
 
@@ -199,6 +192,18 @@ impl TestDir {
         v.sort();
         v
     }
+}
+
+/// Run a compiler command; a failure panics with its stderr.
+fn run_compiler(cmd: &mut Command, source: &str) {
+    let out = run_with_timeout(cmd, None);
+    assert!(
+        out.status.success(),
+        "compiling {source} failed ({}):\n$ {}\n--- stderr ---\n{}",
+        out.status,
+        show_command(cmd),
+        clip(&out.stderr)
+    );
 }
 
 fn env_or(var: &str, default: &str) -> OsString {
@@ -948,14 +953,7 @@ impl TestDir {
         let exe = self.path.join(out);
         let mut c = Command::new(env_or("CC", "cc"));
         c.args(["-g", "-O0", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-o"]).arg(&exe).arg(&src).args(extra);
-        let out = run_with_timeout(&mut c, None);
-        assert!(
-            out.status.success(),
-            "compiling {source} failed ({}):\n$ {}\n--- stderr ---\n{}",
-            out.status,
-            show_command(&c),
-            clip(&out.stderr)
-        );
+        run_compiler(&mut c, source);
         exe
     }
 }

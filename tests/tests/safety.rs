@@ -277,6 +277,22 @@ fn thirty_two_threads_free_across_threads() {
     }
 }
 
+/// Run `exe args` traced in exact mode: it must behave exactly as `baseline` did untraced, and
+/// if `recorded_in` is given, every block the program says it leaked must be in that function's
+/// sites.
+fn traced_like_baseline(dir: &TestDir, exe: &Path, args: &[&str], baseline: &Outcome, recorded_in: Option<&str>) {
+    let traced = run(&mut dir.traced_command(exe, args, &Settings::exact()));
+    assert_same_behaviour(&traced, baseline, &format!("{} {}", exe.display(), args.join(" ")));
+    if let Some(function) = recorded_in {
+        let report = report_for(dir, &dir.trace_of(traced.pid));
+        let (_, count) = report.exact_sum(&report.sites_allocated_in(function));
+        let leaked = get_u64(&traced.json_line(), "/leaked_blocks");
+        if count != leaked {
+            report.fail(format!("{}: {count} of the {leaked} leaked blocks recorded", args.join(" ")));
+        }
+    }
+}
+
 /// Threads with small stacks that allocate with only a few KiB left: wherever the program runs
 /// without the preload, it runs with it (the sampled path checks its stack headroom and drops
 /// the sample when short; without that check a 20 KiB thread stack crashed here), and with
@@ -290,17 +306,8 @@ fn small_thread_stacks_do_not_overflow() {
         if !baseline.status.success() {
             continue; // the program alone overflows this stack: nothing to compare
         }
-        let traced = run(&mut dir.traced_command(&exe, &[stack], &Settings::exact()));
-        assert_same_behaviour(&traced, &baseline, &format!("{stack}-byte thread stacks"));
-        if stack == "65536" {
-            let report = report_for(&dir, &dir.trace_of(traced.pid));
-            let leaked = get_u64(&traced.json_line(), "/leaked_blocks");
-            let sites = report.sites_allocated_in("deep");
-            let (_, count) = report.exact_sum(&sites);
-            if count != leaked {
-                report.fail(format!("with 64 KiB stacks every block is recorded: {count} of {leaked}"));
-            }
-        }
+        let roomy = stack == "65536";
+        traced_like_baseline(&dir, &exe, &[stack], &baseline, roomy.then_some("deep"));
     }
 }
 
@@ -315,16 +322,7 @@ fn small_signal_stacks_do_not_overflow() {
         let args = [alt, pad];
         let baseline = run(&mut dir.untraced_command(&exe, &args));
         assert_success(&baseline);
-        let traced = run(&mut dir.traced_command(&exe, &args, &Settings::exact()));
-        assert_same_behaviour(&traced, &baseline, &format!("a {alt}-byte alternate stack with {pad} bytes in use"));
-        if all_recorded {
-            let report = report_for(&dir, &dir.trace_of(traced.pid));
-            let (_, count) = report.exact_sum(&report.sites_allocated_in("handler_leak"));
-            let leaked = get_u64(&traced.json_line(), "/leaked_blocks");
-            if count != leaked {
-                report.fail(format!("on a 64 KiB alternate stack every block is recorded: {count} of {leaked}"));
-            }
-        }
+        traced_like_baseline(&dir, &exe, &args, &baseline, all_recorded.then_some("handler_leak"));
     }
 }
 

@@ -86,3 +86,14 @@ pub fn count_allocations(f: impl FnOnce()) -> usize {
     ARMED.with(|a| a.set(false));
     COUNTED.with(Cell::get)
 }
+
+/// The counter itself works (in every test binary that uses it).
+#[test]
+fn the_counter_counts() {
+    let n = count_allocations(|| {
+        std::hint::black_box(vec![1u8; 100]);
+        // SAFETY: strdup of a NUL-terminated literal; freed at once.
+        unsafe { libc::free(libc::strdup(c"glibc allocates too".as_ptr()).cast()) };
+    });
+    assert!(n >= 3, "{n}");
+}
