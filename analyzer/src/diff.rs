@@ -47,14 +47,15 @@ pub struct SiteDiff {
 }
 
 fn frame_key(trace: &Trace, f: &FrameOut) -> String {
-    let module = f.module.clone().unwrap_or_default();
-    match (&f.function, &f.file, f.line) {
-        (Some(func), file, line) => format!("{module}|{func}|{}|{}", file.as_deref().unwrap_or(""), line.unwrap_or(0)),
-        _ => {
-            let addr = u64::from_str_radix(f.address.trim_start_matches("0x"), 16).unwrap_or(0);
-            let offset = trace.modules.iter().find(|m| m.contains(addr)).map_or(addr, |m| addr.wrapping_sub(m.base));
-            format!("{module}|+{offset:#x}")
-        }
+    match &f.function {
+        Some(func) => format!(
+            "{}|{func}|{}|{}",
+            f.module.as_deref().unwrap_or(""),
+            f.file.as_deref().unwrap_or(""),
+            f.line.unwrap_or(0)
+        ),
+        // Unresolved: module + offset from its load bias, the same in every process.
+        None => crate::export::frame_label(f, &trace.modules),
     }
 }
 

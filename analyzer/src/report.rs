@@ -111,7 +111,7 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
     let resolved: HashMap<u64, Vec<SourceFrame>> = symbolizer.symbolize_all(&addrs);
 
     let frames_out = |addr: u64| -> Vec<FrameOut> {
-        let module = trace.modules.iter().find(|m| m.contains(addr));
+        let module = crate::export::module_of(&trace.modules, addr).map(|(_, m)| m);
         let module_label = module.map(|m| module_name(&m.path));
         let address = format!("{addr:#x}");
         match resolved.get(&addr).filter(|f| !f.is_empty()) {
@@ -257,7 +257,9 @@ fn summarize(sites: &[SiteOut], rss: Option<&RssVsHeap>) -> String {
 
 pub fn human_bytes(b: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b;
+    // `+ 0.0` turns -0 (an empty f64 sum) into 0, so nothing reads "-0 B"; NaN and infinities
+    // (from a damaged trace) read as 0.
+    let mut v = if b.is_finite() { b + 0.0 } else { 0.0 };
     let mut u = 0;
     while v.abs() >= 1024.0 && u + 1 < units.len() {
         v /= 1024.0;

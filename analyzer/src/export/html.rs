@@ -46,11 +46,6 @@ fn group(n: u64) -> String {
     groups.join(",")
 }
 
-fn bytes(b: f64) -> String {
-    // `+ 0.0` turns -0 (an empty f64 sum) into 0, so nothing reads "-0 B".
-    human_bytes(if b.is_finite() { b + 0.0 } else { 0.0 })
-}
-
 /// A finite number or 0: every coordinate written into the SVG goes through this.
 fn fin(x: f64) -> f64 {
     if x.is_finite() {
@@ -91,7 +86,7 @@ fn utc(unix_ns: u64) -> String {
 }
 
 fn per_min(bytes_per_sec: f64) -> String {
-    format!("{}/min", bytes(bytes_per_sec * 60.0))
+    format!("{}/min", human_bytes(bytes_per_sec * 60.0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,7 +193,7 @@ fn rss_sentence(report: &Report) -> Option<String> {
     } else {
         ""
     };
-    Some(format!("RSS grew {} over the trace{explained}.{outside}", bytes(r.rss_growth_bytes)))
+    Some(format!("RSS grew {} over the trace{explained}.{outside}", human_bytes(r.rss_growth_bytes)))
 }
 
 fn verdict_html(report: &Report, trace: &Trace) -> (String, &'static str) {
@@ -220,11 +215,11 @@ fn verdict_sentence(report: &Report, trace: &Trace) -> (String, &'static str) {
             per_min(s.growth_bytes_per_sec),
             fin(s.trend_confidence)
         );
-        let ci = if s.unfreed_bytes_ci95 > 0.0 { format!(" ± {}", bytes(s.unfreed_bytes_ci95)) } else { String::new() };
+        let ci = if s.unfreed_bytes_ci95 > 0.0 { format!(" ± {}", human_bytes(s.unfreed_bytes_ci95)) } else { String::new() };
         let _ = write!(
             o,
             r#" <span class="sub">It holds {}{} unfreed in {} allocations at the end of the trace"#,
-            bytes(s.unfreed_bytes),
+            human_bytes(s.unfreed_bytes),
             ci,
             group(whole(s.unfreed_allocations))
         );
@@ -240,7 +235,7 @@ fn verdict_sentence(report: &Report, trace: &Trace) -> (String, &'static str) {
             format!(
                 "No call site's live memory grows steadily. The largest unfreed site is {} with <b>{}</b>.",
                 site_title(s, trace),
-                bytes(s.unfreed_bytes)
+                human_bytes(s.unfreed_bytes)
             ),
             "calm",
         )
@@ -395,7 +390,7 @@ fn memory_chart(rss: &[(u64, u64)], heap: &[(u64, f64)], end_ns: u64) -> String 
                 o,
                 r#"<circle class="{dot}" cx="{x:.1}" cy="{y:.1}" r="2.6"><title>{}: live heap ≈ {}</title></circle>"#,
                 duration(ns),
-                bytes(val)
+                human_bytes(val)
             );
         }
     }
@@ -443,9 +438,9 @@ fn sparkline(series: &[f64], growing: bool) -> String {
     let last = series.last().copied().map_or(0.0, fin);
     format!(
         r#"<svg class="{class}" viewBox="0 0 {w} {h}" width="{w}" height="{h}"><title>live bytes over the trace: {} → {} (peak {})</title><path class="sa" d="{}Z"/><path class="sl" d="{}"/></svg>"#,
-        bytes(first),
-        bytes(last),
-        bytes(max),
+        human_bytes(first),
+        human_bytes(last),
+        human_bytes(max),
         path_d(&area),
         path_d(&pts)
     )
@@ -559,7 +554,7 @@ fn flame_graph(report: &Report, trace: &Trace) -> String {
         let y = depth as f64 * FLAME_ROW;
         let pct = node.bytes as f64 / total as f64 * 100.0;
         let grow_note = if node.growing_bytes > 0 {
-            format!(", {} in growing sites", bytes(node.growing_bytes as f64))
+            format!(", {} in growing sites", human_bytes(node.growing_bytes as f64))
         } else {
             String::new()
         };
@@ -567,7 +562,7 @@ fn flame_graph(report: &Report, trace: &Trace) -> String {
             o,
             r#"<g class="f" data-x="{x:.3}" data-w="{w:.3}" data-d="{depth}" data-n="{name}"><title>{name}
 {} ({pct:.1}% of unfreed){grow_note}</title><rect x="{x:.2}" y="{y:.1}" width="{:.2}" height="{:.1}" fill="{color}" rx="2"/><text x="{:.2}" y="{:.1}">{}</text></g>"#,
-            bytes(node.bytes as f64),
+            human_bytes(node.bytes as f64),
             (w - 0.5).max(0.05),
             FLAME_ROW - 1.0,
             x + 3.0,
@@ -752,7 +747,7 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
         "ended: <b>{}</b>",
         if p.ended == "exit" { "normal exit" } else { "unknown (still running, or killed)" }
     ));
-    meta.push(format!("sampling mean <b>{}</b>", bytes(report.sampling.mean_bytes as f64)));
+    meta.push(format!("sampling mean <b>{}</b>", human_bytes(report.sampling.mean_bytes as f64)));
     meta.push(format!(
         "<b>{}</b> sampled events, <b>{}</b> dropped",
         group(report.totals.sampled_events),
@@ -795,18 +790,18 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
 <div class="stat"><div class="k">Growth of growing sites</div><div class="v">{}</div><div class="s">{}</div></div>
 </section>
 "#,
-        bytes(report.totals.unfreed_bytes),
+        human_bytes(report.totals.unfreed_bytes),
         group(whole(report.totals.unfreed_allocations)),
         group(report.sites.len() as u64),
         group(growing as u64),
-        rss_last.map_or("—".to_string(), |b| bytes(b as f64)),
+        rss_last.map_or("—".to_string(), |b| human_bytes(b as f64)),
         match (rss_first, rss_peak) {
-            (Some(f), Some(pk)) if rss_last.is_some_and(|l| pk > l) => format!("at end, from {} (peak {})", bytes(f as f64), bytes(pk as f64)),
-            (Some(f), Some(_)) => format!("at end, from {} at start", bytes(f as f64)),
+            (Some(f), Some(pk)) if rss_last.is_some_and(|l| pk > l) => format!("at end, from {} (peak {})", human_bytes(f as f64), human_bytes(pk as f64)),
+            (Some(f), Some(_)) => format!("at end, from {} at start", human_bytes(f as f64)),
             _ => "no RSS samples".to_string(),
         },
         if growing > 0 { per_min(growth) } else { "none".to_string() },
-        if growing > 0 { format!("{}/s", bytes(growth)) } else { "no site grows steadily".to_string() },
+        if growing > 0 { format!("{}/s", human_bytes(growth)) } else { "no site grows steadily".to_string() },
     );
 
     // Memory over time.
@@ -832,7 +827,7 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
     );
     for (row, s) in report.sites.iter().take(shown).enumerate() {
         let series: &[f64] = s.id.checked_sub(1).and_then(|i| analysis.sites.get(i)).map_or(&[], |a| a.series.as_slice());
-        let ci = if s.unfreed_bytes_ci95 > 0.0 { format!("± {}", bytes(s.unfreed_bytes_ci95)) } else { "exact".to_string() };
+        let ci = if s.unfreed_bytes_ci95 > 0.0 { format!("± {}", human_bytes(s.unfreed_bytes_ci95)) } else { "exact".to_string() };
         let trend = if s.growing {
             format!(
                 r#"<span class="badge grow">GROWING</span><div class="small">+{}</div><div class="small">confidence {:.2}</div>"#,
@@ -851,7 +846,7 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
             site_title(s, trace),
             stack_html(s, trace),
             callers_preview(s, trace),
-            bytes(s.unfreed_bytes),
+            human_bytes(s.unfreed_bytes),
             ci,
             group(whole(s.unfreed_allocations)),
             group(s.sampled_unfreed),
@@ -901,7 +896,7 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
 "#,
         env!("CARGO_PKG_VERSION"),
         esc(&report.format_version),
-        bytes(report.totals.unfreed_bytes),
+        human_bytes(report.totals.unfreed_bytes),
         group(whole(report.totals.unfreed_allocations)),
         group(report.sites.len() as u64)
     );
