@@ -254,13 +254,51 @@ pub mod live {
 pub const LIVE_EMPTY: u64 = 0;
 pub const LIVE_TOMBSTONE: u64 = 1;
 pub const LIVE_WRITING_BIT: u64 = 2;
-/// A lookup or insert gives up after this many slots; bounds the cost of a free and of a full table.
+/// A lookup or insert gives up after this many slots anywhere in the table; bounds the cost of a
+/// free and of a full table.
 pub const LIVE_MAX_PROBE: usize = 64;
+/// The writer tries the first this many slots of the table (256 KiB) first, so that a trace with
+/// few live samples (the usual case at the default sampling rate) touches a few dozen pages of
+/// the live table rather than a page per sample: each first touch of a page of the mapped file
+/// is a page fault inside the sampled allocation. Readers scan every slot and need not know.
+pub const LIVE_FRONT_SLOTS: u64 = 8192;
+/// Slots tried in the front before the rest of the table.
+pub const LIVE_FRONT_PROBE: usize = 16;
 
-/// Home slot of an address in a table of `capacity` (a power of two) slots.
+/// A run of live-table slots: `len` slots from `start` within the `span` slots from `base`,
+/// wrapping around within them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveRun {
+    pub base: u64,
+    pub span: u64,
+    pub start: u64,
+    pub len: u64,
+}
+
+impl LiveRun {
+    /// The table index of the run's `i`th slot (`i < len`).
+    #[inline]
+    pub fn slot(&self, i: u64) -> u64 {
+        let j = self.start + i;
+        self.base + if j >= self.span { j - self.span } else { j }
+    }
+}
+
+/// The runs of slots `addr` is looked for in, in order: a short run in the front of the table,
+/// then a run of up to [`LIVE_MAX_PROBE`] in the rest of it. `capacity` is a power of two.
 #[inline]
-pub fn live_home(addr: u64, capacity: u64) -> u64 {
-    mix(addr) & (capacity - 1)
+pub fn live_runs(addr: u64, capacity: u64) -> [LiveRun; 2] {
+    let h = mix(addr);
+    let probe = LIVE_MAX_PROBE as u64;
+    if capacity <= 2 * LIVE_FRONT_SLOTS {
+        let whole = LiveRun { base: 0, span: capacity, start: h & (capacity - 1), len: probe.min(capacity) };
+        return [whole, LiveRun { len: 0, ..whole }];
+    }
+    let rest = capacity - LIVE_FRONT_SLOTS;
+    [
+        LiveRun { base: 0, span: LIVE_FRONT_SLOTS, start: h & (LIVE_FRONT_SLOTS - 1), len: LIVE_FRONT_PROBE as u64 },
+        LiveRun { base: LIVE_FRONT_SLOTS, span: rest, start: (h >> 16) % rest, len: probe },
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ fn run(tracer: &'static Tracer, rss_ms: u64) {
     let m = &tracer.mapped;
     let mut control_seq = m.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire);
     let mut next_rss = 0u64;
+    let mut prefault = crate::mapped::PrefaultProgress::default();
+    let mut prefault_left = true;
     loop {
         let now = tracer.now_ns();
         if now >= next_rss {
@@ -85,6 +87,9 @@ fn run(tracer: &'static Tracer, rss_ms: u64) {
             let control = m.u32_at(hdr::CONTROL).load(Ordering::Relaxed);
             let mean = m.header(hdr::REQUESTED_MEAN_BYTES).load(Ordering::Relaxed);
             apply_control(tracer, control, mean);
+        }
+        if prefault_left && crate::tracer::is_sampling() {
+            prefault_left = m.prefault_step(&mut prefault);
         }
         // Sleep until the next poll, or the next RSS sample if that comes sooner.
         let until_rss = Duration::from_nanos(next_rss.saturating_sub(tracer.now_ns()));

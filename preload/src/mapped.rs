@@ -43,7 +43,7 @@ fn filter_index(addr: u64) -> usize {
 
 /// Might `addr` be in the live table? The free fast path; false means certainly not.
 #[inline(always)]
-pub fn maybe_sampled(addr: u64) -> bool {
+pub(crate) fn maybe_sampled(addr: u64) -> bool {
     FILTER[filter_index(addr)].load(Ordering::Relaxed) != 0
 }
 
@@ -56,6 +56,16 @@ fn filter_remove(addr: u64) {
     let _ = FILTER[filter_index(addr)]
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c > 0 && c < u8::MAX).then(|| c - 1));
 }
+
+/// How far [`Mapped::prefault_step`] has got; owned by the background thread.
+#[derive(Default)]
+pub struct PrefaultProgress {
+    live_done: u64,
+    ring_done: u64,
+    ring_written_then: u64,
+    unsupported: bool,
+}
+
 
 pub struct Mapped {
     base: *mut u8,
@@ -201,34 +211,35 @@ impl Mapped {
         self.region_start(Region::Live) + (i as usize) * LIVE_SLOT_SIZE
     }
 
-    /// Remember a sampled allocation. False if the table has no free slot near its home.
+    /// Remember a sampled allocation. False if the table has no free slot along the address's
+    /// runs (see `layout::live_runs`).
     pub fn live_insert(&self, addr: u64, e: LiveEntry) -> bool {
-        let mask = self.live_capacity - 1;
-        let home = layout::live_home(addr, self.live_capacity);
-        for probe in 0..layout::LIVE_MAX_PROBE as u64 {
-            let slot = self.live_slot((home + probe) & mask);
-            let key = self.u64_at(slot + live::KEY);
-            let cur = key.load(Ordering::Relaxed);
-            if cur != layout::LIVE_EMPTY && cur != layout::LIVE_TOMBSTONE {
-                continue;
+        for run in layout::live_runs(addr, self.live_capacity) {
+            for i in 0..run.len {
+                let slot = self.live_slot(run.slot(i));
+                let key = self.u64_at(slot + live::KEY);
+                let cur = key.load(Ordering::Relaxed);
+                if cur != layout::LIVE_EMPTY && cur != layout::LIVE_TOMBSTONE {
+                    continue;
+                }
+                // Claim the slot in the "being written" state; a live address is unique, so no
+                // other thread can be inserting or removing this key.
+                if key
+                    .compare_exchange(cur, addr | layout::LIVE_WRITING_BIT, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                self.u64_at(slot + live::SIZE).store(e.size, Ordering::Relaxed);
+                self.u64_at(slot + live::TIME_NS).store(e.time_ns, Ordering::Relaxed);
+                self.u32_at(slot + live::STACK_ID).store(e.stack_id, Ordering::Relaxed);
+                self.u32_at(slot + live::MEAN_BYTES).store(e.mean_bytes, Ordering::Relaxed);
+                filter_add(addr);
+                // Pairs with the acquire load in `live_remove` and with readers of the file.
+                key.store(addr, Ordering::Release);
+                self.u64_at(hdr::LIVE_COUNT).fetch_add(1, Ordering::Relaxed);
+                return true;
             }
-            // Claim the slot in the "being written" state; a live address is unique, so no other
-            // thread can be inserting or removing this key.
-            if key
-                .compare_exchange(cur, addr | layout::LIVE_WRITING_BIT, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                continue;
-            }
-            self.u64_at(slot + live::SIZE).store(e.size, Ordering::Relaxed);
-            self.u64_at(slot + live::TIME_NS).store(e.time_ns, Ordering::Relaxed);
-            self.u32_at(slot + live::STACK_ID).store(e.stack_id, Ordering::Relaxed);
-            self.u32_at(slot + live::MEAN_BYTES).store(e.mean_bytes, Ordering::Relaxed);
-            filter_add(addr);
-            // Pairs with the acquire load in `live_remove` and with readers of the file.
-            key.store(addr, Ordering::Release);
-            self.u64_at(hdr::LIVE_COUNT).fetch_add(1, Ordering::Relaxed);
-            return true;
         }
         if self.u64_at(hdr::LIVE_DROPPED).fetch_add(1, Ordering::Relaxed) == 0 {
             crate::warn(
@@ -240,35 +251,40 @@ impl Mapped {
     }
 
     /// Forget a sampled allocation, returning what was remembered, or None if it was not sampled.
+    ///
+    /// An empty slot ends the search, in the front run too: slots never become empty again, so
+    /// the insert that placed `addr` would have taken that slot (or an earlier one) itself.
     pub fn live_remove(&self, addr: u64) -> Option<LiveEntry> {
-        let mask = self.live_capacity - 1;
-        let home = layout::live_home(addr, self.live_capacity);
-        for probe in 0..layout::LIVE_MAX_PROBE as u64 {
-            let slot = self.live_slot((home + probe) & mask);
-            let key = self.u64_at(slot + live::KEY);
-            let cur = key.load(Ordering::Acquire);
-            if cur == layout::LIVE_EMPTY {
-                return None;
+        let slot = self.live_find(addr)?;
+        let key = self.u64_at(slot + live::KEY);
+        let e = LiveEntry {
+            size: self.u64_at(slot + live::SIZE).load(Ordering::Relaxed),
+            time_ns: self.u64_at(slot + live::TIME_NS).load(Ordering::Relaxed),
+            stack_id: self.u32_at(slot + live::STACK_ID).load(Ordering::Relaxed),
+            mean_bytes: self.u32_at(slot + live::MEAN_BYTES).load(Ordering::Relaxed),
+        };
+        // Only a double free could race here; the CAS makes the second one find nothing.
+        if key.compare_exchange(addr, layout::LIVE_TOMBSTONE, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return None;
+        }
+        filter_remove(addr);
+        self.u64_at(hdr::LIVE_COUNT).fetch_sub(1, Ordering::Relaxed);
+        Some(e)
+    }
+
+    /// The offset of the slot holding `addr`.
+    fn live_find(&self, addr: u64) -> Option<usize> {
+        for run in layout::live_runs(addr, self.live_capacity) {
+            for i in 0..run.len {
+                let slot = self.live_slot(run.slot(i));
+                let cur = self.u64_at(slot + live::KEY).load(Ordering::Acquire);
+                if cur == layout::LIVE_EMPTY {
+                    return None;
+                }
+                if cur == addr {
+                    return Some(slot);
+                }
             }
-            if cur != addr {
-                continue;
-            }
-            let e = LiveEntry {
-                size: self.u64_at(slot + live::SIZE).load(Ordering::Relaxed),
-                time_ns: self.u64_at(slot + live::TIME_NS).load(Ordering::Relaxed),
-                stack_id: self.u32_at(slot + live::STACK_ID).load(Ordering::Relaxed),
-                mean_bytes: self.u32_at(slot + live::MEAN_BYTES).load(Ordering::Relaxed),
-            };
-            // Only a double free could race here; the CAS makes the second one find nothing.
-            if key
-                .compare_exchange(addr, layout::LIVE_TOMBSTONE, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-            {
-                return None;
-            }
-            filter_remove(addr);
-            self.u64_at(hdr::LIVE_COUNT).fetch_sub(1, Ordering::Relaxed);
-            return Some(e);
         }
         None
     }
@@ -412,6 +428,82 @@ impl Mapped {
         halved
     }
 
+    // -----------------------------------------------------------------------------------------
+    // Prefaulting
+
+    /// Fault in, from the background thread, pages the hooks are about to write: the front of
+    /// the live table at once, the rest of it once the front fills (see
+    /// `layout::LIVE_FRONT_SLOTS`), and the ring ahead of its head. A first write to a page of a
+    /// shared file mapping costs a fault and a `page_mkwrite` (ext4 starts a journal handle),
+    /// several microseconds that would otherwise land in a sampled allocation. Each range is
+    /// populated once: pages the kernel has written back and write-protected again are left
+    /// alone rather than dirtied for nothing.
+    ///
+    /// Does at most a few MiB per call, in 256 KiB madvise calls: populating holds the address
+    /// space lock for reading, and the program's own mmap and mprotect calls (a malloc arena
+    /// growing) wait for each call to finish. Returns false once everything is populated, or at
+    /// once if the kernel lacks MADV_POPULATE_WRITE (Linux < 5.14): the hooks then take their
+    /// own faults.
+    pub fn prefault_step(&self, progress: &mut PrefaultProgress) -> bool {
+        const STEP: u64 = 4 << 20;
+        const MIN_AHEAD: u64 = 1 << 20;
+        if progress.unsupported {
+            return false;
+        }
+        let (live_start, live_len) = self.regions[Region::Live as usize];
+        let front_len = (layout::LIVE_FRONT_SLOTS * LIVE_SLOT_SIZE as u64).min(live_len);
+        let spilling = self.u64_at(hdr::LIVE_COUNT).load(Ordering::Relaxed) > layout::LIVE_FRONT_SLOTS / 2;
+        let live_want = if spilling { live_len } else { front_len };
+        let mut budget = STEP;
+        if progress.live_done < live_want {
+            let len = budget.min(live_want - progress.live_done);
+            if !self.populate(live_start + progress.live_done, len) {
+                progress.unsupported = true;
+                return false;
+            }
+            progress.live_done += len;
+            budget -= len;
+        }
+        let (ring_start, ring_len) = self.regions[Region::Ring as usize];
+        let head = self.u64_at(hdr::RING_HEAD).load(Ordering::Relaxed);
+        let written = head.min(self.ring_capacity) * EVENT_SIZE as u64;
+        // Stay ahead by twice what the hooks wrote since the last step.
+        let rate = written.saturating_sub(progress.ring_written_then);
+        progress.ring_written_then = written;
+        let want = (written + (2 * rate).max(MIN_AHEAD)).min(ring_len);
+        let from = progress.ring_done.max(written & !4095);
+        if from < want && budget > 0 {
+            let len = budget.min(want - from);
+            if !self.populate(ring_start + from, len) {
+                progress.unsupported = true;
+                return false;
+            }
+            progress.ring_done = from + len;
+        }
+        progress.live_done < live_len || progress.ring_done < ring_len
+    }
+
+    fn populate(&self, off: u64, len: u64) -> bool {
+        // Linux's MADV_POPULATE_WRITE; the libc crate does not export it on every target.
+        const MADV_POPULATE_WRITE: libc::c_int = 23;
+        const CALL: u64 = 256 << 10;
+        let mut start = off & !4095;
+        let end = (off + len).min(self.len as u64);
+        while start < end {
+            let n = CALL.min(end - start);
+            // SAFETY: [start, start + n) lies inside our own mapping (offsets come from the plan
+            // and are clamped to its length). MADV_POPULATE_WRITE only faults pages in as a
+            // write would, without changing their contents, so racing hook writes are unaffected;
+            // on a page it cannot back it returns an error rather than raising SIGBUS.
+            let rc = unsafe { libc::madvise(self.base.add(start as usize).cast(), n as usize, MADV_POPULATE_WRITE) };
+            if rc != 0 {
+                return false;
+            }
+            start += n;
+        }
+        true
+    }
+
     pub fn set_state(&self, s: layout::TraceState) {
         self.u32_at(hdr::STATE).store(s as u32, Ordering::Release);
     }
@@ -517,6 +609,35 @@ mod tests {
             // Re-inserting into tombstones works.
             assert!(m.live_insert(16, e));
             assert_eq!(m.live_remove(16).map(|e| e.size), Some(10));
+        });
+    }
+
+    #[test]
+    fn few_live_entries_stay_in_the_front_and_many_spill_over() {
+        with_mapped(16 << 20, |m, _| {
+            assert!(m.live_capacity > 4 * layout::LIVE_FRONT_SLOTS);
+            let e = LiveEntry { size: 1, time_ns: 0, stack_id: 1, mean_bytes: 1 };
+            let front_end = m.live_slot(layout::LIVE_FRONT_SLOTS);
+            let addr = |i: u64| 0x7f00_0000_0000 + i * 48;
+            for i in 0..200 {
+                assert!(m.live_insert(addr(i), e));
+                assert!(m.live_find(addr(i)).is_some_and(|slot| slot < front_end), "entry {i} left the front");
+            }
+            // Far more than the front holds: the rest of the table takes them.
+            let n = 3 * layout::LIVE_FRONT_SLOTS;
+            for i in 200..n {
+                assert!(m.live_insert(addr(i), e), "insert {i}");
+            }
+            assert!((0..n).filter(|&i| m.live_find(addr(i)).is_some_and(|slot| slot >= front_end)).count() as u64 > n / 2);
+            assert_eq!(m.header(hdr::LIVE_DROPPED).load(Ordering::Relaxed), 0);
+            // Freeing front entries leaves tombstones; spilled entries behind them are still found.
+            for i in (0..n).step_by(3) {
+                assert!(m.live_remove(addr(i)).is_some(), "remove {i}");
+            }
+            for i in 0..n {
+                assert_eq!(m.live_remove(addr(i)).is_some(), i % 3 != 0, "second pass, {i}");
+            }
+            assert_eq!(m.header(hdr::LIVE_COUNT).load(Ordering::Relaxed), 0);
         });
     }
 

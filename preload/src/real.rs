@@ -78,7 +78,7 @@ fn lookup(name: &std::ffi::CStr, fallback: usize) -> usize {
 }
 
 /// Resolve the next allocator; idempotent. Returns true once resolved.
-pub fn resolve() -> bool {
+pub(crate) fn resolve() -> bool {
     match STATE.compare_exchange(UNRESOLVED, RESOLVING, Ordering::Acquire, Ordering::Acquire) {
         Ok(_) => {}
         Err(RESOLVED) => return true,
@@ -153,7 +153,7 @@ fn arena_alloc(size: usize, align: usize) -> *mut c_void {
     }
 }
 
-pub fn in_arena(p: *const c_void) -> bool {
+pub(crate) fn in_arena(p: *const c_void) -> bool {
     let base = ARENA.0.get() as usize;
     (p as usize).wrapping_sub(base) < ARENA_SIZE
 }

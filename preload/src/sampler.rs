@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// `LEAKTRACE_SEED`, or a time-based value; each thread mixes in its creation number.
 pub static SEED: AtomicU64 = AtomicU64::new(0x5eed);
 
-/// Thread-local state of the hooks. `const`-initialised and without a destructor, so reaching
-/// it never allocates and is valid during thread start-up and teardown.
+/// Thread-local state of the hooks. All zero when new and without a destructor, so reaching it
+/// never allocates and is valid during thread start-up and teardown.
+#[repr(C)]
 pub struct ThreadState {
     /// Set while this thread runs leaktrace code: allocations it makes pass straight through.
     in_hook: Cell<bool>,
@@ -27,9 +28,81 @@ pub struct ThreadState {
     tid: Cell<u32>,
 }
 
-thread_local! {
-    pub static THREAD: ThreadState = const { ThreadState::new() };
+/// The calling thread's [`ThreadState`]: `THREAD.with(|t| ...)`.
+pub static THREAD: ThreadKey = ThreadKey;
+
+pub struct ThreadKey;
+
+impl ThreadKey {
+    #[inline(always)]
+    pub fn with<R>(&self, f: impl FnOnce(&ThreadState) -> R) -> R {
+        f(this_thread())
+    }
 }
+
+/// Where the hooks keep their per-thread state. On x86-64 it is a block of static TLS reached
+/// with the initial-exec model: two instructions, where Rust's `thread_local!` in a shared
+/// library calls `__tls_get_addr` on every malloc (about 15 instructions of the ~75 the
+/// unsampled hooks cost per malloc+free). Static TLS suits a library that is preloaded, so
+/// present before any thread starts; a later dlopen gets the loader's reserved surplus, which
+/// 64 bytes fit in. Elsewhere `thread_local!` does the job.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod tls {
+    use super::ThreadState;
+
+    const _: () = assert!(std::mem::size_of::<ThreadState>() <= 64 && std::mem::align_of::<ThreadState>() <= 64);
+
+    // 64 zero bytes of .tbss per thread; hidden, so no other object can bind to it.
+    std::arch::global_asm!(
+        ".pushsection .tbss,\"awT\",@nobits",
+        ".p2align 6",
+        ".globl leaktrace_thread_state",
+        ".hidden leaktrace_thread_state",
+        ".type leaktrace_thread_state,@object",
+        ".size leaktrace_thread_state,64",
+        "leaktrace_thread_state:",
+        ".zero 64",
+        ".popsection",
+    );
+
+    #[inline(always)]
+    pub fn this_thread() -> &'static ThreadState {
+        let block: usize;
+        // SAFETY: reads the thread pointer (fs:0 holds its own address on x86-64 Linux) and adds
+        // our block's offset from it, which the loader stored in the GOT; touches nothing else.
+        unsafe {
+            std::arch::asm!(
+                "mov {block}, qword ptr fs:[0]",
+                "add {block}, qword ptr [rip + leaktrace_thread_state@GOTTPOFF]",
+                block = out(reg) block,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        // SAFETY: `block` is this thread's 64-byte, 64-aligned block, zeroed by the loader when
+        // the thread's TLS was set up, and all-zero bytes are a valid `ThreadState::new()`
+        // (checked by a test). It lives as long as the thread; the reference is `!Send`
+        // (ThreadState holds Cells), so it never outlives the thread it was taken on.
+        unsafe { &*(block as *const ThreadState) }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod tls {
+    use super::ThreadState;
+
+    thread_local! {
+        static STATE: ThreadState = const { ThreadState::new() };
+    }
+
+    #[inline(always)]
+    pub fn this_thread() -> &'static ThreadState {
+        // SAFETY: the const-initialised, destructor-free thread local lives as long as the
+        // thread, and the `!Send` reference cannot leave it.
+        STATE.with(|s| unsafe { &*(s as *const ThreadState) })
+    }
+}
+
+use tls::this_thread;
 
 /// Proof that the current thread is inside leaktrace; recording functions take `&Guard`.
 /// Restores the previous state when dropped, so nested guards are harmless.
@@ -84,7 +157,9 @@ impl ThreadState {
     /// Charge `size` bytes. The fast path; everything else is out of line.
     #[inline(always)]
     pub fn charge(&self, size: usize, mean_now: u64) -> Charge {
-        let left = self.bytes_until_sample.get().saturating_sub(size.min(i64::MAX as usize) as i64);
+        // No overflow: the distance is never negative, and a block that was really allocated
+        // is at most isize::MAX bytes (a larger `size`, impossible here, would merely skip).
+        let left = self.bytes_until_sample.get().wrapping_sub(size as i64);
         // A changed mean (`leak-analyze ctl --sample-bytes`) sends the thread to the slow path,
         // which redraws: the old distance may be far longer than the new mean.
         if left > 0 && mean_now == self.mean_of_draw.get() {
@@ -206,6 +281,29 @@ mod tests {
         let t = fresh();
         let n = (0..10_000).filter(|_| matches!(t.charge(100, 4096), Charge::Sample { .. })).count();
         assert!((170..320).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_zeroed_state_is_a_new_state() {
+        // The static TLS block starts as zero bytes; that must be what `new` builds.
+        // SAFETY: every field is a Cell of an integer or bool, for which zero bytes are valid.
+        let zeroed: ThreadState = unsafe { std::mem::zeroed() };
+        let new = ThreadState::new();
+        let fields = |t: &ThreadState| (t.in_hook.get(), t.bytes_until_sample.get(), t.mean_of_draw.get(), t.rng.get(), t.tid.get());
+        assert_eq!(fields(&zeroed), fields(&new));
+    }
+
+    #[test]
+    fn each_thread_has_its_own_state() {
+        let here = THREAD.with(|t| t as *const ThreadState as usize);
+        THREAD.with(|t| t.bytes_until_sample.set(12345));
+        let there = std::thread::spawn(|| THREAD.with(|t| (t as *const ThreadState as usize, t.bytes_until_sample.get())))
+            .join()
+            .unwrap();
+        assert_ne!(here, there.0);
+        assert_eq!(there.1, 0, "a new thread starts from a zeroed state");
+        assert_eq!(THREAD.with(|t| t.bytes_until_sample.get()), 12345);
+        THREAD.with(|t| t.bytes_until_sample.set(0));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Cost budget per hook. Measured with callgrind on a malloc/free loop (instructions per
 //! malloc+free pair above no preload): a bare pass-through interposer 4, leaktrace dormant 53,
 //! tracing with nothing sampled 85, default sampling 98. Wall-clock figures: scripts/bench.
-//! - unsampled malloc: the real malloc, one relaxed load of `SAMPLING`, one of `MEAN`, and a
+//! - unsampled malloc: the real malloc, one relaxed load of `HOOK.sampling`, one of `HOOK.mean`, and a
 //!   subtract-and-compare on thread-local memory. No atomics written, no floating point.
 //! - free of an unsampled pointer: the real free plus one relaxed byte load from the counting
 //!   filter (`mapped::maybe_sampled`).
@@ -27,10 +27,19 @@ use crate::sampler::{Charge, Guard, ThreadState, THREAD};
 use crate::unwind::{self, Choice};
 use crate::{file, modules, warn};
 
-/// True while new allocations are being sampled (not dormant, not failed).
-static SAMPLING: AtomicBool = AtomicBool::new(false);
-/// The sampling mean in force, in bytes.
-static MEAN: AtomicU64 = AtomicU64::new(crate::config::DEFAULT_SAMPLE_BYTES);
+/// What the allocation hook reads on every call, kept on one cache line of its own: a program
+/// that churns through memory evicts the hook's data between calls, and each line it touches is
+/// then a miss.
+#[repr(C, align(64))]
+struct HookSettings {
+    /// True while new allocations are being sampled (not dormant, not failed).
+    sampling: AtomicBool,
+    /// The sampling mean in force, in bytes.
+    mean: AtomicU64,
+}
+
+static HOOK: HookSettings =
+    HookSettings { sampling: AtomicBool::new(false), mean: AtomicU64::new(crate::config::DEFAULT_SAMPLE_BYTES) };
 /// The active trace; null before start-up, after a failure to start, and in a forked child
 /// until it starts its own trace.
 static TRACER: AtomicPtr<Tracer> = AtomicPtr::new(std::ptr::null_mut());
@@ -121,6 +130,11 @@ impl Tracer {
     }
 }
 
+/// True while new allocations are being sampled.
+pub fn is_sampling() -> bool {
+    HOOK.sampling.load(Ordering::Relaxed)
+}
+
 pub fn current() -> Option<&'static Tracer> {
     let p = TRACER.load(Ordering::Acquire);
     // SAFETY: TRACER only ever holds null or a pointer from `Box::leak`, never freed.
@@ -132,15 +146,15 @@ pub fn current() -> Option<&'static Tracer> {
 
 /// Called after every successful allocation.
 #[inline(always)]
-pub fn on_alloc(p: *mut c_void, size: usize, api: Api) {
-    if p.is_null() || !SAMPLING.load(Ordering::Relaxed) {
+pub(crate) fn on_alloc(p: *mut c_void, size: usize, api: Api) {
+    if p.is_null() || !HOOK.sampling.load(Ordering::Relaxed) {
         return;
     }
     THREAD.with(|t| {
         if t.in_hook() {
             return;
         }
-        if let Charge::Sample { mean_bytes } = t.charge(size, MEAN.load(Ordering::Relaxed)) {
+        if let Charge::Sample { mean_bytes } = t.charge(size, HOOK.mean.load(Ordering::Relaxed)) {
             on_sample(t, p as u64, size as u64, api, mean_bytes);
         }
     });
@@ -148,7 +162,7 @@ pub fn on_alloc(p: *mut c_void, size: usize, api: Api) {
 
 /// Called before every free (and before realloc moves or frees a block).
 #[inline(always)]
-pub fn on_free(p: *mut c_void, api: Api) {
+pub(crate) fn on_free(p: *mut c_void, api: Api) {
     if !p.is_null() && mapped::maybe_sampled(p as u64) {
         record_free(p as u64, api);
     }
@@ -157,21 +171,21 @@ pub fn on_free(p: *mut c_void, api: Api) {
 /// Take `p` out of the live table ahead of a realloc that may move it; the caller puts it back
 /// with [`restore_live`] if the realloc fails. Removing first means no other thread can be handed
 /// `p` by the allocator while it is still in the table.
-pub fn take_live(p: *mut c_void) -> Option<LiveEntry> {
+pub(crate) fn take_live(p: *mut c_void) -> Option<LiveEntry> {
     if p.is_null() || !mapped::maybe_sampled(p as u64) {
         return None;
     }
     current()?.mapped.live_remove(p as u64)
 }
 
-pub fn restore_live(p: *mut c_void, e: LiveEntry) {
+pub(crate) fn restore_live(p: *mut c_void, e: LiveEntry) {
     if let Some(t) = current() {
         t.mapped.live_insert(p as u64, e);
     }
 }
 
 /// Record the end of a sampled allocation taken out with [`take_live`].
-pub fn record_taken_free(p: *mut c_void, e: LiveEntry, api: Api) {
+pub(crate) fn record_taken_free(p: *mut c_void, e: LiveEntry, api: Api) {
     if let Some(t) = current() {
         push_free(t, p as u64, e, api);
     }
@@ -359,7 +373,8 @@ fn dwarf_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
     let mut raw = [0u64; MAX_CAPTURE + 16];
     // The caching CFI unwinder (cfi.rs), once the background thread has built it; it gives 0
     // frames whenever it cannot finish an unwind, and libgcc takes over.
-    let n = crate::cfi::trace(&mut raw);
+    let own_text = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+    let n = crate::cfi::trace(&mut raw, own_text);
     if n > 0 {
         return trim_into(raw[..n].iter().copied(), out);
     }
@@ -451,11 +466,11 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     if config.start_paused {
         tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes: 0 });
     }
-    MEAN.store(config.sample_bytes, Ordering::Relaxed);
+    HOOK.mean.store(config.sample_bytes, Ordering::Relaxed);
     tracer.mapped.set_state(if config.start_paused { TraceState::Paused } else { TraceState::Tracing });
     // Pairs with the acquire load in `current`.
     TRACER.store(tracer as *const Tracer as *mut Tracer, Ordering::Release);
-    SAMPLING.store(!config.start_paused, Ordering::Relaxed);
+    HOOK.sampling.store(!config.start_paused, Ordering::Relaxed);
     // A forked child's thread was started by the atfork handler and is waiting for this trace.
     if !is_child {
         if let Err(e) = crate::background::spawn(Some(tracer), config.rss_ms) {
@@ -511,18 +526,18 @@ pub fn apply_control(tracer: &Tracer, control: u32, mean_bytes: u64) {
     }
     match control {
         c if c == layout::Control::Pause as u32 => {
-            SAMPLING.store(false, Ordering::Relaxed);
+            HOOK.sampling.store(false, Ordering::Relaxed);
             m.set_state(TraceState::Paused);
             tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: tracer.now_ns(), mean_bytes: 0 });
         }
         c if c == layout::Control::Resume as u32 => {
             m.set_state(TraceState::Tracing);
-            SAMPLING.store(true, Ordering::Relaxed);
-            let mean_bytes = MEAN.load(Ordering::Relaxed);
+            HOOK.sampling.store(true, Ordering::Relaxed);
+            let mean_bytes = HOOK.mean.load(Ordering::Relaxed);
             tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: tracer.now_ns(), mean_bytes });
         }
         c if c == layout::Control::SetMeanBytes as u32 && (1..=u64::from(u32::MAX)).contains(&mean_bytes) => {
-            MEAN.store(mean_bytes, Ordering::Relaxed);
+            HOOK.mean.store(mean_bytes, Ordering::Relaxed);
             m.header(hdr::CURRENT_MEAN_BYTES).store(mean_bytes, Ordering::Relaxed);
             tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: tracer.now_ns(), mean_bytes });
         }
@@ -540,7 +555,7 @@ pub fn apply_control(tracer: &Tracer, control: u32, mean_bytes: u64) {
 extern "C" fn after_fork_in_child() {
     TRACER.store(std::ptr::null_mut(), Ordering::Release);
     IS_FORKED_CHILD.store(true, Ordering::Relaxed);
-    let tracing = SAMPLING.load(Ordering::Relaxed);
+    let tracing = HOOK.sampling.load(Ordering::Relaxed);
     CHILD_PENDING.store(tracing, Ordering::Release);
     THREAD.with(|t| {
         t.reset_after_fork();

@@ -1,5 +1,7 @@
-// Threads with small stacks that allocate deep in their recursion, where only a few KiB of
-// stack are left: the preload must not be the one to overflow it.
+// Threads with small stacks that allocate deep in their recursion, with as little as half a KiB
+// of stack left: the preload must not be the one to overflow it. Each thread first allocates
+// once near the top of its stack: the preload's first sample on a thread reads the thread's
+// stack bounds, which needs about 2.5 KiB of stack (a documented limit).
 // Usage: small_stack STACK_BYTES. Prints the number of blocks leaked as JSON.
 #include <pthread.h>
 #include <stdio.h>
@@ -20,6 +22,7 @@ __attribute__((noinline)) static void deep(int depth) {
 }
 
 static void *worker(void *depth) {
+    free(malloc(64));
     deep((int)(long)depth);
     return NULL;
 }
