@@ -260,8 +260,6 @@ fn claim(pool: &Pool, hint: u64) -> Option<&Slot> {
     })
 }
 
-/// framehop's view of stack memory: aligned 8-byte words in `[sp, hi - 8]`, where `sp` was this
-/// thread's stack pointer when the unwind started and `hi` the top of its stack.
 /// Follow the frame-pointer chain from `bp` (a frame of ours) while return addresses stay in
 /// `own_text`, and give the first caller outside it as (return address, its sp, its bp): what
 /// that caller's registers hold once the call returns. None if the chain leaves the stack or
@@ -286,6 +284,8 @@ fn step_over_own_frames(reader: &mut StackReader, mut bp: u64, (lo, hi): (u64, u
     None
 }
 
+/// framehop's view of stack memory: aligned 8-byte words in `[sp, hi - 8]`, where `sp` was this
+/// thread's stack pointer when the unwind started and `hi` the top of its stack.
 struct StackReader {
     lo: u64,
     last: u64,
