@@ -77,9 +77,17 @@ pub const MAX_PUBLISHED: u32 = 64;
 /// Bytes of copied unwind sections before giving up.
 pub const MAX_COPIED_BYTES: usize = 64 << 20;
 
-/// Unwinds that succeeded, and that returned 0 frames (the caller then used libgcc).
-pub static TRACED: AtomicU64 = AtomicU64::new(0);
+/// Unwinds that returned 0 frames (the caller then used libgcc). Successes are counted per
+/// cache slot (see [`traced`]): one counter shared by every thread would bounce between cores
+/// on every sample.
 pub static FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Unwinds that succeeded, so far.
+pub fn traced() -> u64 {
+    let pool = POOL.load(Ordering::Acquire);
+    // SAFETY: POOL holds null or a leaked `Pool` that is never freed.
+    unsafe { pool.as_ref() }.map_or(0, |p| p.slots.iter().map(|s| s.traced.load(Ordering::Relaxed)).sum())
+}
 
 #[cfg(target_arch = "x86_64")]
 mod arch {
@@ -106,9 +114,11 @@ struct Published {
 
 #[cfg(target_arch = "x86_64")]
 impl Published {
-    fn knows(&self, lookup: u64) -> bool {
+    /// The known module range holding `lookup`, if any.
+    fn known_range(&self, lookup: u64) -> Option<(u64, u64)> {
         let i = self.known.partition_point(|&(lo, _)| lo <= lookup);
-        i > 0 && lookup < self.known[i - 1].1
+        let range = *self.known.get(i.checked_sub(1)?)?;
+        (lookup < range.1).then_some(range)
     }
 }
 
@@ -121,6 +131,8 @@ static UNWINDER: AtomicPtr<Published> = AtomicPtr::new(std::ptr::null_mut());
 /// One framehop cache, owned by whichever thread set `busy`.
 struct Slot {
     busy: AtomicBool,
+    /// Unwinds completed with this cache; written only by the thread holding `busy`.
+    traced: AtomicU64,
     #[cfg(target_arch = "x86_64")]
     cache: UnsafeCell<FhCache>,
 }
@@ -139,6 +151,7 @@ impl Pool {
         Box::new(Pool {
             slots: std::array::from_fn(|_| Slot {
                 busy: AtomicBool::new(false),
+                traced: AtomicU64::new(0),
                 cache: UnsafeCell::new(FhCache::new_in()),
             }),
         })
@@ -169,8 +182,6 @@ pub fn trace(out: &mut [u64], own_text: (u64, u64)) -> usize {
         let n = unsafe { pool.as_ref() }.map_or(0, |pool| trace_x86_64(pool, out, own_text));
         if n == 0 {
             FAILED.fetch_add(1, Ordering::Relaxed);
-        } else {
-            TRACED.fetch_add(1, Ordering::Relaxed);
         }
         n
     }
@@ -225,12 +236,18 @@ fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
                     };
                     let mut read = |addr: u64| reader.read(addr);
                     let mut n = 0;
+                    // Consecutive frames are often in one module: check the last one first.
+                    let mut last_module = (0, 0);
                     loop {
                         if n == out.len() {
                             break n;
                         }
-                        if !p.knows(address.address_for_lookup()) {
-                            break 0;
+                        let lookup = address.address_for_lookup();
+                        if !(last_module.0..last_module.1).contains(&lookup) {
+                            match p.known_range(lookup) {
+                                Some(range) => last_module = range,
+                                None => break 0,
+                            }
                         }
                         out[n] = address.address();
                         n += 1;
@@ -247,6 +264,10 @@ fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
             }
         }
     };
+    if n > 0 {
+        // Only the holder of `busy` writes the counter: no read-modify-write needed.
+        slot.traced.store(slot.traced.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
     slot.busy.store(false, Ordering::Release);
     n
 }
@@ -766,8 +787,10 @@ mod tests {
     #[test]
     fn addresses_outside_every_module_are_refused() {
         let p = Published { unwinder: FhUnwinder::new(), known: vec![(0x1000, 0x2000), (0x5000, 0x6000)] };
-        assert!(!p.knows(0xfff) && p.knows(0x1000) && p.knows(0x1fff) && !p.knows(0x2000));
-        assert!(!p.knows(0x4fff) && p.knows(0x5800) && !p.knows(0x6000) && !p.knows(0));
+        let knows = |a| p.known_range(a).is_some();
+        assert!(!knows(0xfff) && knows(0x1000) && knows(0x1fff) && !knows(0x2000));
+        assert!(!knows(0x4fff) && knows(0x5800) && !knows(0x6000) && !knows(0));
+        assert_eq!(p.known_range(0x5800), Some((0x5000, 0x6000)));
     }
 
     #[test]

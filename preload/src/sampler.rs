@@ -26,7 +26,14 @@ pub struct ThreadState {
     mean_of_draw: Cell<u64>,
     rng: Cell<u64>,
     tid: Cell<u32>,
+    /// Sampled allocations and frees this thread recorded but has not yet added to the header's
+    /// counters: they are added in batches, so threads do not take turns owning those lines.
+    unflushed_allocs: Cell<u16>,
+    unflushed_frees: Cell<u16>,
 }
+
+/// Recorded allocations (or frees) a thread adds to the header's counter at once.
+pub const COUNT_BATCH: u16 = 64;
 
 /// The calling thread's [`ThreadState`]: `THREAD.with(|t| ...)`.
 pub static THREAD: ThreadKey = ThreadKey;
@@ -141,6 +148,8 @@ impl ThreadState {
             mean_of_draw: Cell::new(0),
             rng: Cell::new(0),
             tid: Cell::new(0),
+            unflushed_allocs: Cell::new(0),
+            unflushed_frees: Cell::new(0),
         }
     }
 
@@ -237,9 +246,30 @@ impl ThreadState {
         t
     }
 
-    /// Forget per-process state in a forked child: its thread id changed.
+    /// Forget per-process state in a forked child: its thread id changed, and its counts
+    /// belong to the parent's trace.
     pub fn reset_after_fork(&self) {
         self.tid.set(0);
+        self.unflushed_allocs.set(0);
+        self.unflushed_frees.set(0);
+    }
+
+    /// Count one recorded allocation (`free` false) or free; returns a batch to add to the
+    /// header's counter when one is complete.
+    pub fn count_recorded(&self, free: bool) -> Option<u64> {
+        let cell = if free { &self.unflushed_frees } else { &self.unflushed_allocs };
+        let n = cell.get() + 1;
+        if n < COUNT_BATCH {
+            cell.set(n);
+            return None;
+        }
+        cell.set(0);
+        Some(u64::from(n))
+    }
+
+    /// The counts not yet added to the header, taken (at exit).
+    pub fn take_unflushed(&self) -> (u64, u64) {
+        (u64::from(self.unflushed_allocs.replace(0)), u64::from(self.unflushed_frees.replace(0)))
     }
 }
 
@@ -289,7 +319,9 @@ mod tests {
         // SAFETY: every field is a Cell of an integer or bool, for which zero bytes are valid.
         let zeroed: ThreadState = unsafe { std::mem::zeroed() };
         let new = ThreadState::new();
-        let fields = |t: &ThreadState| (t.in_hook.get(), t.bytes_until_sample.get(), t.mean_of_draw.get(), t.rng.get(), t.tid.get());
+        let fields = |t: &ThreadState| {
+            (t.in_hook.get(), t.bytes_until_sample.get(), t.mean_of_draw.get(), t.rng.get(), t.tid.get(), t.take_unflushed())
+        };
         assert_eq!(fields(&zeroed), fields(&new));
     }
 

@@ -252,7 +252,9 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
         kind: EventKind::Alloc,
         api,
     });
-    tracer.mapped.header(hdr::SAMPLED_ALLOCS).fetch_add(1, Ordering::Relaxed);
+    if let Some(batch) = thread.count_recorded(false) {
+        tracer.mapped.header(hdr::SAMPLED_ALLOCS).fetch_add(batch, Ordering::Relaxed);
+    }
 }
 
 #[cold]
@@ -267,7 +269,7 @@ fn record_free(addr: u64, api: Api) {
 fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
     // Frees are recorded even from inside leaktrace itself (a sampled block can reach free
     // from anywhere); they only touch the mapping, so no guard is needed.
-    let tid = THREAD.with(|t| t.tid());
+    let (tid, batch) = THREAD.with(|t| (t.tid(), t.count_recorded(true)));
     tracer.mapped.push_event(&Event {
         seq: 0,
         time_ns: tracer.now_ns(),
@@ -279,7 +281,9 @@ fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
         kind: EventKind::Free,
         api,
     });
-    tracer.mapped.header(hdr::SAMPLED_FREES).fetch_add(1, Ordering::Relaxed);
+    if let Some(batch) = batch {
+        tracer.mapped.header(hdr::SAMPLED_FREES).fetch_add(batch, Ordering::Relaxed);
+    }
 }
 
 /// Which unwinder this process uses; decided on its first samples (see `unwind::Calibration`).
@@ -351,7 +355,7 @@ fn enough_stack_left() -> bool {
 pub fn publish_unwinder_stats(tracer: &Tracer) {
     let m = &tracer.mapped;
     m.u32_at(hdr::UNWINDER).store(UNWIND.choice() as u32, Ordering::Relaxed);
-    m.header(hdr::CFI_STACKS).store(crate::cfi::TRACED.load(Ordering::Relaxed), Ordering::Relaxed);
+    m.header(hdr::CFI_STACKS).store(crate::cfi::traced(), Ordering::Relaxed);
     m.header(hdr::LIBGCC_STACKS).store(crate::cfi::FAILED.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
@@ -594,6 +598,11 @@ pub fn on_unload() {
             });
         }
         let m = &t.mapped;
+        // The exiting thread's unflushed counts; other threads' stay unflushed (fewer than
+        // COUNT_BATCH each, as FORMAT.md says).
+        let (allocs, frees) = THREAD.with(|thread| thread.take_unflushed());
+        m.header(hdr::SAMPLED_ALLOCS).fetch_add(allocs, Ordering::Relaxed);
+        m.header(hdr::SAMPLED_FREES).fetch_add(frees, Ordering::Relaxed);
         publish_unwinder_stats(t);
         m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
         crate::background::sample_rss(t);
