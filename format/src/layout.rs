@@ -263,7 +263,7 @@ pub const LIVE_MAX_PROBE: usize = 64;
 /// is a page fault inside the sampled allocation. Readers scan every slot and need not know.
 pub const LIVE_FRONT_SLOTS: u64 = 8192;
 /// Slots tried in the front before the rest of the table.
-pub const LIVE_FRONT_PROBE: usize = 16;
+pub const LIVE_FRONT_PROBE: usize = 4;
 
 /// A run of live-table slots: `len` slots from `start` within the `span` slots from `base`,
 /// wrapping around within them.

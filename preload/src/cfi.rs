@@ -131,6 +131,8 @@ static UNWINDER: AtomicPtr<Published> = AtomicPtr::new(std::ptr::null_mut());
 /// One framehop cache, owned by whichever thread set `busy`.
 struct Slot {
     busy: AtomicBool,
+    #[cfg(target_arch = "x86_64")]
+    memos: UnsafeCell<Box<Memos>>,
     /// Unwinds completed with this cache; written only by the thread holding `busy`.
     traced: AtomicU64,
     #[cfg(target_arch = "x86_64")]
@@ -151,6 +153,7 @@ impl Pool {
         Box::new(Pool {
             slots: std::array::from_fn(|_| Slot {
                 busy: AtomicBool::new(false),
+                memos: UnsafeCell::new(Memos::new()),
                 traced: AtomicU64::new(0),
                 cache: UnsafeCell::new(FhCache::new_in()),
             }),
@@ -195,7 +198,6 @@ pub fn trace(out: &mut [u64], own_text: (u64, u64)) -> usize {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
-    use framehop::Unwinder as _;
     use framehop::FrameAddress;
 
     if out.is_empty() {
@@ -227,39 +229,16 @@ fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
             match StackReader::new(stack, sp) {
                 None => 0,
                 Some(mut reader) => {
-                    let (mut address, mut regs) = match step_over_own_frames(&mut reader, bp, own_text) {
+                    let (address, regs) = match step_over_own_frames(&mut reader, bp, own_text) {
                         Some((ret, caller_sp, caller_bp)) => match FrameAddress::from_return_address(ret) {
                             Some(a) => (a, arch::Regs::new(ret, caller_sp, caller_bp)),
                             None => (FrameAddress::InstructionPointer(ip), arch::Regs::new(ip, sp, bp)),
                         },
                         None => (FrameAddress::InstructionPointer(ip), arch::Regs::new(ip, sp, bp)),
                     };
-                    let mut read = |addr: u64| reader.read(addr);
-                    let mut n = 0;
-                    // Consecutive frames are often in one module: check the last one first.
-                    let mut last_module = (0, 0);
-                    loop {
-                        if n == out.len() {
-                            break n;
-                        }
-                        let lookup = address.address_for_lookup();
-                        if !(last_module.0..last_module.1).contains(&lookup) {
-                            match p.known_range(lookup) {
-                                Some(range) => last_module = range,
-                                None => break 0,
-                            }
-                        }
-                        out[n] = address.address();
-                        n += 1;
-                        match p.unwinder.unwind_frame(address, &mut regs, cache, &mut read) {
-                            Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
-                                Some(a) => address = a,
-                                None => break 0,
-                            },
-                            Ok(None) => break n,
-                            Err(_) => break 0,
-                        }
-                    }
+                    // SAFETY: as for `cache`: the slot is this thread's until `busy` is cleared.
+                    let memos = unsafe { &mut *slot.memos.get() };
+                    unwind_remembering(p, cache, memos, &mut reader, address, regs, out)
                 }
             }
         }
@@ -270,6 +249,186 @@ fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
     }
     slot.busy.store(false, Ordering::Release);
     n
+}
+
+/// Most frames remembered from a cache's previous unwind.
+#[cfg(target_arch = "x86_64")]
+const MEMO_FRAMES: usize = 96;
+
+/// One frame of a previous unwind: where it was, and the stack words read to unwind past it.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Default)]
+struct MemoFrame {
+    /// Also the frame's instruction pointer register: framehop sets it to the return address.
+    address: u64,
+    is_return_address: bool,
+    sp: u64,
+    bp: u64,
+    /// (address, value) of each stack word read to get the caller's registers; more than two
+    /// reads (never seen on x86-64, whose rules read a return address and a saved rbp) make the
+    /// frame unusable as a match.
+    reads: [(u64, u64); 2],
+    read_count: u8,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl MemoFrame {
+    fn is(&self, address: framehop::FrameAddress, regs: &arch::Regs) -> bool {
+        self.address == address.address()
+            && self.is_return_address == address.is_return_address()
+            && (self.address, self.sp, self.bp) == (regs.ip(), regs.sp(), regs.bp())
+    }
+
+    fn still_valid(&self, reader: &mut StackReader) -> bool {
+        let n = usize::from(self.read_count);
+        n <= self.reads.len() && self.reads[..n].iter().all(|&(addr, value)| reader.read(addr) == Ok(value))
+    }
+}
+
+/// The previous unwind made with a cache. A thread allocating in a loop unwinds the same outer
+/// frames again and again (a Python interpreter's dozens of frames, say); when the unwind reaches
+/// a frame at the same place in the same state as last time, and every stack word read to unwind
+/// the frames above it still holds the same value, the rest of the unwind is the same: it is
+/// copied instead of recomputed (a load and compare per frame instead of a rule lookup).
+#[cfg(target_arch = "x86_64")]
+struct Memo {
+    /// The published unwinder the frames were unwound with (rules change with it).
+    published: usize,
+    len: usize,
+    /// The unwind reached the outermost frame, rather than stopping at the output's length.
+    complete: bool,
+    frames: [MemoFrame; MEMO_FRAMES],
+}
+
+/// Two memos per cache: the previous unwind, and the one being recorded.
+#[cfg(target_arch = "x86_64")]
+struct Memos {
+    memo: [Memo; 2],
+    previous: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Memos {
+    fn new() -> Box<Memos> {
+        let empty = || Memo { published: 0, len: 0, complete: false, frames: [MemoFrame::default(); MEMO_FRAMES] };
+        Box::new(Memos { memo: [empty(), empty()], previous: 0 })
+    }
+}
+
+/// Unwind from the frame `address` with registers `regs` into `out`, reusing the tail of the
+/// cache's previous unwind where it provably repeats. Returns the number of frames, or 0 when
+/// the unwind cannot be completed.
+#[cfg(target_arch = "x86_64")]
+fn unwind_remembering(
+    p: &Published,
+    cache: &mut FhCache,
+    memos: &mut Memos,
+    reader: &mut StackReader,
+    mut address: framehop::FrameAddress,
+    mut regs: arch::Regs,
+    out: &mut [u64],
+) -> usize {
+    use framehop::{FrameAddress, Unwinder as _};
+
+    let published = p as *const Published as usize;
+    let (first, second) = memos.memo.split_at_mut(1);
+    let (old, new) = if memos.previous == 0 { (&mut first[0], &mut second[0]) } else { (&mut second[0], &mut first[0]) };
+    let old_usable = old.published == published && old.len > 0;
+    new.published = published;
+    new.len = 0;
+    new.complete = false;
+    let mut cursor = 0;
+    let mut tries = 0;
+    let mut n = 0;
+    // Consecutive frames are often in one module: check the last one first.
+    let mut last_module = (0, 0);
+    let result = loop {
+        if n == out.len() {
+            break n;
+        }
+        let lookup = address.address_for_lookup();
+        if !(last_module.0..last_module.1).contains(&lookup) {
+            match p.known_range(lookup) {
+                Some(range) => last_module = range,
+                None => break 0,
+            }
+        }
+        if old_usable && tries < 2 {
+            // Both unwinds climb the stack: frames of the old one below this one cannot match.
+            while cursor < old.len && old.frames[cursor].sp < regs.sp() {
+                cursor += 1;
+            }
+            if cursor < old.len && old.frames[cursor].is(address, &regs) {
+                tries += 1;
+                let rest = &old.frames[cursor..old.len];
+                let fits = n + rest.len() >= out.len();
+                if (old.complete || fits) && rest.iter().all(|f| f.still_valid(reader)) {
+                    let rest_len = rest.len();
+                    let take = rest_len.min(out.len() - n);
+                    for (k, f) in rest[..take].iter().enumerate() {
+                        out[n + k] = f.address;
+                    }
+                    // The old memo becomes the new one: its tail moves to follow the n frames
+                    // unwound this time (usually it is already there: same depth as last time),
+                    // and those replace its head. Only the few new frames are copied.
+                    let (from, keep) = (cursor, take.min(MEMO_FRAMES - n.min(MEMO_FRAMES)));
+                    if from != n && keep > 0 {
+                        old.frames.copy_within(from..from + keep, n);
+                    }
+                    let head = n.min(MEMO_FRAMES);
+                    old.frames[..head].copy_from_slice(&new.frames[..head]);
+                    old.complete = old.complete && take == rest_len && keep == take;
+                    old.len = n + keep;
+                    #[cfg(test)]
+                    tests::MEMO_REUSES.fetch_add(1, Ordering::Relaxed);
+                    // `old` stays the previous unwind for next time: no flip.
+                    return n + take;
+                }
+            }
+        }
+        out[n] = address.address();
+        let mut reads = [(0u64, 0u64); 2];
+        let mut read_count = 0u8;
+        let frame = MemoFrame {
+            address: address.address(),
+            is_return_address: address.is_return_address(),
+            sp: regs.sp(),
+            bp: regs.bp(),
+            ..MemoFrame::default()
+        };
+        let step = {
+            let mut read = |addr: u64| {
+                let value = reader.read(addr)?;
+                if let Some(slot) = reads.get_mut(usize::from(read_count)) {
+                    *slot = (addr, value);
+                }
+                read_count = read_count.saturating_add(1);
+                Ok(value)
+            };
+            p.unwinder.unwind_frame(address, &mut regs, cache, &mut read)
+        };
+        if n < MEMO_FRAMES {
+            new.frames[n] = MemoFrame { reads, read_count, ..frame };
+            new.len = n + 1;
+        }
+        n += 1;
+        match step {
+            Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
+                Some(a) => address = a,
+                None => break 0,
+            },
+            Ok(None) => {
+                new.complete = new.len == n;
+                break n;
+            }
+            Err(_) => break 0,
+        }
+    };
+    if result == 0 {
+        new.len = 0;
+    }
+    memos.previous ^= 1;
+    result
 }
 
 /// Claim a free cache, starting at one picked by `hint` so threads tend to keep their own.
@@ -767,6 +926,58 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// The current stack unwound with `warm` (whose caches remember earlier unwinds) and with a
+    /// pool that has never unwound, innermost frame (this function's) dropped: the two unwinds
+    /// start at different instructions of it.
+    #[inline(never)]
+    fn unwound_both_ways(warm: &Pool) -> (Vec<u64>, Vec<u64>) {
+        let fresh = Pool::new();
+        let (mut a, mut b) = ([0u64; 80], [0u64; 80]);
+        let na = trace_x86_64(warm, &mut a, (0, 0));
+        let nb = trace_x86_64(&fresh, &mut b, (0, 0));
+        (a[1..na.max(1)].to_vec(), b[1..nb.max(1)].to_vec())
+    }
+
+    #[inline(never)]
+    fn via_a(depth: u32, warm: &Pool) -> (Vec<u64>, Vec<u64>) {
+        let r = if depth == 0 { unwound_both_ways(warm) } else { via_b(depth - 1, warm) };
+        std::hint::black_box(r)
+    }
+
+    #[inline(never)]
+    fn via_b(depth: u32, warm: &Pool) -> (Vec<u64>, Vec<u64>) {
+        let r = if depth == 0 { unwound_both_ways(warm) } else { via_a(depth - 1, warm) };
+        std::hint::black_box(r)
+    }
+
+    /// Unwinds that copied a remembered tail.
+    pub static MEMO_REUSES: AtomicU64 = AtomicU64::new(0);
+
+    #[test]
+    fn remembered_unwinds_equal_fresh_ones() {
+        refresh_until_ready();
+        let warm = Pool::new();
+        let reuses_before = MEMO_REUSES.load(Ordering::Relaxed);
+        // The same stack slots hold different return addresses from one call to the next
+        // (via_a and via_b swap places), so a memo that trusted positions alone would be wrong.
+        let mut cases = vec![(true, 6), (true, 6), (false, 6), (true, 3), (true, 9), (false, 9), (false, 2), (true, 9)];
+        // Then a deterministic mix of depths, so the remembered tail moves up and down.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..60 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push((x & 1 == 0, (x >> 8) as u32 % 12));
+        }
+        for (start_a, depth) in cases {
+            let (remembered, fresh) = if start_a { via_a(depth, &warm) } else { via_b(depth, &warm) };
+            assert!(fresh.len() > depth as usize + 2, "fresh unwind: {fresh:x?}");
+            assert_eq!(remembered, fresh, "start_a {start_a} depth {depth}");
+        }
+        // Other tests unwind meanwhile, so only a lower bound: the repeated calls reused tails.
+        assert!(MEMO_REUSES.load(Ordering::Relaxed) - reuses_before >= 30);
     }
 
     #[test]

@@ -57,6 +57,12 @@ fn filter_remove(addr: u64) {
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c > 0 && c < u8::MAX).then(|| c - 1));
 }
 
+/// The stack index's hash: a multiply-xor per frame, finished with one full mix.
+fn index_hash(frames: &[u64]) -> u64 {
+    let h = frames.iter().fold(frames.len() as u64, |h, &f| (h ^ f).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29));
+    layout::mix(h)
+}
+
 /// How far [`Mapped::prefault_step`] has got; owned by the background thread.
 #[derive(Default)]
 pub struct PrefaultProgress {
@@ -309,34 +315,36 @@ impl Mapped {
         if frames.is_empty() || frames.len() > layout::MAX_FRAMES {
             return 0;
         }
-        let check = layout::stack_check(frames);
-        let hash = layout::mix(u64::from(check) ^ frames[0]);
+        // The index is process memory, so it can use a hash cheaper than the file's check: one
+        // multiply per frame instead of a full mix (the check is computed only for new stacks).
+        let hash = index_hash(frames);
+        let tag = (hash >> 32) as u32;
         let mask = self.stack_index.len() - 1;
         let mut pending_id = 0u32;
         for probe in 0..64 {
-            let entry = &self.stack_index[(hash as usize + probe) & mask];
+            let entry = &self.stack_index[(hash as usize).wrapping_add(probe) & mask];
             let cur = entry.load(Ordering::Acquire);
             if cur != 0 {
                 let id = cur as u32;
-                if (cur >> 32) as u32 == check && self.stack_frames_equal(id, frames) {
+                if (cur >> 32) as u32 == tag && self.stack_frames_equal(id, frames) {
                     return id;
                 }
                 continue;
             }
             if pending_id == 0 {
-                pending_id = self.append_stack(frames, check);
+                pending_id = self.append_stack(frames, layout::stack_check(frames));
                 if pending_id == 0 {
                     return 0;
                 }
             }
             // Pairs with the acquire load above in other threads looking up the same stack.
-            match entry.compare_exchange(0, u64::from(check) << 32 | u64::from(pending_id), Ordering::AcqRel, Ordering::Acquire) {
+            match entry.compare_exchange(0, u64::from(tag) << 32 | u64::from(pending_id), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return pending_id,
                 Err(now) => {
                     // Someone filled the slot first; if it is our stack, use theirs (ours stays
                     // in the file as a harmless duplicate).
                     let id = now as u32;
-                    if (now >> 32) as u32 == check && self.stack_frames_equal(id, frames) {
+                    if (now >> 32) as u32 == tag && self.stack_frames_equal(id, frames) {
                         return id;
                     }
                 }
