@@ -36,10 +36,17 @@ struct HookSettings {
     sampling: AtomicBool,
     /// The sampling mean in force, in bytes.
     mean: AtomicU64,
+    /// Set before the first sampled allocation is recorded. Until then no pointer can be in
+    /// the live table, and `free` skips the filter lookup: a process started dormant pays one
+    /// load of this line per free, not a likely cache miss on the filter.
+    recorded_any: AtomicBool,
 }
 
-static HOOK: HookSettings =
-    HookSettings { sampling: AtomicBool::new(false), mean: AtomicU64::new(crate::config::DEFAULT_SAMPLE_BYTES) };
+static HOOK: HookSettings = HookSettings {
+    sampling: AtomicBool::new(false),
+    mean: AtomicU64::new(crate::config::DEFAULT_SAMPLE_BYTES),
+    recorded_any: AtomicBool::new(false),
+};
 /// The active trace; null before start-up, after a failure to start, and in a forked child
 /// until it starts its own trace.
 static TRACER: AtomicPtr<Tracer> = AtomicPtr::new(std::ptr::null_mut());
@@ -175,7 +182,9 @@ pub(crate) fn on_alloc(p: *mut c_void, size: usize, api: Api) {
 /// Called before every free (and before realloc moves or frees a block).
 #[inline(always)]
 pub(crate) fn on_free(p: *mut c_void, api: Api) {
-    if !p.is_null() && mapped::maybe_sampled(p as u64) {
+    // A thread freeing a block another thread recorded got the pointer through the program's
+    // own synchronisation, which orders the flag's store (made before the insert) before it.
+    if !p.is_null() && HOOK.recorded_any.load(Ordering::Relaxed) && mapped::maybe_sampled(p as u64) {
         record_free(p as u64, api);
     }
 }
@@ -184,7 +193,7 @@ pub(crate) fn on_free(p: *mut c_void, api: Api) {
 /// with [`restore_live`] if the realloc fails. Removing first means no other thread can be handed
 /// `p` by the allocator while it is still in the table.
 pub(crate) fn take_live(p: *mut c_void) -> Option<LiveEntry> {
-    if p.is_null() || !mapped::maybe_sampled(p as u64) {
+    if p.is_null() || !HOOK.recorded_any.load(Ordering::Relaxed) || !mapped::maybe_sampled(p as u64) {
         return None;
     }
     current()?.mapped.live_remove(p as u64)
@@ -237,6 +246,9 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
     let time_ns = tracer.now_ns();
     let mean32 = mean_bytes.min(u64::from(u32::MAX)) as u32;
     let entry = LiveEntry { size, time_ns, stack_id, mean_bytes: mean32 };
+    if !HOOK.recorded_any.load(Ordering::Relaxed) {
+        HOOK.recorded_any.store(true, Ordering::Relaxed);
+    }
     if !tracer.mapped.live_insert(addr, entry) {
         // Without a live entry the free could not be matched; an event alone would read as a leak.
         return;
