@@ -350,6 +350,9 @@ pub const fn align_up(n: u64, align: u64) -> u64 {
     (n + align - 1) & !(align - 1)
 }
 
+/// Sampling means at or below this get the larger live table (see [`Plan::for_file_size_and_mean`]).
+pub const DENSE_SAMPLING_MEAN: u64 = 4096;
+
 /// How a file of `file_size` bytes is divided between the regions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -363,12 +366,24 @@ impl Plan {
     /// The writer's split: ~1/64 metadata, 1/8 stacks, ~1/4 live table (a power of two of slots),
     /// a fixed RSS series, and the rest for the ring. `None` if the size is out of range.
     pub fn for_file_size(file_size: u64) -> Option<Plan> {
+        Plan::with_live_share(file_size, 4)
+    }
+
+    /// The split for a trace that starts sampling at `mean_bytes`: at a mean of 4 KiB or less
+    /// (every allocation, or nearly) the live table gets ~1/2 of the file, since it must hold
+    /// one entry per live allocation of the program (a Python run peaks above 500,000) while
+    /// the ring only keeps recent history. Readers take the split from the header.
+    pub fn for_file_size_and_mean(file_size: u64, mean_bytes: u64) -> Option<Plan> {
+        Plan::with_live_share(file_size, if mean_bytes <= DENSE_SAMPLING_MEAN { 2 } else { 4 })
+    }
+
+    fn with_live_share(file_size: u64, live_divisor: u64) -> Option<Plan> {
         if !(MIN_FILE_SIZE..=MAX_FILE_SIZE).contains(&file_size) {
             return None;
         }
         let meta = align_up((file_size / 64).clamp(64 << 10, 4 << 20), REGION_ALIGN);
         let stacks = align_up(file_size / 8, REGION_ALIGN);
-        let live_capacity = prev_power_of_two(file_size / 4 / LIVE_SLOT_SIZE as u64).max(1024);
+        let live_capacity = prev_power_of_two(file_size / live_divisor / LIVE_SLOT_SIZE as u64).max(1024);
         let live = live_capacity * LIVE_SLOT_SIZE as u64;
         let rss_capacity = 4096;
         let rss = rss_capacity * RSS_SAMPLE_SIZE as u64;
@@ -419,6 +434,15 @@ mod tests {
             assert!(p.live_capacity.is_power_of_two());
         }
         assert!(Plan::for_file_size(MIN_FILE_SIZE - 1).is_none());
+        for size in [MIN_FILE_SIZE, 3 << 20, 64 << 20, 1 << 30] {
+            let dense = Plan::for_file_size_and_mean(size, 1).expect("size in range");
+            let sparse = Plan::for_file_size_and_mean(size, 512 << 10).expect("size in range");
+            assert!(dense.live_capacity >= sparse.live_capacity);
+            assert_eq!(sparse.live_capacity, Plan::for_file_size(size).unwrap().live_capacity);
+            let (ring_off, ring_len) = dense.region(Region::Ring);
+            assert!(ring_off + ring_len <= size && dense.ring_capacity >= 1024);
+        }
+        assert_eq!(Plan::for_file_size_and_mean(64 << 20, 1).unwrap().live_capacity, 1 << 20);
     }
 
     #[test]

@@ -472,7 +472,7 @@ pub fn on_load() {
 /// Create and map the trace file, write what is known up front, start the background thread.
 fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static Tracer> {
     let pid = std::process::id();
-    let plan = layout::Plan::for_file_size(config.file_size)?;
+    let plan = layout::Plan::for_file_size_and_mean(config.file_size, config.sample_bytes)?;
     let (path, base) = match file::create_mapped(&config.path_for(pid, is_child), config.file_size) {
         Ok(v) => v,
         Err(e) => {
