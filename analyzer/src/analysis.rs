@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use leaktrace_format::layout::EventKind;
-use leaktrace_format::{sample_probability, sample_weight, Trace};
+use leaktrace_format::{sample_probability, sample_weight, Trace, TraceSource};
 
 use crate::growth::{self, Trend};
 
@@ -25,21 +25,9 @@ pub struct Site {
     pub trend: Trend,
     /// Estimated live bytes of this site at `SERIES_POINTS` evenly spaced times over the trace.
     pub series: Vec<f64>,
-    /// Every sampled allocation of this site the trace knows of.
-    pub lifetimes: Vec<Lifetime>,
-}
-
-impl Site {
-    /// Estimated live bytes of this site at `t_ns`, as far as the trace knows (allocations freed
-    /// before the ring's window are not known).
-    pub fn live_bytes_at(&self, t_ns: u64) -> f64 {
-        self.lifetimes
-            .iter()
-            .filter(|l| l.alloc_ns <= t_ns && l.free_ns.is_none_or(|f| f > t_ns))
-            .map(|l| l.weight)
-            .sum::<f64>()
-            + 0.0
-    }
+    /// Estimated live bytes of this site at each of the probe times given to [`analyze`], as far
+    /// as the trace knows (allocations freed before the ring's window are not known).
+    pub live_at_probes: Vec<f64>,
 }
 
 pub struct Analysis {
@@ -56,39 +44,135 @@ const STARTUP_FRAMES: usize = 3;
 /// Number of points in each site's live-bytes series.
 const SERIES_POINTS: usize = 96;
 
-/// A sampled allocation's life, as far as the trace knows it.
+/// A sampled allocation still live at the end of the trace.
 #[derive(Clone, Copy, Debug)]
 pub struct Lifetime {
     pub alloc_ns: u64,
-    /// None: still live at the end of the trace.
-    pub free_ns: Option<u64>,
     /// Bytes it stands for.
     pub weight: f64,
     /// Sampling variance of `weight` (0 when every allocation is recorded).
     pub variance: f64,
 }
 
-/// A site's estimated live bytes at each of `times`.
-fn live_series(lives: &[Lifetime], times: &[u64]) -> Vec<f64> {
-    let mut deltas: Vec<(u64, f64)> = Vec::with_capacity(lives.len() * 2);
-    for l in lives {
-        deltas.push((l.alloc_ns, l.weight));
-        if let Some(f) = l.free_ns {
-            deltas.push((f, -l.weight));
+/// Bytes in fixed point, in units of 2^-32 bytes. A series point sums these rather than floats
+/// so that its value depends only on which allocations are live at that time, not on the order
+/// they were added and taken away in: the points of a plateau tie exactly, as the Mann–Kendall
+/// test's tie handling expects, instead of differing in their last bits.
+type Fixed = i128;
+const FIXED_ONE: f64 = 4_294_967_296.0;
+
+fn to_fixed(bytes: f64) -> Fixed {
+    (bytes * FIXED_ONE).round() as Fixed
+}
+
+/// What a site's freed allocations contribute to its series, its growth test and its probes.
+/// A full ring holds millions of them, so each is folded in as it streams past instead of kept.
+struct FreedHistory {
+    /// Difference arrays over the series times (entry k adds to point k and every later one):
+    /// the weight of the allocations live at each time, and the sampling variance of those
+    /// that cross it (allocated at or before it, freed after).
+    weight: Vec<Fixed>,
+    variance: Vec<f64>,
+    /// Weight live at each probe time.
+    at_probes: Vec<f64>,
+}
+
+impl FreedHistory {
+    fn new(probes: usize) -> Self {
+        FreedHistory {
+            weight: vec![0; SERIES_POINTS + 1],
+            variance: vec![0.0; SERIES_POINTS + 1],
+            at_probes: vec![0.0; probes],
         }
     }
-    deltas.sort_by_key(|&(t, _)| t);
-    let (mut level, mut k) = (0.0f64, 0usize);
-    times
-        .iter()
-        .map(|&t| {
-            while k < deltas.len() && deltas[k].0 <= t {
-                level += deltas[k].1;
-                k += 1;
+
+    fn add(&mut self, times: &[u64], probes: &[u64], alloc_ns: u64, free_ns: u64, weight: f64, variance: f64) {
+        let from = times.partition_point(|&t| t < alloc_ns);
+        let to = times.partition_point(|&t| t < free_ns);
+        // A free stamped before its allocation (clock reads race across threads) takes the
+        // weight away in between, as replaying the two events in time order would.
+        let w = to_fixed(weight);
+        self.weight[from] = self.weight[from].wrapping_add(w);
+        self.weight[to] = self.weight[to].wrapping_sub(w);
+        if from < to {
+            self.variance[from] += variance;
+            self.variance[to] -= variance;
+        }
+        for (live, &p) in self.at_probes.iter_mut().zip(probes) {
+            if alloc_ns <= p && free_ns > p {
+                *live += weight;
             }
-            level.max(0.0)
-        })
-        .collect()
+        }
+    }
+}
+
+/// Per retained site: what its series, growth test and probes are drawn from.
+#[derive(Default)]
+struct History {
+    live: Vec<Lifetime>,
+    /// None until the first freed allocation: many sites never see one.
+    freed: Option<FreedHistory>,
+    /// Earliest allocation time of any lifetime the trace knows of.
+    active_from: Option<u64>,
+}
+
+impl History {
+    fn add_live(&mut self, l: Lifetime) {
+        self.live.push(l);
+        self.active_from = Some(self.active_from.map_or(l.alloc_ns, |t| t.min(l.alloc_ns)));
+    }
+
+    fn add_freed(&mut self, times: &[u64], probes: &[u64], alloc_ns: u64, free_ns: u64, weight: f64, variance: f64) {
+        self.freed
+            .get_or_insert_with(|| FreedHistory::new(probes.len()))
+            .add(times, probes, alloc_ns, free_ns, weight, variance);
+        self.active_from = Some(self.active_from.map_or(alloc_ns, |t| t.min(alloc_ns)));
+    }
+
+    /// The estimated live bytes at each of `times` (the series times), and the sampling variance
+    /// of the freed allocations live across each.
+    fn series(&self, times: &[u64]) -> (Vec<f64>, Vec<f64>) {
+        let mut weight = match &self.freed {
+            Some(f) => f.weight.clone(),
+            None => vec![0; SERIES_POINTS + 1],
+        };
+        for l in &self.live {
+            let k = times.partition_point(|&t| t < l.alloc_ns);
+            weight[k] = weight[k].wrapping_add(to_fixed(l.weight));
+        }
+        let mut level: Fixed = 0;
+        let series = weight[..SERIES_POINTS]
+            .iter()
+            .map(|&d| {
+                level = level.wrapping_add(d);
+                (level as f64 / FIXED_ONE).max(0.0)
+            })
+            .collect();
+        let mut level = 0.0;
+        let variance = match &self.freed {
+            Some(f) => f.variance[..SERIES_POINTS]
+                .iter()
+                .map(|d| {
+                    level += d;
+                    level
+                })
+                .collect(),
+            None => vec![0.0; SERIES_POINTS],
+        };
+        (series, variance)
+    }
+
+    /// The estimated live bytes at each of `probes`.
+    fn at_probes(&self, probes: &[u64]) -> Vec<f64> {
+        probes
+            .iter()
+            .enumerate()
+            .map(|(k, &p)| {
+                let live: f64 = self.live.iter().filter(|l| l.alloc_ns <= p).map(|l| l.weight).sum();
+                live + self.freed.as_ref().map_or(0.0, |f| f.at_probes[k])
+            })
+            .collect()
+    }
 }
 
 /// Weight and count estimate of one sampled allocation.
@@ -127,7 +211,10 @@ impl Analysis {
     }
 }
 
-pub fn analyze(trace: &Trace) -> Analysis {
+/// Group a trace's sampled allocations into sites and judge each one's growth, streaming the
+/// ring's events from `source` (the source `trace` was parsed from). `probe_times`: moments at
+/// which every site's live bytes are wanted (`Site::live_at_probes`).
+pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: &[u64]) -> Analysis {
     let tracer_modules: Vec<_> = trace.modules.iter().filter(|m| m.is_tracer).collect();
     let mut stacks: HashMap<u32, Vec<u64>> = HashMap::new();
     let mut frames_of = |id: u32| -> Vec<u64> {
@@ -145,7 +232,7 @@ pub fn analyze(trace: &Trace) -> Analysis {
     // A process that switched from DWARF to frame-pointer unwinding has stacks of the same call
     // path with and without the outermost start-up frames (which have no frame pointers): map
     // each stack to the longest stack that extends it by at most `STARTUP_FRAMES` frames.
-    let mut ids: Vec<u32> = trace.live.iter().map(|a| a.stack_id).chain(trace.events.iter().map(|e| e.stack_id)).collect();
+    let mut ids: Vec<u32> = trace.live.iter().map(|a| a.stack_id).chain(trace.event_stack_ids.iter().copied()).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut longest_extension: HashMap<Vec<u64>, Vec<u64>> = HashMap::new();
@@ -181,7 +268,7 @@ pub fn analyze(trace: &Trace) -> Analysis {
                 last_alloc_ns: 0,
                 trend: Trend::default(),
                 series: Vec::new(),
-                lifetimes: Vec::new(),
+                live_at_probes: Vec::new(),
             });
             sites.len() - 1
         });
@@ -189,15 +276,9 @@ pub fn analyze(trace: &Trace) -> Analysis {
         i
     };
 
-    // Per site: the lifetime of every sampled allocation the trace knows of.
-    let mut lifetimes: Vec<Vec<Lifetime>> = Vec::new();
-    let push = |lifetimes: &mut Vec<Vec<Lifetime>>, site: usize, l: Lifetime| {
-        if lifetimes.len() <= site {
-            lifetimes.resize_with(site + 1, Vec::new);
-        }
-        lifetimes[site].push(l);
-    };
-
+    let series_times = series_times(end_ns);
+    // Live allocations first: only sites with some are reported, so only they need history.
+    let mut histories: Vec<History> = Vec::new();
     for a in &trace.live {
         let s = site_for(a.stack_id, &mut sites);
         let mean = u64::from(a.mean_bytes);
@@ -211,14 +292,18 @@ pub fn analyze(trace: &Trace) -> Analysis {
         site.bytes_variance += var;
         site.first_alloc_ns = site.first_alloc_ns.min(a.time_ns);
         site.last_alloc_ns = site.last_alloc_ns.max(a.time_ns);
-        push(&mut lifetimes, s, Lifetime { alloc_ns: a.time_ns, free_ns: None, weight: w, variance: var });
+        if histories.len() <= s {
+            histories.resize_with(s + 1, History::default);
+        }
+        histories[s].add_live(Lifetime { alloc_ns: a.time_ns, weight: w, variance: var });
     }
 
     // History from the ring: allocations that lived and died inside its window.
-    let window_start = trace.events.first().map_or(0, |e| e.time_ns);
+    let mut first_event_ns = None;
     let wrapped = trace.health.overwritten_events > 0;
     let mut open: HashMap<u64, (u64, usize)> = HashMap::new();
-    for e in &trace.events {
+    for e in trace.events(source) {
+        let window_start = *first_event_ns.get_or_insert(e.time_ns);
         match e.kind {
             EventKind::Alloc => {
                 let s = site_for(e.stack_id, &mut sites);
@@ -229,27 +314,30 @@ pub fn analyze(trace: &Trace) -> Analysis {
                     // Allocated before the window: it was live from (at least) its start.
                     (if wrapped { window_start } else { 0 }, site_for(e.stack_id, &mut sites))
                 });
+                // A site created by events alone holds nothing at the end and is not reported.
+                let Some(h) = histories.get_mut(s) else { continue };
                 let mean = u64::from(e.mean_bytes);
                 let (w, _) = estimate(e.size, mean);
                 let var = w * w * (1.0 - sample_probability(e.size, mean.max(1)));
-                push(&mut lifetimes, s, Lifetime { alloc_ns, free_ns: Some(e.time_ns), weight: w, variance: var });
+                h.add_freed(&series_times, probe_times, alloc_ns, e.time_ns, w, var);
             }
         }
     }
 
-    let series_times = series_times(end_ns);
-    lifetimes.resize_with(sites.len(), Vec::new);
-    for (site, lives) in sites.iter_mut().zip(lifetimes) {
-        let series = live_series(&lives, &series_times);
+    sites.truncate(histories.len());
+    for (site, h) in sites.iter_mut().zip(histories) {
+        let (series, freed_variance) = h.series(&series_times);
         site.trend = growth::assess(&growth::Evidence {
             times_ns: &series_times,
             live_bytes: &series,
             end_ns,
             unfreed_bytes: site.unfreed_bytes,
-            lifetimes: &lives,
+            active_from: h.active_from.unwrap_or(0),
+            live: &h.live,
+            freed_variance: &freed_variance,
         });
         site.series = series;
-        site.lifetimes = lives;
+        site.live_at_probes = h.at_probes(probe_times);
     }
 
     sites.retain(|s| s.sampled_unfreed > 0);
@@ -265,5 +353,106 @@ pub fn analyze(trace: &Trace) -> Analysis {
         unfreed_allocations: sites.iter().map(|s| s.unfreed_allocations).sum(),
         sites,
         end_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One allocation as a reader keeping every lifetime would hold it.
+    struct Kept {
+        alloc_ns: u64,
+        free_ns: Option<u64>,
+        weight: f64,
+        variance: f64,
+    }
+
+    /// Live bytes at each time by replaying every allocation and free in time order.
+    fn replayed_series(kept: &[Kept], times: &[u64]) -> Vec<f64> {
+        let mut deltas: Vec<(u64, f64)> = Vec::new();
+        for k in kept {
+            deltas.push((k.alloc_ns, k.weight));
+            if let Some(f) = k.free_ns {
+                deltas.push((f, -k.weight));
+            }
+        }
+        deltas.sort_by_key(|&(t, _)| t);
+        times
+            .iter()
+            .map(|&t| deltas.iter().filter(|d| d.0 <= t).map(|d| d.1).sum::<f64>().max(0.0))
+            .collect()
+    }
+
+    #[test]
+    fn folded_history_matches_keeping_every_lifetime() {
+        let times = series_times(96_000);
+        let probes = [0, 500, 47_999, 48_000, 95_999, 200_000];
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut kept = Vec::new();
+        for i in 0..3000 {
+            // Whole bytes and variances: sums are exact in both, so they must agree exactly.
+            let alloc_ns = next(100_000);
+            let free_ns = match i % 3 {
+                0 => None,
+                // Now and then a free stamped before its allocation, or at a series time.
+                1 if i % 31 == 0 => Some(alloc_ns.saturating_sub(next(3000))),
+                1 if i % 37 == 0 => Some(times[next(96) as usize]),
+                _ => Some(alloc_ns + next(30_000)),
+            };
+            kept.push(Kept { alloc_ns, free_ns, weight: (1 + next(5000)) as f64, variance: next(1000) as f64 });
+        }
+        let mut h = History::default();
+        for k in &kept {
+            match k.free_ns {
+                None => h.add_live(Lifetime { alloc_ns: k.alloc_ns, weight: k.weight, variance: k.variance }),
+                Some(f) => h.add_freed(&times, &probes, k.alloc_ns, f, k.weight, k.variance),
+            }
+        }
+        let (series, freed_variance) = h.series(&times);
+        assert_eq!(series, replayed_series(&kept, &times));
+        let crossing: Vec<f64> = times
+            .iter()
+            .map(|&t| {
+                kept.iter()
+                    .filter(|k| k.free_ns.is_some_and(|f| k.alloc_ns <= t && f > t))
+                    .map(|k| k.variance)
+                    .sum()
+            })
+            .collect();
+        assert_eq!(freed_variance, crossing);
+        let at: Vec<f64> = probes
+            .iter()
+            .map(|&p| {
+                kept.iter()
+                    .filter(|k| k.alloc_ns <= p && k.free_ns.is_none_or(|f| f > p))
+                    .map(|k| k.weight)
+                    .sum()
+            })
+            .collect();
+        assert_eq!(h.at_probes(&probes), at);
+        assert_eq!(h.active_from, kept.iter().map(|k| k.alloc_ns).min());
+    }
+
+    #[test]
+    fn equal_sets_of_live_allocations_give_equal_points() {
+        // A cache turning over: one entry at a time lives across two series points and is gone
+        // by the third. With float sums the third points would differ in their last bits,
+        // depending on the weights that came and went before (0.1 + 0.2 - 0.2 != 0.1).
+        let times = series_times(96_000);
+        let mut h = History::default();
+        h.add_live(Lifetime { alloc_ns: 0, weight: 0.1, variance: 0.0 });
+        for k in 0..32u64 {
+            h.add_freed(&times, &[], 3000 * k + 10, 3000 * k + 2500, 0.2 + k as f64 / 3.0, 0.0);
+        }
+        let (series, _) = h.series(&times);
+        let between: Vec<f64> = series.iter().skip(2).step_by(3).copied().collect();
+        assert!(between.iter().all(|&v| v == series[2] && (v - 0.1).abs() < 1e-9), "{series:?}");
     }
 }

@@ -20,8 +20,9 @@ pub struct Side<'a> {
     pub trace: &'a Trace,
     pub analysis: &'a Analysis,
     pub report: &'a Report,
-    /// None: the end of the trace (the live table); Some(t): live bytes at t from the history.
-    pub at_ns: Option<u64>,
+    /// None: the end of the trace (the live table); Some(k): live bytes from the history at the
+    /// k-th probe time the analysis was made with.
+    pub at_probe: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -67,9 +68,9 @@ fn site_key(trace: &Trace, s: &SiteOut) -> Vec<String> {
 fn bytes_by_key<'a>(side: &Side<'a>) -> BTreeMap<Vec<String>, (f64, bool, &'a SiteOut)> {
     let mut out = BTreeMap::new();
     for (s, site) in side.report.sites.iter().zip(&side.analysis.sites) {
-        let bytes = match side.at_ns {
+        let bytes = match side.at_probe {
             None => s.unfreed_bytes,
-            Some(t) => site.live_bytes_at(t).round(),
+            Some(k) => site.live_at_probes.get(k).map_or(0.0, |b| b.round()),
         };
         let e = out.entry(site_key(side.trace, s)).or_insert((0.0, false, s));
         e.0 += bytes;

@@ -38,8 +38,13 @@ pub struct Evidence<'a> {
     pub live_bytes: &'a [f64],
     pub end_ns: u64,
     pub unfreed_bytes: f64,
-    /// Every sampled allocation of the site the trace knows of.
-    pub lifetimes: &'a [Lifetime],
+    /// When the site first held memory: its earliest allocation the trace knows of.
+    pub active_from: u64,
+    /// The site's sampled allocations still live at the end.
+    pub live: &'a [Lifetime],
+    /// At each of `times_ns`, the sampling variance of the site's freed allocations that were
+    /// live across it (allocated at or before it, freed after it).
+    pub freed_variance: &'a [f64],
 }
 
 const MIN_CONFIDENCE: f64 = 0.95;
@@ -55,7 +60,7 @@ pub fn assess(e: &Evidence<'_>) -> Trend {
     if e.unfreed_bytes <= 0.0 {
         return Trend::default();
     }
-    let active_from = e.lifetimes.iter().map(|l| l.alloc_ns).min().unwrap_or(0);
+    let active_from = e.active_from;
     let Some(start) = (0..n).find(|&i| e.times_ns[i] >= active_from && e.live_bytes[i] > 0.0) else {
         return Trend::default();
     };
@@ -73,23 +78,17 @@ pub fn assess(e: &Evidence<'_>) -> Trend {
     // pairwise slope of a staircase understates its rise.
     let late_rise = least_squares_slope(lt, ly) * (lt[lt.len() - 1] - lt[0]) as f64;
     let whole_rise = median_of_ends(y, false) - median_of_ends(y, true);
-    // Sampling variance of L(end) - L(late start): allocations that crossed the boundary.
+    // Sampling variance of L(end) - L(late start): allocations that crossed the boundary, the
+    // freed ones live across it and the live ones born after it.
     let late_from = lt[0];
-    let late_variance: f64 = e
-        .lifetimes
-        .iter()
-        .filter(|l| match l.free_ns {
-            None => l.alloc_ns > late_from,
-            Some(f) => l.alloc_ns <= late_from && f > late_from,
-        })
-        .map(|l| l.variance)
-        .sum();
+    let late_variance: f64 = e.freed_variance.get(start + late).copied().unwrap_or(0.0)
+        + e.live.iter().filter(|l| l.alloc_ns > late_from).map(|l| l.variance).sum::<f64>();
     let still_rising = mann_kendall_confidence(ly) >= MIN_LATE_CONFIDENCE
         && late_rise >= MIN_LATE_RISE_FRACTION * whole_rise
         && late_rise >= MIN_LATE_RISE_SDS * late_variance.sqrt();
 
     let midpoint = active_from + e.end_ns.saturating_sub(active_from) / 2;
-    let live = e.lifetimes.iter().filter(|l| l.free_ns.is_none());
+    let live = e.live.iter();
     let live_total: f64 = live.clone().map(|l| l.weight).sum();
     let early: f64 = live.filter(|l| l.alloc_ns < midpoint).map(|l| l.weight).sum();
     let old_survive = live_total > 0.0 && early >= MIN_EARLY_SURVIVOR_FRACTION * live_total;
@@ -205,7 +204,7 @@ mod tests {
     }
 
     fn live(alloc_ns: u64, weight: f64, variance: f64) -> Lifetime {
-        Lifetime { alloc_ns, free_ns: None, weight, variance }
+        Lifetime { alloc_ns, weight, variance }
     }
 
     /// Evidence for a series whose live allocations were made when the series stepped up.
@@ -224,7 +223,9 @@ mod tests {
             live_bytes: y,
             end_ns: *t.last().unwrap(),
             unfreed_bytes: *y.last().unwrap(),
-            lifetimes: &lives,
+            active_from: lives.iter().map(|l| l.alloc_ns).min().unwrap_or(0),
+            live: &lives,
+            freed_variance: &[],
         })
     }
 
@@ -265,7 +266,15 @@ mod tests {
         let t = times(48);
         let y: Vec<f64> = (0..48).map(|i| 1000.0 * i as f64).collect();
         let lives: Vec<Lifetime> = (40..48).map(|i| live(t[i], 5875.0, 0.0)).collect();
-        let tr = assess(&Evidence { times_ns: &t, live_bytes: &y, end_ns: t[47], unfreed_bytes: 47_000.0, lifetimes: &lives });
+        let tr = assess(&Evidence {
+            times_ns: &t,
+            live_bytes: &y,
+            end_ns: t[47],
+            unfreed_bytes: 47_000.0,
+            active_from: t[40],
+            live: &lives,
+            freed_variance: &[],
+        });
         assert!(!tr.growing, "{tr:?}");
     }
 

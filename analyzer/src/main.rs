@@ -11,6 +11,7 @@ mod report;
 mod symbolize;
 mod watch;
 
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -123,14 +124,19 @@ enum Command {
 }
 
 /// Read a trace file without trusting it: refuse directories and non-files, never read more
-/// than the file holds.
-fn load(path: &Path) -> Result<Trace> {
+/// than the file holds. The file stays open: the analysis streams the event ring from it.
+fn load(path: &Path) -> Result<(Trace, File)> {
     let md = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
     if !md.is_file() {
         bail!("{} is not a regular file", path.display());
     }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Trace::parse(&bytes).with_context(|| format!("{}", path.display()))
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // The path may have been swapped for something else between the two looks.
+    if !file.metadata().with_context(|| format!("cannot read {}", path.display()))?.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let trace = Trace::parse_from(&file).with_context(|| format!("{}", path.display()))?;
+    Ok((trace, file))
 }
 
 fn write_output(output: Option<&Path>, text: impl AsRef<[u8]>) -> Result<()> {
@@ -177,16 +183,25 @@ struct Loaded {
     report: report::Report,
 }
 
-fn load_and_report(path: &Path, opts: &symbolize::SymbolizeOptions) -> Result<Loaded> {
-    let progress = progress::Progress::new();
-    progress.stage(format!("reading {}", path.display()));
-    let trace = load(path)?;
-    progress.stage(format!("analyzing {} events and {} live allocations", trace.events.len(), trace.live.len()));
-    let analysis = analysis::analyze(&trace);
+/// Analyze and symbolize a loaded trace; `probe_times`: see [`analysis::analyze`].
+fn report_on(
+    (trace, file): (Trace, File),
+    opts: &symbolize::SymbolizeOptions,
+    probe_times: &[u64],
+    progress: &progress::Progress,
+) -> Loaded {
+    progress.stage(format!("analyzing {} events and {} live allocations", trace.readable_events, trace.live.len()));
+    let analysis = analysis::analyze(&trace, &file, probe_times);
     progress.stage(format!("symbolizing {} call sites", analysis.sites.len()));
     let symbolizer = symbolize::Symbolizer::new(&trace.modules, opts);
     let report = report::build(&trace, &analysis, &symbolizer);
-    Ok(Loaded { trace, analysis, report })
+    Loaded { trace, analysis, report }
+}
+
+fn load_and_report(path: &Path, opts: &symbolize::SymbolizeOptions) -> Result<Loaded> {
+    let progress = progress::Progress::new();
+    progress.stage(format!("reading {}", path.display()));
+    Ok(report_on(load(path)?, opts, &[], &progress))
 }
 
 fn run_diff(
@@ -203,9 +218,9 @@ fn run_diff(
             .transpose()
     };
     let (from_ns, to_ns) = (time(from, "from")?, time(to, "to")?);
-    let a = load_and_report(old, opts)?;
     let d = match new {
         Some(new_path) => {
+            let a = load_and_report(old, opts)?;
             if from_ns.is_some() || to_ns.is_some() {
                 bail!("--from and --to compare two moments of one trace; give one trace with them");
             }
@@ -216,25 +231,30 @@ fn run_diff(
                     trace: &l.trace,
                     analysis: &l.analysis,
                     report: &l.report,
-                    at_ns: None,
+                    at_probe: None,
                 }
             }
             diff::diff(&side(&a, old), &side(&b, new_path))
         }
         None => {
-            let end = a.analysis.end_ns;
+            let progress = progress::Progress::new();
+            progress.stage(format!("reading {}", old.display()));
+            let loaded = load(old)?;
+            // The moments must be known before the analysis: it keeps no event to look back at.
+            let end = loaded.0.end_ns();
             let (t1, t2) = (from_ns.unwrap_or(0).min(end), to_ns.unwrap_or(end).min(end));
             if t1 >= t2 {
                 bail!("--from must come before --to (the trace spans {:.1}s)", end as f64 / 1e9);
             }
-            let side = |t: u64| diff::Side {
+            let a = report_on(loaded, opts, &[t1, t2], &progress);
+            let side = |t: u64, probe: usize| diff::Side {
                 label: format!("{:.1}s", t as f64 / 1e9),
                 trace: &a.trace,
                 analysis: &a.analysis,
                 report: &a.report,
-                at_ns: Some(t),
+                at_probe: Some(probe),
             };
-            diff::diff(&side(t1), &side(t2))
+            diff::diff(&side(t1, 0), &side(t2, 1))
         }
     };
     Ok(match format {
@@ -258,7 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             write_output(output.as_deref(), &text)
         }
-        Command::Info { trace } => write_output(None, report::render_info(&load(&trace)?)),
+        Command::Info { trace } => write_output(None, report::render_info(&load(&trace)?.0)),
         Command::Diff { old, new, from, to, format, symbols, top } => {
             let opts = symbols.into();
             let text = run_diff(&old, new.as_deref(), from.as_deref(), to.as_deref(), format, &opts, top)?;

@@ -390,7 +390,7 @@ pub fn render_info(t: &Trace) -> String {
     let _ = writeln!(o, "file size        {} ({} ring records, {} live slots)", human_bytes(h.file_size as f64), h.ring_capacity, h.live_capacity);
     let _ = writeln!(o, "events           {} recorded ({} allocations, {} frees sampled)", h.ring_head, h.sampled_allocs, h.sampled_frees);
     let wraps = h.ring_head / h.ring_capacity.max(1);
-    let _ = writeln!(o, "ring             {} wraps, {} events overwritten, {} readable", wraps, t.health.overwritten_events, t.events.len());
+    let _ = writeln!(o, "ring             {} wraps, {} events overwritten, {} readable", wraps, t.health.overwritten_events, t.readable_events);
     let _ = writeln!(o, "live             {} sampled allocations unfreed", t.live.len());
     let _ = writeln!(o, "dropped          {} events, {} allocations (live table full), {} stacks (stack table full)", h.events_dropped, h.live_dropped, h.stacks_dropped);
     let _ = writeln!(o, "skipped          {} sampled allocations made with too little stack left to unwind", h.skipped_no_stack);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use leaktrace_format::Trace;
+use leaktrace_format::{Trace, TraceSource};
 
 use crate::report::{human_bytes, site_label, Report};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
@@ -24,14 +24,15 @@ pub struct Options {
     pub symbolize: SymbolizeOptions,
 }
 
-pub fn run(load: impl Fn() -> Result<Trace>, opts: &Options) -> Result<()> {
+/// `load` gives the trace and the source it was parsed from.
+pub fn run<S: TraceSource>(load: impl Fn() -> Result<(Trace, S)>, opts: &Options) -> Result<()> {
     let tty = std::io::stdout().is_terminal();
     // Symbolizing is the slow part; keep the symbolizer while the module map stays the same.
     let mut symbolizer: Option<(usize, Symbolizer)> = None;
     let mut refreshes = 0u64;
     loop {
-        let trace = load()?;
-        let analysis = analysis::analyze(&trace);
+        let (trace, source) = load()?;
+        let analysis = analysis::analyze(&trace, &source, &[]);
         if symbolizer.as_ref().is_none_or(|(n, _)| *n != trace.modules.len()) {
             symbolizer = Some((trace.modules.len(), Symbolizer::new(&trace.modules, &opts.symbolize)));
         }

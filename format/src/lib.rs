@@ -6,7 +6,7 @@
 //! ring of fixed 48-byte event records, each self-checking. `FORMAT.md` specifies every byte.
 //!
 //! The writer (libleaktrace.so) uses [`layout`] and [`encode_meta`]; the analyzer uses
-//! [`reader::Trace::parse`]. Both use [`sample_weight`] so estimates agree with the sampler.
+//! [`reader::Trace::parse_from`] and [`reader::Trace::events`]. Both use [`sample_weight`] so estimates agree with the sampler.
 
 #![cfg(target_endian = "little")]
 
@@ -14,7 +14,7 @@ pub mod layout;
 pub mod reader;
 pub mod records;
 
-pub use reader::{Event, Header, Health, LiveAllocation, RssSample, Trace};
+pub use reader::{Event, Events, Header, Health, LiveAllocation, ParsedTrace, RssSample, Trace, TraceSource};
 pub use records::{MetaKind, ModuleRecord, ModuleUnloaded, ProcessInfo, SamplingChange, Segment};
 
 /// Why a file could not be read at all.

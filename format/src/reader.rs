@@ -146,7 +146,8 @@ impl Health {
     }
 }
 
-/// A fully decoded trace.
+/// A decoded trace: everything but the event ring, which [`Trace::events`] streams from the
+/// source on demand (a ring is most of a file; holding it decoded would cost more than the file).
 #[derive(Clone, Debug, Default)]
 pub struct Trace {
     pub header: Header,
@@ -154,12 +155,225 @@ pub struct Trace {
     pub modules: Vec<ModuleRecord>,
     pub unloaded: Vec<ModuleUnloaded>,
     pub sampling: Vec<SamplingChange>,
-    /// Valid ring events, in sequence order.
-    pub events: Vec<Event>,
+    /// How many valid ring events the source held when it was parsed: what [`Trace::events`]
+    /// yields, unless the file is still being written.
+    pub readable_events: u64,
+    /// The distinct stack ids of those events, sorted, so that a reader can resolve every stack
+    /// before it streams the events.
+    pub event_stack_ids: Vec<u32>,
     pub live: Vec<LiveAllocation>,
     pub rss: Vec<RssSample>,
     pub health: Health,
     stacks: Vec<u8>,
+    ring: RingView,
+    /// Time of the newest valid event, 0 if none.
+    last_event_ns: u64,
+}
+
+/// Where a trace's bytes come from: a positioned, read-only source, so that regions can be read
+/// a chunk at a time instead of the whole file at once.
+pub trait TraceSource {
+    /// Bytes in the source.
+    fn len(&self) -> u64;
+    /// Fill `buf` from `offset`; returns how many bytes were read, fewer than `buf.len()` only
+    /// at the end of the source or on an error (a reader treats both as missing bytes).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl TraceSource for [u8] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(<[u8]>::len(self));
+        let n = buf.len().min(<[u8]>::len(self) - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        n
+    }
+}
+
+impl TraceSource for Vec<u8> {
+    fn len(&self) -> u64 {
+        TraceSource::len(self.as_slice())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+        TraceSource::read_at(self.as_slice(), offset, buf)
+    }
+}
+
+impl<T: TraceSource + ?Sized> TraceSource for &T {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+        (**self).read_at(offset, buf)
+    }
+}
+
+#[cfg(unix)]
+impl TraceSource for std::fs::File {
+    fn len(&self) -> u64 {
+        self.metadata().map_or(0, |m| m.len())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset.saturating_add(done as u64);
+            match std::os::unix::fs::FileExt::read_at(self, &mut buf[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A file that cannot be read further reads as one that ends here: the reader
+                // already copes with missing bytes, and a half-read trace beats none.
+                Err(_) => break,
+            }
+        }
+        done
+    }
+}
+
+/// How much of a region is read at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Records committed after the ring head was read (sequence numbers past it) sort after every
+/// other event but sit at the start of the slot walk, so [`Events`] holds them back until the
+/// end. A writer faster than the walk could commit up to a whole lap of them; past this many
+/// the newest are left out, to keep the reader's memory small.
+pub const MAX_LATE_EVENTS: usize = 1 << 16;
+
+/// The part of a source that holds one region, read through a window of about `CHUNK` bytes.
+struct Window<'s, S: ?Sized> {
+    src: &'s S,
+    /// Where the region starts in the source, and how many of its bytes the source holds.
+    start: u64,
+    len: u64,
+    buf: Vec<u8>,
+    /// Region offset of `buf[0]`.
+    buf_at: u64,
+}
+
+impl<'s, S: TraceSource + ?Sized> Window<'s, S> {
+    fn new(src: &'s S, (start, len): (u64, u64)) -> Self {
+        Window { src, start, len, buf: Vec::new(), buf_at: 0 }
+    }
+
+    /// Bytes `pos..pos + n` of the region, or `None` if the source does not hold them all.
+    fn get(&mut self, pos: u64, n: usize) -> Option<&[u8]> {
+        let end = pos.checked_add(n as u64).filter(|&e| e <= self.len)?;
+        let held = pos >= self.buf_at && end <= self.buf_at + self.buf.len() as u64;
+        if !held {
+            let want = (self.len - pos).min(n.max(CHUNK) as u64) as usize;
+            self.buf.resize(want, 0);
+            let got = self.src.read_at(self.start + pos, &mut self.buf);
+            self.buf.truncate(got);
+            self.buf_at = pos;
+            if got < n {
+                return None;
+            }
+        }
+        let from = (pos - self.buf_at) as usize;
+        Some(&self.buf[from..from + n])
+    }
+
+    /// The first `n` bytes of the region (fewer if the source holds fewer), read in one piece.
+    fn prefix(&self, n: u64) -> Vec<u8> {
+        let mut v = vec![0u8; n.min(self.len) as usize];
+        let got = self.src.read_at(self.start, &mut v);
+        v.truncate(got);
+        v
+    }
+}
+
+/// What a walk of the ring needs to know, fixed when the header is read.
+#[derive(Clone, Copy, Debug, Default)]
+struct RingView {
+    /// The ring region's offset and the bytes of it the source held.
+    region: (u64, u64),
+    capacity: u64,
+    head: u64,
+}
+
+/// The valid events of a trace's ring, in sequence order, read a chunk at a time (see
+/// [`Trace::events`]).
+pub struct Events<'s, S: ?Sized> {
+    ring: RingView,
+    win: Window<'s, S>,
+    /// The slot walk: from the oldest slot to the end of the ring, then from slot 0 up to it.
+    ranges: [(u64, u64); 2],
+    range: usize,
+    slot: u64,
+    late: Vec<Event>,
+    late_next: usize,
+    torn: u64,
+    late_left_out: u64,
+}
+
+impl<S: TraceSource + ?Sized> Events<'_, S> {
+    /// Records in the window that failed their checks so far (see [`Health::torn_events`]).
+    pub fn torn(&self) -> u64 {
+        self.torn
+    }
+
+    /// Records committed after the ring head was read that were left out (see [`MAX_LATE_EVENTS`]).
+    pub fn late_left_out(&self) -> u64 {
+        self.late_left_out
+    }
+}
+
+impl<S: TraceSource + ?Sized> Iterator for Events<'_, S> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        let RingView { capacity: cap, head, .. } = self.ring;
+        // Sequence numbers a complete ring would hold now: (head - cap, head].
+        let oldest_kept = head.saturating_sub(cap) + 1;
+        while self.range < self.ranges.len() {
+            let i = self.slot;
+            if i >= self.ranges[self.range].1 {
+                self.range += 1;
+                if let Some(&(lo, _)) = self.ranges.get(self.range) {
+                    self.slot = lo;
+                }
+                continue;
+            }
+            self.slot += 1;
+            let Some(raw) = self.win.get(i * EVENT_SIZE as u64, EVENT_SIZE) else {
+                // The file shrank since it was parsed: nothing more of this range is there.
+                self.slot = u64::MAX;
+                continue;
+            };
+            let Ok(raw) = <&[u8; EVENT_SIZE]>::try_from(raw) else { continue };
+            let seq = u64_at(raw, ev::SEQ);
+            // A slot never reached by the writer, in a ring that has not wrapped yet.
+            if seq == 0 && i >= head {
+                continue;
+            }
+            let valid_slot = seq != 0 && (seq - 1) % cap == i;
+            // Writers may commit a little past the head we read; the ring can only be a lap ahead.
+            let in_window = seq >= oldest_kept && seq <= head.saturating_add(cap);
+            match Event::decode(raw).filter(|_| valid_slot && in_window) {
+                // Slot i holds only sequence numbers i + 1 (mod cap), so walking from the
+                // oldest slot meets those up to the head in order, and those past it in order.
+                Some(e) if e.seq <= head => return Some(e),
+                Some(e) if self.late.len() < MAX_LATE_EVENTS => self.late.push(e),
+                Some(_) => self.late_left_out += 1,
+                // Reserved by a writer that has not (or never) committed it, or damaged.
+                None if i < head => self.torn += 1,
+                None => {}
+            }
+        }
+        let e = self.late.get(self.late_next).copied();
+        self.late_next += 1;
+        e
+    }
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -276,60 +490,126 @@ impl Header {
     }
 }
 
-/// The bytes of region `r` actually present in the file (may be short if truncated).
-fn region_bytes<'a>(bytes: &'a [u8], h: &Header, r: Region) -> &'a [u8] {
+/// Offset of region `r` and how many of its bytes a source of `available` bytes holds (fewer
+/// than the header says if the file is truncated).
+fn region_present(h: &Header, r: Region, available: u64) -> (u64, u64) {
     let (off, len) = h.region(r);
-    let start = (off as usize).min(bytes.len());
-    let end = (off.saturating_add(len) as usize).min(bytes.len());
-    &bytes[start..end]
+    let start = off.min(available);
+    let end = off.saturating_add(len).min(available);
+    (start, end - start)
+}
+
+/// A trace decoded from bytes already in memory, with its ring's events decoded too: for tests
+/// and tools that hold the whole file anyway. Everything else of the trace is reached through
+/// `Deref`. (A reader of a file uses [`Trace::parse_from`] and streams [`Trace::events`]
+/// instead, so that it never holds the ring.)
+#[derive(Clone, Debug)]
+pub struct ParsedTrace {
+    pub trace: Trace,
+    /// The valid ring events, in sequence order: what [`Trace::events`] yields.
+    pub events: Vec<Event>,
+}
+
+impl std::ops::Deref for ParsedTrace {
+    type Target = Trace;
+
+    fn deref(&self) -> &Trace {
+        &self.trace
+    }
 }
 
 impl Trace {
-    /// Decode a whole trace from its bytes.
-    pub fn parse(bytes: &[u8]) -> Result<Trace, FormatError> {
-        let header = Header::parse(bytes)?;
+    /// Decode a whole trace from its bytes, events included.
+    pub fn parse(bytes: &[u8]) -> Result<ParsedTrace, FormatError> {
+        let trace = Trace::parse_from(bytes)?;
+        let events = trace.events(bytes).collect();
+        Ok(ParsedTrace { trace, events })
+    }
+
+    /// Decode a trace from `src`, reading each region in chunks and keeping only what is used
+    /// later: metadata, the used part of the stack table, the live entries and the RSS series.
+    /// The ring is walked once to check it and count its events; [`Trace::events`] streams them.
+    pub fn parse_from<S: TraceSource + ?Sized>(src: &S) -> Result<Trace, FormatError> {
+        let available = src.len();
+        let mut head = [0u8; HEADER_SIZE];
+        let got = src.read_at(0, &mut head);
+        let header = Header::parse(&head[..got])?;
         let mut t = Trace { header, ..Trace::default() };
-        if (bytes.len() as u64) < t.header.file_size {
+        if available < t.header.file_size {
             t.health.truncated = true;
-            t.health.missing_bytes = t.header.file_size - bytes.len() as u64;
+            t.health.missing_bytes = t.header.file_size - available;
             t.health.notes.push(format!(
                 "file is {} bytes short of the {} its header declares; regions past the end are lost",
                 t.health.missing_bytes, t.header.file_size
             ));
         }
-        t.read_meta(region_bytes(bytes, &t.header, Region::Meta));
-        let stacks = region_bytes(bytes, &t.header, Region::Stacks);
-        let used = (t.header.stacks_used as usize).min(stacks.len());
-        t.stacks = stacks[..used].to_vec();
-        t.read_live(region_bytes(bytes, &t.header, Region::Live));
-        t.read_ring(region_bytes(bytes, &t.header, Region::Ring));
-        t.read_rss(region_bytes(bytes, &t.header, Region::Rss));
+        let region = |r| Window::new(src, region_present(&t.header, r, available));
+        let (mut meta, stacks, mut live, rss) =
+            (region(Region::Meta), region(Region::Stacks), region(Region::Live), region(Region::Rss));
+        t.read_meta(&mut meta);
+        t.stacks = stacks.prefix(t.header.stacks_used);
+        t.read_live(&mut live);
+        t.ring = RingView {
+            region: region_present(&t.header, Region::Ring, available),
+            capacity: t.header.ring_capacity,
+            head: t.header.ring_head,
+        };
+        t.read_ring(src);
+        t.read_rss(&rss);
         Ok(t)
     }
 
-    fn read_meta(&mut self, region: &[u8]) {
-        let used = (self.header.meta_used as usize).min(region.len());
-        let mut pos = 0usize;
-        while pos + layout::META_HEAD_SIZE <= used {
-            let len = u32_at(region, pos) as usize;
-            let kind = u16_at(region, pos + 4);
-            let check = u32_at(region, pos + 8);
-            let body_start = pos + layout::META_HEAD_SIZE;
+    /// The valid events of the ring, in sequence order, read from `src` (the source this trace
+    /// was parsed from) a chunk at a time. A record counts if its seq maps to its slot, lies in
+    /// the window of the ring head and its check matches (FORMAT.md, Event ring).
+    ///
+    /// The ring head is read again from `src` first: while the process runs, a head as old as
+    /// the parse would make every record written since a "late" one that must be held back
+    /// (see [`MAX_LATE_EVENTS`]); a fresh one leaves only those committed during the walk.
+    pub fn events<'s, S: TraceSource + ?Sized>(&self, src: &'s S) -> Events<'s, S> {
+        let mut ring = self.ring;
+        let mut head = [0u8; 8];
+        if src.read_at(hdr::RING_HEAD as u64, &mut head) == head.len() {
+            ring.head = ring.head.max(u64::from_le_bytes(head));
+        }
+        let cap = ring.capacity.max(1);
+        let slots = ring.capacity.min(ring.region.1 / EVENT_SIZE as u64);
+        let oldest = (ring.head % cap).min(slots);
+        Events {
+            ring: RingView { capacity: cap, ..ring },
+            win: Window::new(src, ring.region),
+            ranges: [(oldest, slots), (0, oldest)],
+            range: 0,
+            slot: oldest,
+            late: Vec::new(),
+            late_next: 0,
+            torn: 0,
+            late_left_out: 0,
+        }
+    }
+
+    fn read_meta<S: TraceSource + ?Sized>(&mut self, region: &mut Window<'_, S>) {
+        let used = self.header.meta_used.min(region.len);
+        let mut pos = 0u64;
+        while pos + layout::META_HEAD_SIZE as u64 <= used {
+            let Some(head) = region.get(pos, layout::META_HEAD_SIZE) else { return };
+            let (len, kind, check) = (u32_at(head, 0) as u64, u16_at(head, 4), u32_at(head, 8));
+            let body_start = pos + layout::META_HEAD_SIZE as u64;
             if len == 0 || body_start + len > used {
                 // A writer reserved this space but never committed it: everything after is unframed.
                 self.health.torn_meta_records += 1;
-                self.health.torn_meta_bytes += (used - pos) as u64;
+                self.health.torn_meta_bytes += used - pos;
                 self.health.notes.push(format!(
                     "metadata record at byte {pos:#x} of its region is torn; skipped {} bytes",
                     used - pos
                 ));
                 return;
             }
-            let payload = &region[body_start..body_start + len];
-            let next = body_start + layout::align_up(len as u64, 8) as usize;
+            let Some(payload) = region.get(body_start, len as usize) else { return };
+            let next = body_start + layout::align_up(len, 8);
             if layout::meta_check(payload) != check {
                 self.health.torn_meta_records += 1;
-                self.health.torn_meta_bytes += (next - pos) as u64;
+                self.health.torn_meta_bytes += next - pos;
                 pos = next;
                 continue;
             }
@@ -360,10 +640,10 @@ impl Trace {
         }
     }
 
-    fn read_live(&mut self, region: &[u8]) {
-        let slots = (self.header.live_capacity as usize).min(region.len() / LIVE_SLOT_SIZE);
+    fn read_live<S: TraceSource + ?Sized>(&mut self, region: &mut Window<'_, S>) {
+        let slots = self.header.live_capacity.min(region.len / LIVE_SLOT_SIZE as u64);
         for i in 0..slots {
-            let s = &region[i * LIVE_SLOT_SIZE..(i + 1) * LIVE_SLOT_SIZE];
+            let Some(s) = region.get(i * LIVE_SLOT_SIZE as u64, LIVE_SLOT_SIZE) else { break };
             let key = u64_at(s, live::KEY);
             if key == layout::LIVE_EMPTY || key == layout::LIVE_TOMBSTONE {
                 continue;
@@ -389,54 +669,47 @@ impl Trace {
         self.live.sort_by_key(|a| (a.time_ns, a.addr));
     }
 
-    fn read_ring(&mut self, region: &[u8]) {
-        let cap = self.header.ring_capacity;
-        let slots = (cap as usize).min(region.len() / EVENT_SIZE);
-        let head = self.header.ring_head;
-        // Sequence numbers a complete ring would hold now: (head - cap, head].
-        let oldest_kept = head.saturating_sub(cap) + 1;
-        self.health.overwritten_events = head.saturating_sub(cap);
-        let mut torn = 0u64;
-        for i in 0..slots {
-            let raw: &[u8; EVENT_SIZE] = match region[i * EVENT_SIZE..(i + 1) * EVENT_SIZE].try_into()
-            {
-                Ok(r) => r,
-                Err(_) => break,
-            };
-            let seq = u64_at(raw, ev::SEQ);
-            // A slot never reached by the writer, in a ring that has not wrapped yet.
-            if seq == 0 && (i as u64) >= head {
-                continue;
-            }
-            let valid_slot = seq != 0 && (seq - 1) % cap == i as u64;
-            // Writers may commit a little past the head we read; the ring can only be a lap ahead.
-            let in_window = seq >= oldest_kept && seq <= head.saturating_add(cap);
-            match Event::decode(raw).filter(|_| valid_slot && in_window) {
-                Some(e) => self.events.push(e),
-                None => {
-                    // Reserved by a writer that has not (or never) committed it, or damaged.
-                    if (i as u64) < head {
-                        torn += 1;
-                    }
-                }
+    /// Walk the ring once: count what it holds and what is damaged, without keeping the events.
+    fn read_ring<S: TraceSource + ?Sized>(&mut self, src: &S) {
+        self.health.overwritten_events = self.header.ring_head.saturating_sub(self.header.ring_capacity);
+        let mut ids = std::collections::HashSet::new();
+        let mut events = self.events(src);
+        let (mut count, mut last_ns, mut last_id) = (0u64, 0u64, None);
+        for e in &mut events {
+            count += 1;
+            last_ns = e.time_ns;
+            // Runs of one stack are common (a loop allocating): skip the hash for them.
+            if last_id != Some(e.stack_id) {
+                ids.insert(e.stack_id);
+                last_id = Some(e.stack_id);
             }
         }
+        let (torn, late_left_out) = (events.torn(), events.late_left_out());
+        self.readable_events = count;
+        self.last_event_ns = last_ns;
+        self.event_stack_ids = ids.into_iter().collect();
+        self.event_stack_ids.sort_unstable();
         self.health.torn_events = torn;
         if torn > 0 {
             self.health.notes.push(format!(
                 "{torn} ring records were torn (killed or still being written) and were skipped"
             ));
         }
-        self.events.sort_unstable_by_key(|e| e.seq);
+        if late_left_out > 0 {
+            self.health.notes.push(format!(
+                "{late_left_out} ring records committed after the ring head was read were left out"
+            ));
+        }
     }
 
-    fn read_rss(&mut self, region: &[u8]) {
-        let n = (self.header.rss_count.min(self.header.rss_capacity) as usize)
-            .min(region.len() / layout::RSS_SAMPLE_SIZE);
+    fn read_rss<S: TraceSource + ?Sized>(&mut self, region: &Window<'_, S>) {
+        let n = self.header.rss_count.min(self.header.rss_capacity).min(region.len / layout::RSS_SAMPLE_SIZE as u64);
+        let region = region.prefix(n * layout::RSS_SAMPLE_SIZE as u64);
+        let n = region.len() / layout::RSS_SAMPLE_SIZE;
         let mut last = 0u64;
         for i in 0..n {
-            let t_ns = u64_at(region, i * 16);
-            let rss_bytes = u64_at(region, i * 16 + 8);
+            let t_ns = u64_at(&region, i * 16);
+            let rss_bytes = u64_at(&region, i * 16 + 8);
             if (i > 0 && t_ns <= last) || rss_bytes == 0 {
                 self.health.bad_rss_samples += 1;
                 continue;
@@ -492,7 +765,7 @@ impl Trace {
         if self.header.ended_cleanly() && self.header.end_ns > 0 {
             return self.header.end_ns;
         }
-        let ev = self.events.last().map_or(0, |e| e.time_ns);
+        let ev = self.last_event_ns;
         let rss = self.rss.last().map_or(0, |r| r.t_ns);
         let live = self.live.last().map_or(0, |a| a.time_ns);
         ev.max(rss).max(live).max(self.header.heartbeat_ns)
@@ -502,6 +775,64 @@ impl Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A trace file of `file_size` bytes whose ring holds events 1..=`written` (as many as fit)
+    /// under a header that says `head`.
+    fn synthetic(file_size: u64, written: u64, head: u64) -> Vec<u8> {
+        let plan = layout::Plan::for_file_size(file_size).unwrap();
+        let mut f = vec![0u8; file_size as usize];
+        let mut put = |off: usize, v: &[u8]| f[off..off + v.len()].copy_from_slice(v);
+        put(0, &layout::MAGIC);
+        put(hdr::VERSION_MAJOR, &layout::VERSION_MAJOR.to_le_bytes());
+        put(hdr::HEADER_SIZE, &(HEADER_SIZE as u32).to_le_bytes());
+        put(hdr::FILE_SIZE, &file_size.to_le_bytes());
+        for (i, (off, len)) in plan.regions.iter().enumerate() {
+            put(hdr::REGIONS + i * 16, &off.to_le_bytes());
+            put(hdr::REGIONS + i * 16 + 8, &len.to_le_bytes());
+        }
+        put(hdr::LIVE_CAPACITY, &plan.live_capacity.to_le_bytes());
+        put(hdr::RING_CAPACITY, &plan.ring_capacity.to_le_bytes());
+        put(hdr::RSS_CAPACITY, &plan.rss_capacity.to_le_bytes());
+        put(hdr::RING_HEAD, &head.to_le_bytes());
+        let (ring, cap) = (plan.region(Region::Ring).0 as usize, plan.ring_capacity);
+        for seq in written.saturating_sub(cap) + 1..=written {
+            let e = Event {
+                seq,
+                time_ns: seq,
+                addr: seq * 16,
+                size: 8,
+                stack_id: 0,
+                mean_bytes: 1,
+                tid: 1,
+                kind: layout::EventKind::Alloc,
+                api: layout::Api::Malloc,
+            };
+            put(ring + ((seq - 1) % cap) as usize * EVENT_SIZE, &e.encode(seq));
+        }
+        f
+    }
+
+    #[test]
+    fn records_far_past_the_head_are_left_out_but_the_rest_stay_in_order() {
+        let file = synthetic(8 << 20, 0, 0);
+        let cap = Trace::parse(&file).unwrap().header.ring_capacity;
+        assert!(cap > MAX_LATE_EVENTS as u64 + 10_000, "the ring holds more than a lap of late records");
+        // Writers committed 70,000 records, a lap and more, after the reader took the header.
+        let written = cap + 1000;
+        let head = written - 70_000;
+        let file = synthetic(8 << 20, written, head);
+        let t = Trace::parse(&file).unwrap();
+        let seqs: Vec<u64> = t.events.iter().map(|e| e.seq).collect();
+        let expected: Vec<u64> = (written - cap + 1..=head + MAX_LATE_EVENTS as u64).collect();
+        assert_eq!(seqs, expected);
+        assert_eq!(t.readable_events, expected.len() as u64);
+        assert_eq!(t.end_ns(), head + MAX_LATE_EVENTS as u64);
+        let mut events = t.events(&file);
+        events.by_ref().for_each(drop);
+        assert_eq!(events.late_left_out(), 70_000 - MAX_LATE_EVENTS as u64);
+        assert_eq!(t.health.torn_events, 0);
+        assert!(t.health.notes.iter().any(|n| n.contains("committed after the ring head")), "{:?}", t.health.notes);
+    }
 
     #[test]
     fn sampling_since_follows_pauses() {

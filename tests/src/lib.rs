@@ -714,6 +714,12 @@ struct Output {
 /// Spawn `cmd` with captured output and wait at most `timeout` (default [`TIMEOUT`]); a
 /// program still running then is killed and the test fails.
 fn run_with_timeout(cmd: &mut Command, timeout: Option<Duration>) -> Output {
+    run_watching(cmd, timeout, &mut |_| {})
+}
+
+/// As [`run_with_timeout`], calling `watch` with the child's pid every few milliseconds while
+/// it runs (and once more just before it is reaped).
+fn run_watching(cmd: &mut Command, timeout: Option<Duration>, watch: &mut dyn FnMut(u32)) -> Output {
     let timeout = timeout.unwrap_or(TIMEOUT);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{}`: {e}", show_command(cmd)));
@@ -732,6 +738,7 @@ fn run_with_timeout(cmd: &mut Command, timeout: Option<Duration>) -> Output {
     });
     let deadline = Instant::now() + timeout;
     let status = loop {
+        watch(pid);
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
@@ -845,6 +852,33 @@ pub fn analyze<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> Outc
     let mut cmd = Command::new(&repo().analyzer);
     cmd.args(args);
     run_command(&mut cmd, timeout)
+}
+
+/// `leak-analyze ARGS`, as [`analyze`], and the most memory it held resident, in KiB: the
+/// kernel's high-water mark (VmHWM), read from /proc every few milliseconds while it runs. A
+/// peak reached in its last milliseconds could go unseen: this may read low, never high.
+pub fn analyze_peak_rss<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> (Outcome, u64) {
+    let mut cmd = Command::new(&repo().analyzer);
+    cmd.args(args);
+    let start = Instant::now();
+    let mut peak_kib = 0;
+    let out = run_watching(&mut cmd, Some(timeout), &mut |pid| peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0)));
+    let outcome = Outcome {
+        command: show_command(&cmd),
+        pid: out.pid,
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    };
+    (outcome, peak_kib)
+}
+
+/// VmHWM of a running process, in KiB (None once it has exited: a zombie has no memory).
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
 /// `leak-analyze report TRACE --format json`, which must succeed with JSON; saved as

@@ -353,6 +353,38 @@ fn early_leak_survives_many_ring_wraps() {
     }
 }
 
+/// The analyzer's memory follows the live allocations and the distinct stacks, not the events
+/// or the file size: on a 64 MiB trace whose ring wrapped it holds no more than on a trace of
+/// the same program with a few thousand events (both symbolize the same binaries, which costs
+/// what their debug info costs), and reading the trace alone takes a fraction of the file.
+#[test]
+fn analyzer_memory_does_not_follow_the_ring() {
+    const MIB: u64 = 1024;
+    let dir = TestDir::new("analyzer_memory");
+    let exe = dir.compile("ring_wrap.c");
+    let settings = Settings::exact().file_size("64M");
+    let full = dir.run(&exe, &["1000000"], &settings);
+    let few = dir.run(&exe, &["1000"], &settings);
+    let (capacity, head) = (full.trace_header_u64(HDR_RING_CAPACITY), full.trace_header_u64(HDR_RING_HEAD));
+    assert!(head > 2 * capacity, "the ring wrapped: {head} events for {capacity} slots\n{}", full.describe());
+    let peak = |args: &[&std::ffi::OsStr]| -> u64 {
+        let (out, kib) = leaktrace_tests::analyze_peak_rss(args, std::time::Duration::from_secs(60));
+        assert!(out.status.success() && kib > 0, "peak RSS {kib} KiB\n{}", out.describe());
+        kib
+    };
+    let report = |run: &Run| peak(&["report".as_ref(), run.trace.as_os_str(), "--format".as_ref(), "json".as_ref()]);
+    let (full_kib, few_kib) = (report(&full), report(&few));
+    assert!(
+        full_kib < few_kib + 12 * MIB,
+        "report on a full ring: peak RSS {full_kib} KiB, on a few events: {few_kib} KiB; the events should cost next to nothing"
+    );
+    let info_kib = peak(&["info".as_ref(), full.trace.as_os_str()]);
+    assert!(info_kib < 24 * MIB, "info on a 64 MiB trace: peak RSS {info_kib} KiB");
+    // And the report of the full trace is still right.
+    let report = full.report();
+    assert_exact_sites(&report, &full.program_json(), false);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Process fields
 

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         for a in &t.live {
             let _ = t.stack(a.stack_id);
         }
-        for e in &t.events {
+        for e in t.events(data) {
             let _ = t.stack(e.stack_id);
         }
         let _ = t.end_ns();
