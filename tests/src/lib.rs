@@ -286,24 +286,10 @@ impl TestDir {
 
     /// As [`TestDir::run`], but whatever the exit status.
     pub fn run_any_status(&self, exe: &Path, args: &[&str], settings: &Settings) -> Run {
-        let r = repo();
         let pattern = self.path.join("trace.%p.lt");
         let mut cmd = Command::new(exe);
         cmd.args(args).current_dir(&self.path);
-        // Whatever LEAKTRACE_* the caller's environment has, the test decides every one.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("LEAKTRACE_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env("LD_PRELOAD", &r.preload)
-            .env("LEAKTRACE_FILE", &pattern)
-            .env("LEAKTRACE_FILE_SIZE", &settings.file_size)
-            .env("LEAKTRACE_SAMPLE_BYTES", &settings.sample_bytes)
-            .env("LEAKTRACE_SEED", settings.seed.to_string())
-            .env("LEAKTRACE_RSS_MS", settings.rss_ms.to_string())
-            .env("LEAKTRACE_START", &settings.start)
-            .env("LEAKTRACE_UNWINDER", &settings.unwinder);
+        apply_settings(&mut cmd, &pattern, settings);
         let before = self.files_starting_with("trace.");
         let spawned_unix_ns = unix_ns();
         let out = run_with_timeout(&mut cmd, None);
@@ -835,8 +821,13 @@ fn last_json_line(stdout: &str, describe: impl Fn() -> String) -> Value {
 /// Run `cmd` to completion, stdin from /dev/null, output captured; a process still running
 /// after `timeout` is killed and the test fails (a hang is a failure, not a wait).
 pub fn run_command(cmd: &mut Command, timeout: Duration) -> Outcome {
+    run_command_watching(cmd, timeout, &mut |_| {})
+}
+
+/// As [`run_command`], calling `watch` with the child's pid while it runs (see [`run_watching`]).
+fn run_command_watching(cmd: &mut Command, timeout: Duration, watch: &mut dyn FnMut(u32)) -> Outcome {
     let start = Instant::now();
-    let out = run_with_timeout(cmd, Some(timeout));
+    let out = run_watching(cmd, Some(timeout), watch);
     Outcome {
         command: show_command(cmd),
         pid: out.pid,
@@ -860,17 +851,8 @@ pub fn analyze<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> Outc
 pub fn analyze_peak_rss<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> (Outcome, u64) {
     let mut cmd = Command::new(&repo().analyzer);
     cmd.args(args);
-    let start = Instant::now();
     let mut peak_kib = 0;
-    let out = run_watching(&mut cmd, Some(timeout), &mut |pid| peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0)));
-    let outcome = Outcome {
-        command: show_command(&cmd),
-        pid: out.pid,
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: start.elapsed(),
-    };
+    let outcome = run_command_watching(&mut cmd, timeout, &mut |pid| peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0)));
     (outcome, peak_kib)
 }
 
