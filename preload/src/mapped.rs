@@ -72,7 +72,6 @@ pub struct PrefaultProgress {
     unsupported: bool,
 }
 
-
 pub struct Mapped {
     base: *mut u8,
     len: usize,
@@ -479,7 +478,10 @@ impl Mapped {
         let rate = written.saturating_sub(progress.ring_written_then);
         progress.ring_written_then = written;
         let want = (written + (2 * rate).max(MIN_AHEAD)).min(ring_len);
-        let from = progress.ring_done.max(written & !4095);
+        // Pages the hooks already wrote need no populating: count them as done, so that a ring
+        // the hooks filled first (a wrap before the populate caught up) also finishes.
+        progress.ring_done = progress.ring_done.max(written & !4095);
+        let from = progress.ring_done;
         if from < want && budget > 0 {
             let len = budget.min(want - from);
             if !self.populate(ring_start + from, len) {
@@ -646,6 +648,18 @@ mod tests {
                 assert_eq!(m.live_remove(addr(i)).is_some(), i % 3 != 0, "second pass, {i}");
             }
             assert_eq!(m.header(hdr::LIVE_COUNT).load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn prefaulting_finishes_when_the_hooks_wrapped_the_ring_first() {
+        with_mapped(layout::MIN_FILE_SIZE, |m, _| {
+            for i in 1..=m.ring_capacity * 2 {
+                m.push_event(&event(i * 16, layout::EventKind::Alloc));
+            }
+            let mut progress = PrefaultProgress::default();
+            let steps = (0..16).take_while(|_| m.prefault_step(&mut progress)).count();
+            assert!(steps < 16, "still prefaulting after 16 steps");
         });
     }
 
