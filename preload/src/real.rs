@@ -14,7 +14,7 @@
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 type MallocFn = unsafe extern "C" fn(usize) -> *mut c_void;
 type FreeFn = unsafe extern "C" fn(*mut c_void);
@@ -40,40 +40,45 @@ const RESOLVED: u8 = 2;
 
 static STATE: AtomicU8 = AtomicU8::new(UNRESOLVED);
 
-/// Function pointers stored as `usize`; written once before `STATE` becomes `RESOLVED`
-/// (release), read only after observing it (acquire).
+/// Where each entry point forwards, as a function address. Until resolution every slot holds a
+/// `bootstrap_*` function of the same signature, which resolves (or serves the call from the
+/// arena) and forwards; after it, the next allocator's function. So the hooks call through the
+/// slot with no "resolved yet?" test: one load and an indirect jump.
+///
+/// Each slot is written once, by `resolve`, before `STATE` becomes `RESOLVED` (release). A hook
+/// may load either value; both are complete functions with the slot's C signature.
 struct Table {
-    malloc: AtomicUsize,
-    free: AtomicUsize,
-    calloc: AtomicUsize,
-    realloc: AtomicUsize,
-    memalign: AtomicUsize,
-    aligned_alloc: AtomicUsize,
-    posix_memalign: AtomicUsize,
-    valloc: AtomicUsize,
-    pvalloc: AtomicUsize,
+    malloc: AtomicPtr<()>,
+    free: AtomicPtr<()>,
+    calloc: AtomicPtr<()>,
+    realloc: AtomicPtr<()>,
+    memalign: AtomicPtr<()>,
+    aligned_alloc: AtomicPtr<()>,
+    posix_memalign: AtomicPtr<()>,
+    valloc: AtomicPtr<()>,
+    pvalloc: AtomicPtr<()>,
 }
 
 static TABLE: Table = Table {
-    malloc: AtomicUsize::new(0),
-    free: AtomicUsize::new(0),
-    calloc: AtomicUsize::new(0),
-    realloc: AtomicUsize::new(0),
-    memalign: AtomicUsize::new(0),
-    aligned_alloc: AtomicUsize::new(0),
-    posix_memalign: AtomicUsize::new(0),
-    valloc: AtomicUsize::new(0),
-    pvalloc: AtomicUsize::new(0),
+    malloc: AtomicPtr::new(bootstrap_malloc as *mut ()),
+    free: AtomicPtr::new(bootstrap_free as *mut ()),
+    calloc: AtomicPtr::new(bootstrap_calloc as *mut ()),
+    realloc: AtomicPtr::new(bootstrap_realloc as *mut ()),
+    memalign: AtomicPtr::new(bootstrap_memalign as *mut ()),
+    aligned_alloc: AtomicPtr::new(bootstrap_aligned_alloc as *mut ()),
+    posix_memalign: AtomicPtr::new(bootstrap_posix_memalign as *mut ()),
+    valloc: AtomicPtr::new(bootstrap_valloc as *mut ()),
+    pvalloc: AtomicPtr::new(bootstrap_pvalloc as *mut ()),
 };
 
-fn lookup(name: &std::ffi::CStr, fallback: usize) -> usize {
+fn lookup(name: &std::ffi::CStr, fallback: *mut ()) -> *mut () {
     // SAFETY: `name` is NUL-terminated; RTLD_NEXT is valid from a shared object. The result is a
     // symbol address or null, which we replace by glibc's own entry point.
     let sym = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
     if sym.is_null() {
         fallback
     } else {
-        sym as usize
+        sym.cast()
     }
 }
 
@@ -84,32 +89,48 @@ pub(crate) fn resolve() -> bool {
         Err(RESOLVED) => return true,
         Err(_) => return false, // another thread (or our own dlsym) is resolving
     }
+    // Looked up first and stored together: while dlsym runs, calls it makes must still reach
+    // the bootstrap functions. free and realloc are stored first, so a thread that already
+    // got a real block (another thread allocating meanwhile) finds the real functions to
+    // give it back with (x86-64 sees stores in program order).
+    let found = [
+        lookup(c"free", __libc_free as *mut ()),
+        lookup(c"realloc", __libc_realloc as *mut ()),
+        lookup(c"malloc", __libc_malloc as *mut ()),
+        lookup(c"calloc", __libc_calloc as *mut ()),
+        lookup(c"memalign", __libc_memalign as *mut ()),
+        lookup(c"aligned_alloc", __libc_memalign as *mut ()),
+        lookup(c"posix_memalign", posix_memalign_by_memalign as *mut ()),
+        lookup(c"valloc", __libc_valloc as *mut ()),
+        lookup(c"pvalloc", __libc_pvalloc as *mut ()),
+    ];
     let t = &TABLE;
-    t.malloc.store(lookup(c"malloc", __libc_malloc as *const () as usize), Ordering::Relaxed);
-    t.free.store(lookup(c"free", __libc_free as *const () as usize), Ordering::Relaxed);
-    t.calloc.store(lookup(c"calloc", __libc_calloc as *const () as usize), Ordering::Relaxed);
-    t.realloc.store(lookup(c"realloc", __libc_realloc as *const () as usize), Ordering::Relaxed);
-    t.memalign.store(lookup(c"memalign", __libc_memalign as *const () as usize), Ordering::Relaxed);
-    t.aligned_alloc.store(lookup(c"aligned_alloc", __libc_memalign as *const () as usize), Ordering::Relaxed);
-    t.posix_memalign.store(lookup(c"posix_memalign", 0), Ordering::Relaxed);
-    t.valloc.store(lookup(c"valloc", __libc_valloc as *const () as usize), Ordering::Relaxed);
-    t.pvalloc.store(lookup(c"pvalloc", __libc_pvalloc as *const () as usize), Ordering::Relaxed);
-    // Pairs with the acquire load in `resolved()`.
+    let slots = [
+        &t.free,
+        &t.realloc,
+        &t.malloc,
+        &t.calloc,
+        &t.memalign,
+        &t.aligned_alloc,
+        &t.posix_memalign,
+        &t.valloc,
+        &t.pvalloc,
+    ];
+    for (slot, f) in slots.into_iter().zip(found) {
+        slot.store(f, Ordering::Relaxed);
+    }
+    // Pairs with the acquire in a later `resolve()`: a bootstrap function that sees RESOLVED
+    // then loads the real function from its slot.
     STATE.store(RESOLVED, Ordering::Release);
     true
 }
 
-#[inline(always)]
-fn resolved() -> bool {
-    STATE.load(Ordering::Acquire) == RESOLVED || resolve()
-}
-
-/// The real function for `$field`, as a typed pointer. Must be used inside an `unsafe` block,
-/// only after `resolved()` returned true: then the slot holds a non-zero address stored by
-/// `resolve`, from dlsym or a `__libc_*` function, of exactly the C signature `$ty`.
+/// The function in `$field`'s slot, as a typed pointer. Must be used inside an `unsafe` block:
+/// the slot holds either the `bootstrap_*` function or one stored by `resolve` (from dlsym, or a
+/// `__libc_*` fallback), in both cases of exactly the C signature `$ty`.
 macro_rules! real_fn {
     ($field:ident, $ty:ty) => {
-        std::mem::transmute::<usize, $ty>(TABLE.$field.load(Ordering::Relaxed))
+        std::mem::transmute::<*mut (), $ty>(TABLE.$field.load(Ordering::Relaxed))
     };
 }
 
@@ -164,36 +185,125 @@ fn arena_size_of(p: *const c_void) -> usize {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The real entry points. Each is as safe as the C function it forwards to.
+// Before resolution: each slot's first occupant. Called while dlsym runs (on this thread, or on
+// another that allocates meanwhile) and by the first hook, which resolves.
 
-pub unsafe fn malloc(size: usize) -> *mut c_void {
-    if !resolved() {
-        return arena_alloc(size, ARENA_ALIGN);
+unsafe extern "C" fn bootstrap_malloc(size: usize) -> *mut c_void {
+    if resolve() {
+        // SAFETY: resolved, so the slot holds the real malloc (see `real_fn!`).
+        return unsafe { real_fn!(malloc, MallocFn)(size) };
     }
-    // SAFETY: resolved (see `real_fn!`); forwarding the caller's arguments to the real malloc.
+    arena_alloc(size, ARENA_ALIGN)
+}
+
+unsafe extern "C" fn bootstrap_calloc(n: usize, size: usize) -> *mut c_void {
+    if resolve() {
+        // SAFETY: resolved, so the slot holds the real calloc (see `real_fn!`).
+        return unsafe { real_fn!(calloc, CallocFn)(n, size) };
+    }
+    // The arena is zeroed and never reused, so its blocks are already cleared.
+    n.checked_mul(size).map_or(std::ptr::null_mut(), |b| arena_alloc(b, ARENA_ALIGN))
+}
+
+unsafe extern "C" fn bootstrap_free(p: *mut c_void) {
+    if resolve() {
+        // SAFETY: resolved, so the slot holds the real free; `p` is not an arena block (see `free`).
+        unsafe { real_fn!(free, FreeFn)(p) }
+    }
+    // Unresolved, every block handed out came from the arena: nothing to give back.
+}
+
+unsafe extern "C" fn bootstrap_realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    if resolve() {
+        // SAFETY: resolved, so the slot holds the real realloc (see `real_fn!`).
+        return unsafe { real_fn!(realloc, ReallocFn)(p, size) };
+    }
+    if p.is_null() {
+        arena_alloc(size, ARENA_ALIGN)
+    } else {
+        std::ptr::null_mut()
+    }
+}
+
+unsafe extern "C" fn bootstrap_memalign(align: usize, size: usize) -> *mut c_void {
+    if resolve() {
+        // SAFETY: resolved, so the slot holds the real memalign (see `real_fn!`).
+        return unsafe { real_fn!(memalign, MemalignFn)(align, size) };
+    }
+    arena_alloc(size, align)
+}
+
+unsafe extern "C" fn bootstrap_aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if resolve() {
+        // SAFETY: resolved, so the slot holds the real aligned_alloc (see `real_fn!`).
+        return unsafe { real_fn!(aligned_alloc, MemalignFn)(align, size) };
+    }
+    arena_alloc(size, align)
+}
+
+unsafe extern "C" fn bootstrap_posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    if resolve() {
+        // SAFETY: resolved, so the slot holds the real posix_memalign (see `real_fn!`).
+        return unsafe { real_fn!(posix_memalign, PosixMemalignFn)(out, align, size) };
+    }
+    // SAFETY: the caller's contract is posix_memalign's, which this function keeps.
+    unsafe { posix_memalign_by_memalign(out, align, size) }
+}
+
+unsafe extern "C" fn bootstrap_valloc(size: usize) -> *mut c_void {
+    if resolve() {
+        // SAFETY: resolved, so the slot holds the real valloc (see `real_fn!`).
+        return unsafe { real_fn!(valloc, VallocFn)(size) };
+    }
+    arena_alloc(size, 4096)
+}
+
+unsafe extern "C" fn bootstrap_pvalloc(size: usize) -> *mut c_void {
+    if resolve() {
+        // SAFETY: resolved, so the slot holds the real pvalloc (see `real_fn!`).
+        return unsafe { real_fn!(pvalloc, VallocFn)(size) };
+    }
+    arena_alloc((size + 4095) & !4095, 4096)
+}
+
+/// posix_memalign for an allocator without one (and before resolution): memalign, then store.
+unsafe extern "C" fn posix_memalign_by_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    // SAFETY: memalign accepts any alignment the caller checked (see shim::posix_memalign).
+    let p = unsafe { memalign(align, size) };
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: the caller passes a valid out-pointer, as posix_memalign requires.
+    unsafe { out.write(p) };
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real entry points. Each is as safe as the C function it forwards to: the slot holds a
+// function with exactly that contract (see `real_fn!`).
+
+#[inline(always)]
+pub(crate) unsafe fn malloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarding the caller's arguments to a function of malloc's contract.
     unsafe { real_fn!(malloc, MallocFn)(size) }
 }
 
-pub unsafe fn calloc(n: usize, size: usize) -> *mut c_void {
-    if !resolved() {
-        // The arena is zeroed and never reused, so its blocks are already cleared.
-        return n.checked_mul(size).map_or(std::ptr::null_mut(), |b| arena_alloc(b, ARENA_ALIGN));
-    }
-    // SAFETY: resolved (see `real_fn!`); forwarding the caller's arguments to the real calloc.
+#[inline(always)]
+pub(crate) unsafe fn calloc(n: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarding the caller's arguments to a function of calloc's contract.
     unsafe { real_fn!(calloc, CallocFn)(n, size) }
 }
 
-pub unsafe fn free(p: *mut c_void) {
+#[inline(always)]
+pub(crate) unsafe fn free(p: *mut c_void) {
     if in_arena(p) {
         return;
     }
-    if resolved() {
-        // SAFETY: `p` is null or came from the real allocator (arena blocks returned above).
-        unsafe { real_fn!(free, FreeFn)(p) }
-    }
+    // SAFETY: `p` is null or came from the real allocator (arena blocks returned above).
+    unsafe { real_fn!(free, FreeFn)(p) }
 }
 
-pub unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+pub(crate) unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     if in_arena(p) {
         // SAFETY: `malloc` gives a block of `size` bytes or null; the old arena block is
         // `arena_size_of(p)` bytes; we copy the smaller of the two.
@@ -205,58 +315,33 @@ pub unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
             return new;
         }
     }
-    if !resolved() {
-        return if p.is_null() { arena_alloc(size, ARENA_ALIGN) } else { std::ptr::null_mut() };
-    }
-    // SAFETY: resolved (see `real_fn!`); forwarding the caller's arguments to the real realloc.
+    // SAFETY: `p` is null or came from the real allocator (arena blocks handled above).
     unsafe { real_fn!(realloc, ReallocFn)(p, size) }
 }
 
-pub unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
-    if !resolved() {
-        return arena_alloc(size, align);
-    }
-    // SAFETY: resolved (see `real_fn!`); forwarding the caller's arguments to the real memalign.
+pub(crate) unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarding the caller's arguments to a function of memalign's contract.
     unsafe { real_fn!(memalign, MemalignFn)(align, size) }
 }
 
-pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    if !resolved() {
-        return arena_alloc(size, align);
-    }
-    // SAFETY: resolved (see `real_fn!`); forwarding the caller's arguments to the real aligned_alloc.
+pub(crate) unsafe fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarding the caller's arguments to a function of aligned_alloc's contract.
     unsafe { real_fn!(aligned_alloc, MemalignFn)(align, size) }
 }
 
 /// Returns 0 or an errno value, like posix_memalign.
-pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    if resolved() && TABLE.posix_memalign.load(Ordering::Relaxed) != 0 {
-        // SAFETY: resolved (see `real_fn!`); forwarding the caller's arguments to the real posix_memalign.
-        return unsafe { real_fn!(posix_memalign, PosixMemalignFn)(out, align, size) };
-    }
-    // SAFETY: memalign accepts any alignment the caller checked (see shim::posix_memalign).
-    let p = unsafe { memalign(align, size) };
-    if p.is_null() {
-        return libc::ENOMEM;
-    }
-    // SAFETY: the caller passes a valid out-pointer, as posix_memalign requires.
-    unsafe { out.write(p) };
-    0
+pub(crate) unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    // SAFETY: forwarding the caller's arguments to a function of posix_memalign's contract.
+    unsafe { real_fn!(posix_memalign, PosixMemalignFn)(out, align, size) }
 }
 
-pub unsafe fn valloc(size: usize) -> *mut c_void {
-    if !resolved() {
-        return arena_alloc(size, 4096);
-    }
-    // SAFETY: resolved (see `real_fn!`); forwarding the caller's arguments to the real valloc.
+pub(crate) unsafe fn valloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarding the caller's arguments to a function of valloc's contract.
     unsafe { real_fn!(valloc, VallocFn)(size) }
 }
 
-pub unsafe fn pvalloc(size: usize) -> *mut c_void {
-    if !resolved() {
-        return arena_alloc((size + 4095) & !4095, 4096);
-    }
-    // SAFETY: resolved (see `real_fn!`); forwarding the caller's arguments to the real pvalloc.
+pub(crate) unsafe fn pvalloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarding the caller's arguments to a function of pvalloc's contract.
     unsafe { real_fn!(pvalloc, VallocFn)(size) }
 }
 

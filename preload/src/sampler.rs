@@ -50,7 +50,7 @@ impl ThreadKey {
 /// Where the hooks keep their per-thread state. On x86-64 it is a block of static TLS reached
 /// with the initial-exec model: two instructions, where Rust's `thread_local!` in a shared
 /// library calls `__tls_get_addr` on every malloc (about 15 instructions, when the whole
-/// unsampled hook now costs 59 per malloc+free). Static TLS suits a library that is preloaded, so
+/// unsampled malloc+free pair now costs 33). Static TLS suits a library that is preloaded, so
 /// present before any thread starts; a later dlopen gets the loader's reserved surplus, which
 /// 64 bytes fit in. Elsewhere `thread_local!` does the job.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -163,9 +163,20 @@ impl ThreadState {
         self.in_hook.get()
     }
 
-    /// Charge `size` bytes. The fast path; everything else is out of line.
-    #[inline(always)]
+    /// Charge `size` bytes: `try_skip`, then `on_sample_point` if it did not.
     pub fn charge(&self, size: usize, mean_now: u64) -> Charge {
+        if self.try_skip(size, mean_now) {
+            Charge::Skip
+        } else {
+            self.on_sample_point(size, mean_now)
+        }
+    }
+
+    /// The fast path: charge `size` bytes and return true if that does not reach the sample
+    /// point. When it returns false nothing was charged, and the caller goes on to
+    /// [`ThreadState::on_sample_point`].
+    #[inline(always)]
+    pub fn try_skip(&self, size: usize, mean_now: u64) -> bool {
         // No overflow: the distance is never negative, and a block that was really allocated
         // is at most isize::MAX bytes (a larger `size`, impossible here, would merely skip).
         let left = self.bytes_until_sample.get().wrapping_sub(size as i64);
@@ -173,14 +184,15 @@ impl ThreadState {
         // which redraws: the old distance may be far longer than the new mean.
         if left > 0 && mean_now == self.mean_of_draw.get() {
             self.bytes_until_sample.set(left);
-            return Charge::Skip;
+            return true;
         }
-        self.on_sample_point(size, mean_now)
+        false
     }
 
-    #[cold]
+    /// Charge `size` bytes that reach the sample point (or meet a changed mean, or are the
+    /// thread's first): redraw the distance, and say whether to sample.
     #[inline(never)]
-    fn on_sample_point(&self, size: usize, mean_now: u64) -> Charge {
+    pub fn on_sample_point(&self, size: usize, mean_now: u64) -> Charge {
         let mean_now = mean_now.max(1);
         let drawn_with = self.mean_of_draw.get();
         if drawn_with != 0 && drawn_with != mean_now && self.bytes_until_sample.get() > size as i64 {

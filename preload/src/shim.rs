@@ -13,31 +13,44 @@ use std::ffi::c_void;
 use leaktrace_format::layout::Api;
 
 use crate::real;
-use crate::tracer::{on_alloc, on_free, record_taken_free, restore_live, take_live};
+use crate::tracer::{
+    maybe_recorded, free_flagged, record_sample, record_taken_free, restore_live, sample_point, sampled_alloc,
+    take_live, unsampled,
+};
 
 const PTR: usize = std::mem::size_of::<*mut c_void>();
 
+// Each allocation hook charges the thread's sampler first, so that the common case, no sample,
+// ends in a tail call to the real allocator: no frame to build, nothing to keep across the call.
+
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    // SAFETY: same contract as the C function we forward to.
-    let p = unsafe { real::malloc(size) };
-    on_alloc(p, size, Api::Malloc);
-    p
+    if unsampled(size) {
+        // SAFETY: same contract as the C function we forward to.
+        return unsafe { real::malloc(size) };
+    }
+    // SAFETY: as above.
+    sampled_alloc(size, Api::Malloc, move || unsafe { real::malloc(size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    // SAFETY: same contract as the C function we forward to.
-    let p = unsafe { real::calloc(n, size) };
-    on_alloc(p, n.wrapping_mul(size), Api::Calloc);
-    p
+    let bytes = n.wrapping_mul(size);
+    if unsampled(bytes) {
+        // SAFETY: same contract as the C function we forward to.
+        return unsafe { real::calloc(n, size) };
+    }
+    // SAFETY: as above.
+    sampled_alloc(bytes, Api::Calloc, move || unsafe { real::calloc(n, size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
-    // Recorded before the real free: afterwards another thread may be handed the same address.
-    on_free(p, Api::Free);
-    // SAFETY: same contract as the C function we forward to.
+    if maybe_recorded(p) {
+        // SAFETY: same contract as the C function we forward to.
+        return free_flagged(p, Api::Free, move || unsafe { real::free(p) });
+    }
+    // SAFETY: as above.
     unsafe { real::free(p) }
 }
 
@@ -49,8 +62,24 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
 
 /// realloc with glibc's semantics: realloc(NULL, n) allocates, realloc(p, 0) frees p and
 /// returns NULL, a failure leaves p untouched and records nothing.
+#[inline(always)]
 unsafe fn realloc_as(p: *mut c_void, size: usize, api: Api) -> *mut c_void {
-    let old = take_live(p);
+    let flagged = maybe_recorded(p);
+    if !flagged && unsampled(size) {
+        // SAFETY: same contract as the C function we forward to.
+        return unsafe { real::realloc(p, size) };
+    }
+    // SAFETY: as above.
+    unsafe { realloc_traced(p, size, api, flagged) }
+}
+
+/// A realloc of a block that may be recorded (`flagged`, and not yet charged), or whose new
+/// block reached the sample point. The old block's free is recorded before the new block: the
+/// two may share an address.
+#[inline(never)]
+unsafe fn realloc_traced(p: *mut c_void, size: usize, api: Api, flagged: bool) -> *mut c_void {
+    let mean_bytes = if flagged && unsampled(size) { None } else { sample_point(size) };
+    let old = if flagged { take_live(p) } else { None };
     // SAFETY: same contract as the C function we forward to.
     let q = unsafe { real::realloc(p, size) };
     match old {
@@ -58,7 +87,9 @@ unsafe fn realloc_as(p: *mut c_void, size: usize, api: Api) -> *mut c_void {
         Some(e) => record_taken_free(p, e, api),
         None => {}
     }
-    on_alloc(q, size, api);
+    if let Some(mean_bytes) = mean_bytes {
+        record_sample(q, size, api, mean_bytes);
+    }
     q
 }
 
@@ -78,43 +109,61 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
     if !align.is_power_of_two() || !align.is_multiple_of(PTR) {
         return libc::EINVAL;
     }
-    // SAFETY: same contract as the C function we forward to.
-    let rc = unsafe { real::posix_memalign(out, align, size) };
-    if rc == 0 {
-        // SAFETY: on success the real posix_memalign stored the block through `out`.
-        on_alloc(unsafe { *out }, size, Api::PosixMemalign);
+    if unsampled(size) {
+        // SAFETY: same contract as the C function we forward to.
+        return unsafe { real::posix_memalign(out, align, size) };
     }
+    let mut rc = 0;
+    sampled_alloc(size, Api::PosixMemalign, || {
+        // SAFETY: as above; on success the real posix_memalign stored the block through `out`.
+        unsafe {
+            rc = real::posix_memalign(out, align, size);
+            if rc == 0 {
+                *out
+            } else {
+                std::ptr::null_mut()
+            }
+        }
+    });
     rc
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    // SAFETY: same contract as the C function we forward to.
-    let p = unsafe { real::aligned_alloc(align, size) };
-    on_alloc(p, size, Api::AlignedAlloc);
-    p
+    if unsampled(size) {
+        // SAFETY: same contract as the C function we forward to.
+        return unsafe { real::aligned_alloc(align, size) };
+    }
+    // SAFETY: as above.
+    sampled_alloc(size, Api::AlignedAlloc, move || unsafe { real::aligned_alloc(align, size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    // SAFETY: same contract as the C function we forward to.
-    let p = unsafe { real::memalign(align, size) };
-    on_alloc(p, size, Api::Memalign);
-    p
+    if unsampled(size) {
+        // SAFETY: same contract as the C function we forward to.
+        return unsafe { real::memalign(align, size) };
+    }
+    // SAFETY: as above.
+    sampled_alloc(size, Api::Memalign, move || unsafe { real::memalign(align, size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
-    // SAFETY: same contract as the C function we forward to.
-    let p = unsafe { real::valloc(size) };
-    on_alloc(p, size, Api::Valloc);
-    p
+    if unsampled(size) {
+        // SAFETY: same contract as the C function we forward to.
+        return unsafe { real::valloc(size) };
+    }
+    // SAFETY: as above.
+    sampled_alloc(size, Api::Valloc, move || unsafe { real::valloc(size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
-    // SAFETY: same contract as the C function we forward to.
-    let p = unsafe { real::pvalloc(size) };
-    on_alloc(p, size, Api::Pvalloc);
-    p
+    if unsampled(size) {
+        // SAFETY: same contract as the C function we forward to.
+        return unsafe { real::pvalloc(size) };
+    }
+    // SAFETY: as above.
+    sampled_alloc(size, Api::Pvalloc, move || unsafe { real::pvalloc(size) })
 }
