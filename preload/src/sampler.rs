@@ -30,6 +30,10 @@ pub struct ThreadState {
     /// counters: they are added in batches, so threads do not take turns owning those lines.
     unflushed_allocs: Cell<u16>,
     unflushed_frees: Cell<u16>,
+    /// This thread's stack as `(lo, hi)`, for the unwinders (see `unwind::current_thread_stack`):
+    /// `(0, 0)` not yet computed, `(1, 0)` unavailable. Here rather than in a `thread_local!`,
+    /// which costs a `__tls_get_addr` call on each of the two reads per sample.
+    stack_bounds: Cell<(u64, u64)>,
 }
 
 /// Recorded allocations (or frees) a thread adds to the header's counter at once.
@@ -150,6 +154,7 @@ impl ThreadState {
             tid: Cell::new(0),
             unflushed_allocs: Cell::new(0),
             unflushed_frees: Cell::new(0),
+            stack_bounds: Cell::new((0, 0)),
         }
     }
 
@@ -256,6 +261,16 @@ impl ThreadState {
         let t = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
         self.tid.set(t);
         t
+    }
+
+    /// The cached stack bounds; only `unwind` interprets them.
+    #[inline(always)]
+    pub fn stack_bounds(&self) -> (u64, u64) {
+        self.stack_bounds.get()
+    }
+
+    pub fn set_stack_bounds(&self, bounds: (u64, u64)) {
+        self.stack_bounds.set(bounds);
     }
 
     /// Forget per-process state in a forked child: its thread id changed, and its counts

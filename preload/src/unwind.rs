@@ -64,10 +64,10 @@
 //! [`Calibration`], which compares both unwinders on the first sampled allocations (when the
 //! DWARF stack is being taken anyway, the frame-pointer walk costs almost nothing more).
 
-use std::cell::Cell;
 use std::ffi::c_long;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::sampler::{ThreadState, THREAD};
 
 /// Architectures with a frame-pointer walk; elsewhere [`frame_pointer_walk`] returns 0 and
 /// [`frame_pointers_usable`] false.
@@ -131,9 +131,13 @@ impl StackBounds {
     }
 }
 
-thread_local! {
-    /// This thread's stack as `(lo, hi)`: `(0, 0)` not yet computed, `(1, 0)` unavailable.
-    static STACK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+/// This thread's cached stack as `(lo, hi)`: `(0, 0)` not yet computed, `(1, 0)` unavailable.
+fn cached_stack() -> (u64, u64) {
+    THREAD.with(ThreadState::stack_bounds)
+}
+
+fn cache_stack(bounds: (u64, u64)) {
+    THREAD.with(|t| t.set_stack_bounds(bounds));
 }
 
 /// This thread's stack bounds: computed from /proc/self/maps on the first call in each thread
@@ -142,7 +146,7 @@ thread_local! {
 /// they cannot be known (no /proc, or a first call made on a signal stack or a fiber); that is
 /// cached too, and the caller should use the DWARF unwinder on this thread.
 pub fn current_thread_stack() -> Option<StackBounds> {
-    let (lo, hi) = STACK.try_with(Cell::get).ok()?;
+    let (lo, hi) = cached_stack();
     if lo < hi {
         // SAFETY: the cache only ever holds bounds from `compute_current_stack` for this thread.
         return Some(unsafe { StackBounds::new_unchecked(lo, hi) });
@@ -151,7 +155,7 @@ pub fn current_thread_stack() -> Option<StackBounds> {
         return None;
     }
     let computed = compute_current_stack();
-    let _ = STACK.try_with(|c| c.set(computed.unwrap_or((1, 0))));
+    cache_stack(computed.unwrap_or((1, 0)));
     // SAFETY: `compute_current_stack` returns bounds of this thread's stack (module docs).
     computed.map(|(lo, hi)| unsafe { StackBounds::new_unchecked(lo, hi) })
 }
@@ -159,7 +163,7 @@ pub fn current_thread_stack() -> Option<StackBounds> {
 /// Forget the cached bounds of this thread (tests; not needed after fork, where the forking
 /// thread keeps its stack at the same addresses).
 pub fn forget_current_thread_stack() {
-    let _ = STACK.try_with(|c| c.set((0, 0)));
+    cache_stack((0, 0));
 }
 
 #[cold]
@@ -793,7 +797,7 @@ mod tests {
         let sp = here!();
         assert!(b.contains(sp), "{b:x?} vs {sp:#x}");
         assert!(b.hi() - b.lo() >= 16 << 10, "{b:x?}");
-        assert_eq!(STACK.with(Cell::get), (b.lo(), b.hi()));
+        assert_eq!(cached_stack(), (b.lo(), b.hi()));
         assert_eq!(current_thread_stack(), Some(b));
     }
 

@@ -13,6 +13,10 @@
 #[allow(dead_code)]
 #[path = "../src/unwind.rs"]
 mod unwind;
+// The per-thread state, where unwind.rs caches the stack bounds.
+#[allow(dead_code)]
+#[path = "../src/sampler.rs"]
+mod sampler;
 
 #[allow(dead_code)]
 #[path = "../src/cfi.rs"]

@@ -19,6 +19,10 @@
 #[allow(dead_code)]
 #[path = "../src/unwind.rs"]
 mod unwind;
+// The per-thread state, where unwind.rs caches the stack bounds.
+#[allow(dead_code)]
+#[path = "../src/sampler.rs"]
+mod sampler;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
