@@ -254,16 +254,20 @@ pub mod live {
 pub const LIVE_EMPTY: u64 = 0;
 pub const LIVE_TOMBSTONE: u64 = 1;
 pub const LIVE_WRITING_BIT: u64 = 2;
-/// A lookup or insert gives up after this many slots anywhere in the table; bounds the cost of a
-/// free and of a full table.
+/// Slots probed in the last tier of the live table, where an insert that finds none free is
+/// dropped; bounds the cost of a free and of a full table.
 pub const LIVE_MAX_PROBE: usize = 64;
-/// The writer tries the first this many slots of the table (256 KiB) first, so that a trace with
-/// few live samples (the usual case at the default sampling rate) touches a few dozen pages of
-/// the live table rather than a page per sample: each first touch of a page of the mapped file
-/// is a page fault inside the sampled allocation. Readers scan every slot and need not know.
-pub const LIVE_FRONT_SLOTS: u64 = 8192;
-/// Slots tried in the front before the rest of the table.
-pub const LIVE_FRONT_PROBE: usize = 4;
+/// The first tier of the live table: its first 8192 slots (256 KiB). Each later tier is twice
+/// the size of the one before, and the last takes whatever is left. The writer tries each tier
+/// in turn, so the table's entries stay packed in its front however large the file is: a
+/// trace with few live samples (the usual case at the default sampling rate) touches a few
+/// dozen pages of it rather than a page per sample (each first touch of a page of the mapped
+/// file is a page fault inside the sampled allocation), and one with tens of thousands touches
+/// the first megabytes, which stay in cache, rather than lines spread over tens of MiB. Readers
+/// scan every slot and need not know.
+pub const LIVE_FIRST_TIER: u64 = 8192;
+/// Slots tried in each tier but the last before the next one.
+pub const LIVE_TIER_PROBE: u64 = 4;
 
 /// A run of live-table slots: `len` slots from `start` within the `span` slots from `base`,
 /// wrapping around within them.
@@ -284,21 +288,55 @@ impl LiveRun {
     }
 }
 
-/// The runs of slots `addr` is looked for in, in order: a short run in the front of the table,
-/// then a run of up to [`LIVE_MAX_PROBE`] in the rest of it. `capacity` is a power of two.
+/// The runs of slots `addr` is looked for in, in order, one per tier (see
+/// [`LIVE_FIRST_TIER`]): [`LIVE_TIER_PROBE`] slots in each tier but the last, up to
+/// [`LIVE_MAX_PROBE`] in the last. Each tier's run starts at a fresh hash of the previous one.
 #[inline]
-pub fn live_runs(addr: u64, capacity: u64) -> [LiveRun; 2] {
-    let h = mix(addr);
-    let probe = LIVE_MAX_PROBE as u64;
-    if capacity <= 2 * LIVE_FRONT_SLOTS {
-        let whole = LiveRun { base: 0, span: capacity, start: h & (capacity - 1), len: probe.min(capacity) };
-        return [whole, LiveRun { len: 0, ..whole }];
+pub fn live_runs(addr: u64, capacity: u64) -> LiveRuns {
+    LiveRuns { hash: addr, base: 0, span: LIVE_FIRST_TIER, capacity }
+}
+
+/// Iterator of [`live_runs`].
+#[derive(Clone, Debug)]
+pub struct LiveRuns {
+    hash: u64,
+    base: u64,
+    span: u64,
+    capacity: u64,
+}
+
+impl Iterator for LiveRuns {
+    type Item = LiveRun;
+
+    #[inline]
+    fn next(&mut self) -> Option<LiveRun> {
+        if self.base >= self.capacity {
+            return None;
+        }
+        self.hash = mix(self.hash);
+        let rest = self.capacity - self.base;
+        // The last tier: the next one would not fit whole after this one.
+        let last = self.span >= rest || self.span.saturating_mul(2) > rest - self.span;
+        let run = if last {
+            LiveRun { base: self.base, span: rest, start: self.hash % rest, len: (LIVE_MAX_PROBE as u64).min(rest) }
+        } else {
+            // Non-last tiers are powers of two.
+            LiveRun { base: self.base, span: self.span, start: self.hash & (self.span - 1), len: LIVE_TIER_PROBE }
+        };
+        self.base = if last { self.capacity } else { self.base + self.span };
+        self.span = self.span.saturating_mul(2);
+        Some(run)
     }
-    let rest = capacity - LIVE_FRONT_SLOTS;
-    [
-        LiveRun { base: 0, span: LIVE_FRONT_SLOTS, start: h & (LIVE_FRONT_SLOTS - 1), len: LIVE_FRONT_PROBE as u64 },
-        LiveRun { base: LIVE_FRONT_SLOTS, span: rest, start: (h >> 16) % rest, len: probe },
-    ]
+}
+
+/// The number of live-table slots in the tiers that are tried before the first that could hold
+/// `n` more entries at half load: what a writer with `n` live entries mostly touches.
+pub fn live_tiers_for(n: u64, capacity: u64) -> u64 {
+    let mut end = LIVE_FIRST_TIER;
+    while end < n.saturating_mul(2) && end < capacity {
+        end = end.saturating_mul(2).saturating_add(LIVE_FIRST_TIER);
+    }
+    end.min(capacity)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,6 +456,33 @@ fn prev_power_of_two(n: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_tiers_partition_the_table_front_first() {
+        for capacity in [1024u64, 8192, 16384, 32768, 1 << 20, 1 << 34] {
+            let runs: Vec<LiveRun> = live_runs(0x7f12_3456_7890, capacity).collect();
+            let mut base = 0;
+            for (k, r) in runs.iter().enumerate() {
+                assert_eq!(r.base, base, "tiers are contiguous ({capacity})");
+                assert!(r.start < r.span && r.len <= r.span);
+                let last = k + 1 == runs.len();
+                assert_eq!(r.len, if last { (LIVE_MAX_PROBE as u64).min(r.span) } else { LIVE_TIER_PROBE });
+                if !last {
+                    assert_eq!(r.span, LIVE_FIRST_TIER << k, "tiers double");
+                }
+                assert!((0..r.len).all(|i| (r.base..r.base + r.span).contains(&r.slot(i))));
+                base += r.span;
+            }
+            assert_eq!(base, capacity, "tiers cover the table");
+        }
+        // Tier starts differ between addresses and between tiers.
+        let a: Vec<u64> = live_runs(0x1000, 1 << 20).map(|r| r.start).collect();
+        let b: Vec<u64> = live_runs(0x1010, 1 << 20).map(|r| r.start).collect();
+        assert_ne!(a, b);
+        assert_eq!(live_tiers_for(0, 1 << 20), LIVE_FIRST_TIER);
+        assert_eq!(live_tiers_for(5000, 1 << 20), 3 * LIVE_FIRST_TIER);
+        assert_eq!(live_tiers_for(u64::MAX, 1 << 20), 1 << 20);
+    }
 
     #[test]
     fn plan_fits_and_aligns() {

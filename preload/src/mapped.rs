@@ -438,13 +438,12 @@ impl Mapped {
     // -----------------------------------------------------------------------------------------
     // Prefaulting
 
-    /// Fault in, from the background thread, pages the hooks are about to write: the front of
-    /// the live table at once, the rest of it once the front fills (see
-    /// `layout::LIVE_FRONT_SLOTS`), and the ring ahead of its head. A first write to a page of a
-    /// shared file mapping costs a fault and a `page_mkwrite` (ext4 starts a journal handle),
-    /// several microseconds that would otherwise land in a sampled allocation. Each range is
-    /// populated once: pages the kernel has written back and write-protected again are left
-    /// alone rather than dirtied for nothing.
+    /// Fault in, from the background thread, pages the hooks are about to write: the tiers of
+    /// the live table the live entries will soon reach (see `layout::LIVE_FIRST_TIER`), and the
+    /// ring ahead of its head. A first write to a page of a shared file mapping costs a fault
+    /// and a `page_mkwrite` (ext4 starts a journal handle), several microseconds that would
+    /// otherwise land in a sampled allocation. Each range is populated once: pages the kernel has
+    /// written back and write-protected again are left alone rather than dirtied for nothing.
     ///
     /// Does at most a few MiB per call, in 256 KiB madvise calls: populating holds the address
     /// space lock for reading, and the program's own mmap and mprotect calls (a malloc arena
@@ -458,9 +457,11 @@ impl Mapped {
             return false;
         }
         let (live_start, live_len) = self.regions[Region::Live as usize];
-        let front_len = (layout::LIVE_FRONT_SLOTS * LIVE_SLOT_SIZE as u64).min(live_len);
-        let spilling = self.u64_at(hdr::LIVE_COUNT).load(Ordering::Relaxed) > layout::LIVE_FRONT_SLOTS / 2;
-        let live_want = if spilling { live_len } else { front_len };
+        // The tiers that hold twice the live entries there are now: one tier ahead of the hooks.
+        let live_count = self.u64_at(hdr::LIVE_COUNT).load(Ordering::Relaxed);
+        let live_want = (layout::live_tiers_for(live_count.saturating_mul(2), self.live_capacity)
+            * LIVE_SLOT_SIZE as u64)
+            .min(live_len);
         let mut budget = STEP;
         if progress.live_done < live_want {
             let len = budget.min(live_want - progress.live_done);
@@ -623,22 +624,37 @@ mod tests {
     }
 
     #[test]
-    fn few_live_entries_stay_in_the_front_and_many_spill_over() {
+    fn live_table_fills_past_seventy_percent_before_dropping() {
         with_mapped(16 << 20, |m, _| {
-            assert!(m.live_capacity > 4 * layout::LIVE_FRONT_SLOTS);
             let e = LiveEntry { size: 1, time_ns: 0, stack_id: 1, mean_bytes: 1 };
-            let front_end = m.live_slot(layout::LIVE_FRONT_SLOTS);
+            let held = (0..m.live_capacity).take_while(|i| m.live_insert(0x7f00_0000_0000 + i * 48, e)).count() as u64;
+            // 77.7% measured; the two-region probing before the tiers dropped at 61.6%.
+            assert!(held * 10 > m.live_capacity * 7, "{held} of {}", m.live_capacity);
+            assert_eq!(m.header(hdr::LIVE_DROPPED).load(Ordering::Relaxed), 1);
+        });
+    }
+
+    #[test]
+    fn live_entries_stay_packed_in_the_front_tiers() {
+        with_mapped(64 << 20, |m, _| {
+            let first = layout::LIVE_FIRST_TIER;
+            assert!(m.live_capacity >= 64 * first);
+            let e = LiveEntry { size: 1, time_ns: 0, stack_id: 1, mean_bytes: 1 };
+            let tier_end = |tiers: u32| m.live_slot(first * ((1 << tiers) - 1));
             let addr = |i: u64| 0x7f00_0000_0000 + i * 48;
             for i in 0..200 {
                 assert!(m.live_insert(addr(i), e));
-                assert!(m.live_find(addr(i)).is_some_and(|slot| slot < front_end), "entry {i} left the front");
+                assert!(m.live_find(addr(i)).is_some_and(|slot| slot < tier_end(1)), "entry {i} left the first tier");
             }
-            // Far more than the front holds: the rest of the table takes them.
-            let n = 3 * layout::LIVE_FRONT_SLOTS;
+            // Three times what the first tier holds: the next tiers take them, and none goes
+            // further than the fourth (120K of the 1M slots, the first 3.75 MiB of 32 MiB).
+            let n = 3 * first;
             for i in 200..n {
                 assert!(m.live_insert(addr(i), e), "insert {i}");
             }
-            assert!((0..n).filter(|&i| m.live_find(addr(i)).is_some_and(|slot| slot >= front_end)).count() as u64 > n / 2);
+            let beyond_first = (0..n).filter(|&i| m.live_find(addr(i)).is_some_and(|slot| slot >= tier_end(1))).count();
+            assert!(beyond_first as u64 > n / 2);
+            assert!((0..n).all(|i| m.live_find(addr(i)).is_some_and(|slot| slot < tier_end(4))));
             assert_eq!(m.header(hdr::LIVE_DROPPED).load(Ordering::Relaxed), 0);
             // Freeing front entries leaves tombstones; spilled entries behind them are still found.
             for i in (0..n).step_by(3) {
