@@ -427,6 +427,17 @@ fn trim_into(frames: impl Iterator<Item = u64>, out: &mut [u64; MAX_CAPTURE]) ->
     n
 }
 
+/// [`trim_into`] for frames already in `out[..n]`. Leading frames of ours are only left there
+/// when the unwinder could not step over them by frame pointer (never seen); the stack then
+/// loses as many outermost frames as it had of ours.
+fn trim_in_place(out: &mut [u64; MAX_CAPTURE], n: usize) -> usize {
+    let (lo, hi) = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+    let skip = out[..n].iter().take_while(|&&ip| ip >= lo && ip < hi).count();
+    let end = skip + out[skip..n].iter().take_while(|&&ip| ip >= 4096).count();
+    out.copy_within(skip..end, 0);
+    end - skip
+}
+
 fn frame_pointer_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
     let Some(stack) = unwind::current_thread_stack() else { return 0 };
     // Room for leaktrace's own frames on top of the ones we keep.
@@ -436,14 +447,15 @@ fn frame_pointer_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
 }
 
 fn dwarf_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
-    let mut raw = [0u64; MAX_CAPTURE + 16];
     // The caching CFI unwinder (cfi.rs), once the background thread has built it; it gives 0
-    // frames whenever it cannot finish an unwind, and libgcc takes over.
+    // frames whenever it cannot finish an unwind, and libgcc takes over. It steps over our own
+    // frames itself, so it writes straight into `out`.
     let own_text = TRACER_TEXT.get().copied().unwrap_or((0, 0));
-    let n = crate::cfi::trace(&mut raw, own_text);
+    let n = crate::cfi::trace(out, own_text);
     if n > 0 {
-        return trim_into(raw[..n].iter().copied(), out);
+        return trim_in_place(out, n);
     }
+    let mut raw = [0u64; MAX_CAPTURE + 16];
     let mut n = 0;
     // SAFETY: `trace_unsynchronized` requires that no other thread unwinds through the same
     // backtrace-crate state concurrently in a way that needs its lock; with the libgcc unwinder
