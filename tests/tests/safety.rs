@@ -343,6 +343,37 @@ fn thread_exit_with_tls_destructors() {
     report.assert_not_leaking(&not_leaking(&json));
 }
 
+/// libleaktrace.so dlopened by a running program instead of preloaded. Its per-thread block is
+/// initial-exec TLS, which a late dlopen must take from glibc's static TLS surplus: the dlopen
+/// either succeeds or fails with the loader's error, and the program runs on, same results as
+/// without it. Loaded late, the tracer's hooks are not the program's malloc (the program bound
+/// to libc's first), so any trace it starts holds no allocations, and must still read.
+#[test]
+fn late_dlopen_of_the_tracer_is_harmless() {
+    let dir = TestDir::new("safety_late_dlopen");
+    let exe = dir.compile("late_dlopen.c");
+    let baseline = run(&mut dir.untraced_command(&exe, &["/nonexistent/libleaktrace.so"]));
+    assert_success(&baseline);
+    let mut cmd = dir.untraced_command(&exe, &[repo().preload.as_os_str()]);
+    cmd.env("LEAKTRACE_FILE", dir.path.join("trace.%p.lt")).env("LEAKTRACE_FILE_SIZE", "4M");
+    let out = run(&mut cmd);
+    assert_success(&out);
+    let json = out.json_line();
+    assert_eq!(json["checksum"], baseline.json_line()["checksum"], "same results as without the tracer");
+    let loaded = json["loaded"].as_bool().expect("loaded flag");
+    if !loaded {
+        // glibc's message when the surplus is used up; anything else is a real failure.
+        let error = json["error"].as_str().unwrap_or_default();
+        assert!(error.contains("static TLS"), "dlopen failed for another reason: {error}");
+        return;
+    }
+    assert_no_leaktrace_line(&out);
+    for trace in dir.files_starting_with("trace.") {
+        let info = analyze(&[OsString::from("info"), trace.into()], ANALYZE_TIMEOUT);
+        assert!(info.status.success(), "a late-started trace must read\n{}", info.describe());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Signals
 
