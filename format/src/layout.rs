@@ -49,7 +49,7 @@ pub mod hdr {
     pub const EVENTS_DROPPED: usize = 296; // u64
     pub const META_USED: usize = 304; // u64, bytes of the metadata region reserved
     pub const STACKS_USED: usize = 312; // u64, bytes of the stack region reserved
-    pub const LIVE_COUNT: usize = 320; // u64, live table entries (approximate while running)
+    pub const LIVE_COUNT: usize = 320; // u64, sampled_allocs - sampled_frees as last published (approximate)
     pub const LIVE_DROPPED: usize = 328; // u64, sampled allocations the full live table could not hold
     pub const STACKS_DROPPED: usize = 336; // u64, stacks the full stack region could not hold
     pub const RSS_COUNT: usize = 344; // u64, valid RSS samples

@@ -77,6 +77,7 @@ fn run(tracer: &'static Tracer, rss_ms: u64) {
             next_rss = now + interval_ms * 1_000_000;
         }
         m.header(hdr::HEARTBEAT_NS).store(now, Ordering::Relaxed);
+        m.publish_live_count();
         crate::tracer::publish_unwinder_stats(tracer);
         tracer.refresh_modules();
         // Rebuild the CFI unwinder the hooks use when the loaded modules changed.

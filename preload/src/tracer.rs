@@ -661,6 +661,7 @@ pub fn on_unload() {
         let (allocs, frees) = THREAD.with(|thread| thread.take_unflushed());
         m.header(hdr::SAMPLED_ALLOCS).fetch_add(allocs, Ordering::Relaxed);
         m.header(hdr::SAMPLED_FREES).fetch_add(frees, Ordering::Relaxed);
+        m.publish_live_count();
         publish_unwinder_stats(t);
         m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
         crate::background::sample_rss(t);
