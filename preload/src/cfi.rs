@@ -136,7 +136,10 @@ struct Published;
 /// The unwinder in force; null before the first [`refresh`] and after giving up.
 static UNWINDER: AtomicPtr<Published> = AtomicPtr::new(std::ptr::null_mut());
 
-/// One framehop cache, owned by whichever thread set `busy`.
+/// One framehop cache, owned by whichever thread set `busy`. Aligned to two cache lines (the
+/// adjacent-line prefetcher fetches pairs): a thread claiming or counting on its slot must not
+/// write a line holding another thread's slot.
+#[repr(align(128))]
 struct Slot {
     busy: AtomicBool,
     #[cfg(target_arch = "x86_64")]
