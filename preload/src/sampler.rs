@@ -54,7 +54,7 @@ impl ThreadKey {
 /// Where the hooks keep their per-thread state. On x86-64 it is a block of static TLS reached
 /// with the initial-exec model: two instructions, where Rust's `thread_local!` in a shared
 /// library calls `__tls_get_addr` on every malloc (about 15 instructions, when the whole
-/// unsampled malloc+free pair now costs 33). Static TLS suits a library that is preloaded, so
+/// unsampled malloc+free pair now costs about 40). Static TLS suits a library that is preloaded, so
 /// present before any thread starts; a later dlopen gets the loader's reserved surplus, which
 /// 64 bytes fit in. Elsewhere `thread_local!` does the job.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
