@@ -217,13 +217,19 @@ impl Api {
 
 /// A 16-bit check over the first 46 bytes of a ring record; catches torn and lapped writes.
 pub fn record_check(rec: &[u8; EVENT_SIZE]) -> u16 {
+    let word = |i: usize| u64::from_le_bytes(rec[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    let head = [word(0), word(1), word(2), word(3), word(4)];
+    record_check_words(&head, word(5) & 0xffff_ffff_ffff)
+}
+
+/// [`record_check`] of a record given as its first five little-endian words and the 46-bit
+/// tail of the sixth (bytes 40..46); what a writer that builds records word by word computes.
+#[inline]
+pub fn record_check_words(head: &[u64; 5], tail: u64) -> u16 {
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
-    for chunk in rec[..40].chunks_exact(8) {
-        h = mix(h ^ u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
+    for &w in head {
+        h = mix(h ^ w);
     }
-    let tail = u64::from(u32::from_le_bytes([rec[40], rec[41], rec[42], rec[43]]))
-        | u64::from(rec[44]) << 32
-        | u64::from(rec[45]) << 40;
     h = mix(h ^ tail);
     // 0 is reserved so that an all-zero slot never checks.
     ((h >> 48) as u16).max(1)

@@ -64,18 +64,21 @@ impl Event {
     /// The record's 48 bytes as stored in the ring, under sequence number `seq`, with its check.
     pub fn encode(&self, seq: u64) -> [u8; EVENT_SIZE] {
         let mut rec = [0u8; EVENT_SIZE];
-        rec[ev::SEQ..ev::SEQ + 8].copy_from_slice(&seq.to_le_bytes());
-        rec[ev::TIME_NS..ev::TIME_NS + 8].copy_from_slice(&self.time_ns.to_le_bytes());
-        rec[ev::ADDR..ev::ADDR + 8].copy_from_slice(&self.addr.to_le_bytes());
-        rec[ev::SIZE..ev::SIZE + 8].copy_from_slice(&self.size.to_le_bytes());
-        rec[ev::STACK_ID..ev::STACK_ID + 4].copy_from_slice(&self.stack_id.to_le_bytes());
-        rec[ev::MEAN_BYTES..ev::MEAN_BYTES + 4].copy_from_slice(&self.mean_bytes.to_le_bytes());
-        rec[ev::TID..ev::TID + 4].copy_from_slice(&self.tid.to_le_bytes());
-        rec[ev::KIND] = self.kind as u8;
-        rec[ev::API] = self.api as u8;
-        let check = layout::record_check(&rec);
-        rec[ev::CHECK..ev::CHECK + 2].copy_from_slice(&check.to_le_bytes());
+        for (bytes, w) in rec.chunks_exact_mut(8).zip(self.encode_words(seq)) {
+            bytes.copy_from_slice(&w.to_le_bytes());
+        }
         rec
+    }
+
+    /// [`Event::encode`] as the record's six little-endian words: what the writer stores, with
+    /// no byte array in between.
+    #[inline]
+    pub fn encode_words(&self, seq: u64) -> [u64; EVENT_SIZE / 8] {
+        let head = [seq, self.time_ns, self.addr, self.size, u64::from(self.stack_id) | u64::from(self.mean_bytes) << 32];
+        // Bytes 40..48: tid, kind, api, then the check (see `layout::ev`).
+        let tail = u64::from(self.tid) | u64::from(self.kind as u8) << 32 | u64::from(self.api as u8) << 40;
+        let check = layout::record_check_words(&head, tail);
+        [head[0], head[1], head[2], head[3], head[4], tail | u64::from(check) << 48]
     }
 
     /// Decode a stored record; `None` if its check fails or its kind or API is unknown.
@@ -810,6 +813,34 @@ mod tests {
             put(ring + ((seq - 1) % cap) as usize * EVENT_SIZE, &e.encode(seq));
         }
         f
+    }
+
+    #[test]
+    fn word_encoding_is_the_byte_layout_and_checks() {
+        let e = Event {
+            seq: 0,
+            time_ns: 0x0102_0304_0506_0708,
+            addr: 0x7f00_dead_bee0,
+            size: 4096,
+            stack_id: 77,
+            mean_bytes: 524_288,
+            tid: 4242,
+            kind: layout::EventKind::Free,
+            api: layout::Api::Realloc,
+        };
+        let rec = e.encode(9);
+        // The byte layout of FORMAT.md, field by field.
+        assert_eq!(u64_at(&rec, ev::SEQ), 9);
+        assert_eq!(u64_at(&rec, ev::ADDR), e.addr);
+        assert_eq!(u32_at(&rec, ev::STACK_ID), 77);
+        assert_eq!(u32_at(&rec, ev::MEAN_BYTES), 524_288);
+        assert_eq!(u32_at(&rec, ev::TID), 4242);
+        assert_eq!((rec[ev::KIND], rec[ev::API]), (layout::EventKind::Free as u8, layout::Api::Realloc as u8));
+        // The check is the byte-wise one readers verify, and the value traces written before the
+        // word-wise encoder carry (the mix chain over bytes 0..40, then 40..46).
+        assert_eq!(u16_at(&rec, ev::CHECK), layout::record_check(&rec));
+        assert_eq!(u16_at(&rec, ev::CHECK), 0xda5f);
+        assert_eq!(Event::decode(&rec), Some(Event { seq: 9, ..e }));
     }
 
     #[test]

@@ -194,17 +194,14 @@ impl Mapped {
     pub fn push_event(&self, e: &Event) {
         let seq = self.u64_at(hdr::RING_HEAD).fetch_add(1, Ordering::Relaxed) + 1;
         let slot = ((seq - 1) % self.ring_capacity) as usize;
-        let rec = e.encode(seq);
+        let words = e.encode_words(seq);
         let off = self.region_start(Region::Ring) + slot * EVENT_SIZE;
         // Invalidate the slot first so a reader never pairs the old sequence with new fields.
         let seq_word = self.u64_at(off + ev::SEQ);
         seq_word.store(0, Ordering::Relaxed);
-        for i in (8..EVENT_SIZE - 8).step_by(8) {
-            let w = u64::from_le_bytes(rec[i..i + 8].try_into().unwrap_or_default());
-            self.u64_at(off + i).store(w, Ordering::Relaxed);
+        for (i, &w) in words.iter().enumerate().skip(1) {
+            self.u64_at(off + i * 8).store(w, Ordering::Relaxed);
         }
-        let tail = u64::from_le_bytes(rec[EVENT_SIZE - 8..].try_into().unwrap_or_default());
-        self.u64_at(off + EVENT_SIZE - 8).store(tail, Ordering::Relaxed);
         // Pairs with the reader, which takes the sequence number first and then checks the rest.
         seq_word.store(seq, Ordering::Release);
     }
