@@ -253,7 +253,7 @@ impl Mapped {
 
     /// Forget a sampled allocation, returning what was remembered, or None if it was not sampled.
     ///
-    /// An empty slot ends the search, in the front run too: slots never become empty again, so
+    /// An empty slot ends the search, in any tier: slots never become empty again, so
     /// the insert that placed `addr` would have taken that slot (or an earlier one) itself.
     pub fn live_remove(&self, addr: u64) -> Option<LiveEntry> {
         let slot = self.live_find(addr)?;
