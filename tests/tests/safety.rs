@@ -343,6 +343,30 @@ fn thread_exit_with_tls_destructors() {
     report.assert_not_leaking(&not_leaking(&json));
 }
 
+/// Blocks allocated before the tracer started (in a linked library's constructor, which runs
+/// before preloaded ones, while the forwarding table still holds its bootstrap functions) are
+/// freed and reallocated later without harm, and are not reported: only the program's own
+/// later leaks are, exactly (the blocks realloc moved them to among them).
+#[test]
+fn blocks_from_before_the_tracer_started_are_left_alone() {
+    let dir = TestDir::new("safety_early_constructor");
+    dir.compile_c_with("early_lib.c", "libearly.so", &["-shared", "-fPIC"]);
+    let rpath = format!("-Wl,-rpath,{}", dir.path.display());
+    let search = format!("-L{}", dir.path.display());
+    let exe = dir.compile_c_with("early_main.c", "early_main", &[search.as_str(), "-learly", rpath.as_str()]);
+    let out = run(&mut dir.traced_command(&exe, &[] as &[&str], &Settings::exact()));
+    assert_success(&out);
+    assert_no_leaktrace_line(&out);
+    let json = out.json_line();
+    assert_eq!(get_u64(&json, "/early_ready"), 1, "the library constructor ran");
+    let report = report_for(&dir, &dir.trace_of(out.pid));
+    for site in ["leak_after_start", "main"] {
+        let (bytes, count) = (get_u64(&json, &format!("/sites/{site}/bytes")), get_u64(&json, &format!("/sites/{site}/count")));
+        assert_exact(&report, site, bytes, count);
+    }
+    assert_absent(&report, "early_init", "allocated before tracing started");
+}
+
 /// libleaktrace.so dlopened by a running program instead of preloaded. Its per-thread block is
 /// initial-exec TLS, which a late dlopen must take from glibc's static TLS surplus: the dlopen
 /// either succeeds or fails with the loader's error, and the program runs on, same results as
