@@ -14,34 +14,27 @@ use leaktrace_format::layout::Api;
 
 use crate::real;
 use crate::tracer::{
-    maybe_recorded, free_flagged, record_sample, record_taken_free, restore_live, sample_point, sampled_alloc,
-    take_live, unsampled,
+    free_flagged, maybe_recorded, record_sample, record_taken_free, restore_live, sample_point, sampled_alloc,
+    take_live, traced_alloc, unsampled,
 };
 
 const PTR: usize = std::mem::size_of::<*mut c_void>();
 
-// Each allocation hook charges the thread's sampler first, so that the common case, no sample,
-// ends in a tail call to the real allocator: no frame to build, nothing to keep across the call.
+// Each allocation hook charges the thread's sampler first (`traced_alloc`), so that the common
+// case, no sample, ends in a tail call to the real allocator: no frame to build, nothing to keep
+// across the call.
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    if unsampled(size) {
-        // SAFETY: same contract as the C function we forward to.
-        return unsafe { real::malloc(size) };
-    }
-    // SAFETY: as above.
-    sampled_alloc(size, Api::Malloc, move || unsafe { real::malloc(size) })
+    // SAFETY: same contract as the C function we forward to.
+    traced_alloc(size, Api::Malloc, move || unsafe { real::malloc(size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     let bytes = n.wrapping_mul(size);
-    if unsampled(bytes) {
-        // SAFETY: same contract as the C function we forward to.
-        return unsafe { real::calloc(n, size) };
-    }
-    // SAFETY: as above.
-    sampled_alloc(bytes, Api::Calloc, move || unsafe { real::calloc(n, size) })
+    // SAFETY: same contract as the C function we forward to.
+    traced_alloc(bytes, Api::Calloc, move || unsafe { real::calloc(n, size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
@@ -130,40 +123,24 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    if unsampled(size) {
-        // SAFETY: same contract as the C function we forward to.
-        return unsafe { real::aligned_alloc(align, size) };
-    }
-    // SAFETY: as above.
-    sampled_alloc(size, Api::AlignedAlloc, move || unsafe { real::aligned_alloc(align, size) })
+    // SAFETY: same contract as the C function we forward to.
+    traced_alloc(size, Api::AlignedAlloc, move || unsafe { real::aligned_alloc(align, size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    if unsampled(size) {
-        // SAFETY: same contract as the C function we forward to.
-        return unsafe { real::memalign(align, size) };
-    }
-    // SAFETY: as above.
-    sampled_alloc(size, Api::Memalign, move || unsafe { real::memalign(align, size) })
+    // SAFETY: same contract as the C function we forward to.
+    traced_alloc(size, Api::Memalign, move || unsafe { real::memalign(align, size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
-    if unsampled(size) {
-        // SAFETY: same contract as the C function we forward to.
-        return unsafe { real::valloc(size) };
-    }
-    // SAFETY: as above.
-    sampled_alloc(size, Api::Valloc, move || unsafe { real::valloc(size) })
+    // SAFETY: same contract as the C function we forward to.
+    traced_alloc(size, Api::Valloc, move || unsafe { real::valloc(size) })
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
-    if unsampled(size) {
-        // SAFETY: same contract as the C function we forward to.
-        return unsafe { real::pvalloc(size) };
-    }
-    // SAFETY: as above.
-    sampled_alloc(size, Api::Pvalloc, move || unsafe { real::pvalloc(size) })
+    // SAFETY: same contract as the C function we forward to.
+    traced_alloc(size, Api::Pvalloc, move || unsafe { real::pvalloc(size) })
 }

@@ -207,6 +207,16 @@ pub(crate) fn sampled_alloc(size: usize, api: Api, alloc: impl FnOnce() -> *mut 
     p
 }
 
+/// An allocation hook: `alloc` (the real allocator) straight away if this allocation is not a
+/// sample point, a tail call; through [`sampled_alloc`] if it is.
+#[inline(always)]
+pub(crate) fn traced_alloc(size: usize, api: Api, alloc: impl FnOnce() -> *mut c_void) -> *mut c_void {
+    if unsampled(size) {
+        return alloc();
+    }
+    sampled_alloc(size, api, alloc)
+}
+
 /// The free hook's fast path: false unless `p` may be a recorded block (a false positive costs
 /// one live-table lookup). Until the first sample nothing can be recorded, and the filter,
 /// likely a cache miss, is not read.
