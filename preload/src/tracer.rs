@@ -422,18 +422,19 @@ fn telling(dwarf_frames: usize) -> bool {
     dwarf_frames >= unwind::OUTER_SLACK + 2
 }
 
-/// Copy `frames` into `out`, skipping the leading frames inside leaktrace and stopping at the
+/// The part of an unwound stack to keep: past the leading frames inside leaktrace, up to the
 /// end-of-stack marker (a return address in the first page).
-fn trim_into(frames: impl Iterator<Item = u64>, out: &mut [u64; MAX_CAPTURE]) -> usize {
+fn kept_frames(frames: &[u64]) -> std::ops::Range<usize> {
     let (lo, hi) = TRACER_TEXT.get().copied().unwrap_or((0, 0));
-    let mut n = 0;
-    for ip in frames.skip_while(|&ip| ip >= lo && ip < hi) {
-        if ip < 4096 || n == MAX_CAPTURE {
-            break;
-        }
-        out[n] = ip;
-        n += 1;
-    }
+    let skip = frames.iter().take_while(|&&ip| ip >= lo && ip < hi).count();
+    skip..skip + frames[skip..].iter().take_while(|&&ip| ip >= 4096).count()
+}
+
+/// Copy the [`kept_frames`] of `frames` into `out`, as many as fit.
+fn trim_into(frames: &[u64], out: &mut [u64; MAX_CAPTURE]) -> usize {
+    let kept = kept_frames(frames);
+    let n = kept.len().min(MAX_CAPTURE);
+    out[..n].copy_from_slice(&frames[kept.start..kept.start + n]);
     n
 }
 
@@ -441,11 +442,10 @@ fn trim_into(frames: impl Iterator<Item = u64>, out: &mut [u64; MAX_CAPTURE]) ->
 /// when the unwinder could not step over them by frame pointer (never seen); the stack then
 /// loses as many outermost frames as it had of ours.
 fn trim_in_place(out: &mut [u64; MAX_CAPTURE], n: usize) -> usize {
-    let (lo, hi) = TRACER_TEXT.get().copied().unwrap_or((0, 0));
-    let skip = out[..n].iter().take_while(|&&ip| ip >= lo && ip < hi).count();
-    let end = skip + out[skip..n].iter().take_while(|&&ip| ip >= 4096).count();
-    out.copy_within(skip..end, 0);
-    end - skip
+    let kept = kept_frames(&out[..n]);
+    let len = kept.len();
+    out.copy_within(kept, 0);
+    len
 }
 
 fn frame_pointer_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
@@ -453,7 +453,7 @@ fn frame_pointer_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
     // Room for leaktrace's own frames on top of the ones we keep.
     let mut raw = [0u64; MAX_CAPTURE + 16];
     let n = unwind::frame_pointer_walk(&mut raw, stack);
-    trim_into(raw[..n].iter().copied(), out)
+    trim_into(&raw[..n], out)
 }
 
 /// Inlined into the sampled path: a frame less for every unwind to step over.
@@ -486,7 +486,7 @@ fn libgcc_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
             n < raw.len()
         });
     }
-    trim_into(raw[..n].iter().copied(), out)
+    trim_into(&raw[..n], out)
 }
 
 // ---------------------------------------------------------------------------------------------
