@@ -453,7 +453,8 @@ impl Mapped {
         }
         let (live_start, live_len) = self.regions[Region::Live as usize];
         // The tiers that hold twice the live entries there are now: one tier ahead of the hooks.
-        let live_count = self.publish_live_count();
+        // (The background thread publishes the count just before each step.)
+        let live_count = self.u64_at(hdr::LIVE_COUNT).load(Ordering::Relaxed);
         let live_want = (layout::live_tiers_for(live_count.saturating_mul(2), self.live_capacity)
             * LIVE_SLOT_SIZE as u64)
             .min(live_len);
