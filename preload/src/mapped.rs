@@ -490,17 +490,15 @@ impl Mapped {
         progress.live_done < live_len || progress.ring_done < ring_len
     }
 
-    /// Set the header's live count from the recorded allocations and frees, and return it. The
+    /// Set the header's live count from the recorded allocations and frees. The
     /// hooks do not count live entries themselves: a counter that every insert and remove
     /// updated was a cache line shared by all threads, moved between cores twice per recorded
     /// allocation. The recorded counts are added in per-thread batches instead, so the result
     /// is short by at most `COUNT_BATCH - 1` per thread and kind, as FORMAT.md says.
-    pub fn publish_live_count(&self) -> u64 {
+    pub fn publish_live_count(&self) {
         let allocs = self.u64_at(hdr::SAMPLED_ALLOCS).load(Ordering::Relaxed);
         let frees = self.u64_at(hdr::SAMPLED_FREES).load(Ordering::Relaxed);
-        let live = allocs.saturating_sub(frees);
-        self.u64_at(hdr::LIVE_COUNT).store(live, Ordering::Relaxed);
-        live
+        self.u64_at(hdr::LIVE_COUNT).store(allocs.saturating_sub(frees), Ordering::Relaxed);
     }
 
     fn populate(&self, off: u64, len: u64) -> bool {
