@@ -45,8 +45,9 @@ static STATE: AtomicU8 = AtomicU8::new(UNRESOLVED);
 /// arena) and forwards; after it, the next allocator's function. So the hooks call through the
 /// slot with no "resolved yet?" test: one load and an indirect jump.
 ///
-/// Each slot is written once, by `resolve`, before `STATE` becomes `RESOLVED` (release). A hook
-/// may load either value; both are complete functions with the slot's C signature.
+/// Each slot is written once, by `resolve` (release stores), before `STATE` becomes `RESOLVED`.
+/// A hook may load either value (acquire: an x86-64 plain load); both are complete functions
+/// with the slot's C signature.
 struct Table {
     malloc: AtomicPtr<()>,
     free: AtomicPtr<()>,
@@ -90,34 +91,23 @@ pub(crate) fn resolve() -> bool {
         Err(_) => return false, // another thread (or our own dlsym) is resolving
     }
     // Looked up first and stored together: while dlsym runs, calls it makes must still reach
-    // the bootstrap functions. free and realloc are stored first, so a thread that already
-    // got a real block (another thread allocating meanwhile) finds the real functions to
-    // give it back with (x86-64 sees stores in program order).
-    let found = [
-        lookup(c"free", __libc_free as *mut ()),
-        lookup(c"realloc", __libc_realloc as *mut ()),
-        lookup(c"malloc", __libc_malloc as *mut ()),
-        lookup(c"calloc", __libc_calloc as *mut ()),
-        lookup(c"memalign", __libc_memalign as *mut ()),
-        lookup(c"aligned_alloc", __libc_memalign as *mut ()),
-        lookup(c"posix_memalign", posix_memalign_by_memalign as *mut ()),
-        lookup(c"valloc", __libc_valloc as *mut ()),
-        lookup(c"pvalloc", __libc_pvalloc as *mut ()),
-    ];
+    // the bootstrap functions. free and realloc are stored first, so a thread that already got
+    // a real block (another thread allocating meanwhile) finds the real functions to give it
+    // back with: each store is a release and `real_fn!` loads with acquire.
     let t = &TABLE;
-    let slots = [
-        &t.free,
-        &t.realloc,
-        &t.malloc,
-        &t.calloc,
-        &t.memalign,
-        &t.aligned_alloc,
-        &t.posix_memalign,
-        &t.valloc,
-        &t.pvalloc,
+    let found = [
+        (&t.free, lookup(c"free", __libc_free as *mut ())),
+        (&t.realloc, lookup(c"realloc", __libc_realloc as *mut ())),
+        (&t.malloc, lookup(c"malloc", __libc_malloc as *mut ())),
+        (&t.calloc, lookup(c"calloc", __libc_calloc as *mut ())),
+        (&t.memalign, lookup(c"memalign", __libc_memalign as *mut ())),
+        (&t.aligned_alloc, lookup(c"aligned_alloc", __libc_memalign as *mut ())),
+        (&t.posix_memalign, lookup(c"posix_memalign", posix_memalign_by_memalign as *mut ())),
+        (&t.valloc, lookup(c"valloc", __libc_valloc as *mut ())),
+        (&t.pvalloc, lookup(c"pvalloc", __libc_pvalloc as *mut ())),
     ];
-    for (slot, f) in slots.into_iter().zip(found) {
-        slot.store(f, Ordering::Relaxed);
+    for (slot, f) in found {
+        slot.store(f, Ordering::Release);
     }
     // Pairs with the acquire in a later `resolve()`: a bootstrap function that sees RESOLVED
     // then loads the real function from its slot.
@@ -130,7 +120,7 @@ pub(crate) fn resolve() -> bool {
 /// `__libc_*` fallback), in both cases of exactly the C signature `$ty`.
 macro_rules! real_fn {
     ($field:ident, $ty:ty) => {
-        std::mem::transmute::<*mut (), $ty>(TABLE.$field.load(Ordering::Relaxed))
+        std::mem::transmute::<*mut (), $ty>(TABLE.$field.load(Ordering::Acquire))
     };
 }
 
