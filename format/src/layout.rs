@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 8] = *b"LKTRACE\0";
 /// Bumped when an old reader could misread a new file.
 pub const VERSION_MAJOR: u16 = 1;
 /// Bumped for additions an old reader can safely ignore.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 
 /// The header occupies the first page of the file.
 pub const HEADER_SIZE: usize = 4096;
@@ -63,7 +63,21 @@ pub mod hdr {
     pub const SKIPPED_NO_STACK: usize = 400; // u64, samples skipped: too little stack left to unwind
     pub const CFI_STACKS: usize = 408; // u64, DWARF-path stacks unwound by the caching CFI unwinder
     pub const LIBGCC_STACKS: usize = 416; // u64, DWARF-path stacks it could not finish (libgcc did)
-    pub const LAST: usize = 424;
+
+    // Version 1.1 additions (zero in 1.0 files).
+    pub const CONTROL_ACK_SEQ: usize = 424; // u32, the last CONTROL_SEQ the writer has acted on
+    pub const CONTROL_RESULT: usize = 428; // u32, see `ControlResult`: what came of that request
+    pub const RESERVED_BYTES: usize = 432; // u64, bytes from the start of the file with disk blocks allocated
+    pub const RSS_PEAK_BYTES: usize = 440; // u64, highest RSS sampled, whatever the series kept
+    /// On a cache line of its own: every allocation hook reads it, nothing writes it often.
+    pub const GATE: usize = 448; // u32, nonzero while the hooks must look at this trace, see FORMAT.md
+    pub const RSS_PEAK_NS: usize = 512; // u64, when the peak was sampled
+    pub const CHILDREN_TRACED: usize = 520; // u64, forked children that created a trace of their own
+    pub const CHILDREN_UNTRACED_BUDGET: usize = 528; // u64, forked children left untraced: disk budget spent
+    pub const CHILDREN_REMOVED: usize = 536; // u64, children whose trace was removed at exit: nothing unfreed
+    pub const TREE_BUDGET: usize = 544; // u64, the process tree's disk budget in bytes
+    pub const TREE_ID: usize = 552; // u64, identifies the tree's disk ledger
+    pub const LAST: usize = 560;
 }
 const _: () = assert!(hdr::LAST <= HEADER_SIZE);
 const _: () = assert!(hdr::REGIONS + REGION_COUNT * 16 <= hdr::LIVE_CAPACITY);
@@ -82,8 +96,12 @@ pub enum Region {
     Rss = 3,
     /// The event ring.
     Ring = 4,
+    /// Per RSS sample, the bytes of it that are leaktrace's own (its mapped trace pages and its
+    /// own heap), at the same index as the sample. Version 1.1; lies between the RSS series and
+    /// the ring in the file; (0, 0) in 1.0 files.
+    RssOwn = 5,
 }
-/// Number of entries in the region table (one spare for a future minor version).
+/// Number of entries in the region table.
 pub const REGION_COUNT: usize = 6;
 /// Every region starts on a page boundary.
 pub const REGION_ALIGN: u64 = 4096;
@@ -118,6 +136,34 @@ pub enum EndReason {
     Unknown = 0,
     /// The process ran its exit handlers.
     Exit = 1,
+}
+
+/// `hdr::CONTROL_RESULT` values: what the writer did with the request `hdr::CONTROL_ACK_SEQ`
+/// names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ControlResult {
+    /// No request acted on yet.
+    None = 0,
+    Applied = 1,
+    /// A resume needs the file's full size on disk, and the file system could not allocate it.
+    RefusedDiskFull = 2,
+    /// A resume needs the file's full size on disk, and the process tree's budget is spent.
+    RefusedBudget = 3,
+    /// Tracing stopped after an internal failure; nothing more is applied.
+    RefusedStopped = 4,
+}
+impl ControlResult {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::None,
+            1 => Self::Applied,
+            2 => Self::RefusedDiskFull,
+            3 => Self::RefusedBudget,
+            4 => Self::RefusedStopped,
+            _ => return None,
+        })
+    }
 }
 
 /// `hdr::CONTROL` values, requests from `leak-analyze ctl`.
@@ -373,6 +419,8 @@ pub fn stack_head(nframes: u16, check: u32) -> u64 {
 
 /// Size of one RSS sample: (ns since start u64, rss bytes u64).
 pub const RSS_SAMPLE_SIZE: usize = 16;
+/// Size of one entry of the [`Region::RssOwn`] series: leaktrace's own bytes, u64.
+pub const RSS_OWN_SIZE: usize = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Metadata log
@@ -432,10 +480,11 @@ impl Plan {
         let live = live_capacity * LIVE_SLOT_SIZE as u64;
         let rss_capacity = 4096;
         let rss = rss_capacity * RSS_SAMPLE_SIZE as u64;
+        let rss_own = align_up(rss_capacity * RSS_OWN_SIZE as u64, REGION_ALIGN);
         let mut offset = HEADER_SIZE as u64;
         let mut regions = [(0, 0); REGION_COUNT];
-        for (i, size) in [meta, stacks, live, rss].into_iter().enumerate() {
-            regions[i] = (offset, size);
+        for (r, size) in [(Region::Meta, meta), (Region::Stacks, stacks), (Region::Live, live), (Region::Rss, rss), (Region::RssOwn, rss_own)] {
+            regions[r as usize] = (offset, size);
             offset += size;
         }
         let ring_bytes = file_size.checked_sub(offset)?;
@@ -496,7 +545,7 @@ mod tests {
         for size in [MIN_FILE_SIZE, 3 << 20, 64 << 20, 1 << 30] {
             let p = Plan::for_file_size(size).expect("size in range");
             let mut end = HEADER_SIZE as u64;
-            for r in [Region::Meta, Region::Stacks, Region::Live, Region::Rss, Region::Ring] {
+            for r in [Region::Meta, Region::Stacks, Region::Live, Region::Rss, Region::RssOwn, Region::Ring] {
                 let (off, len) = p.region(r);
                 assert_eq!(off, end, "regions are contiguous");
                 assert_eq!(off % REGION_ALIGN, 0);
