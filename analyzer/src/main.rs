@@ -172,8 +172,20 @@ fn ctl(path: &Path, pause: bool, resume: bool, sample_bytes: Option<u64>) -> Res
     f.write_all_at(&(control as u32).to_le_bytes(), hdr::CONTROL as u64)?;
     let seq = u32::from_le_bytes(head[hdr::CONTROL_SEQ..hdr::CONTROL_SEQ + 4].try_into()?);
     f.write_all_at(&seq.wrapping_add(1).to_le_bytes(), hdr::CONTROL_SEQ as u64)?;
-    Ok(format!("request sent to pid {}; it applies within 100 ms if the process is running\n",
-        u32::from_le_bytes(head[hdr::PID..hdr::PID + 4].try_into()?)))
+    // After the sequence, a new epoch in the gate word: every thread of the process takes its
+    // slow path at its next allocation, and acts on the request there. An atomic add through a
+    // shared mapping, since the process stores to the same word.
+    // SAFETY: a shared mapping of the file's header page, which the check above found to be a
+    // trace header; the process maps the same page, and both sides touch the word atomically.
+    let header = unsafe { memmap2::MmapOptions::new().len(layout::HEADER_SIZE).map_mut(&f) }
+        .with_context(|| format!("cannot map {}", path.display()))?;
+    // SAFETY: GATE is 8-byte aligned within the page-aligned mapping, which outlives the use.
+    let gate = unsafe { std::sync::atomic::AtomicU64::from_ptr(header.as_ptr().add(hdr::GATE) as *mut u64) };
+    gate.fetch_add(layout::GATE_EPOCH, std::sync::atomic::Ordering::SeqCst);
+    Ok(format!(
+        "request sent to pid {}; it applies within 100 ms if the process is running\n",
+        u32::from_le_bytes(head[hdr::PID..hdr::PID + 4].try_into()?)
+    ))
 }
 
 /// A trace, its analysis and its report, for one side of a diff.
@@ -307,7 +319,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("leak-analyze: {e:#}");

@@ -70,7 +70,7 @@ pub mod hdr {
     pub const RESERVED_BYTES: usize = 432; // u64, bytes from the start of the file with disk blocks allocated
     pub const RSS_PEAK_BYTES: usize = 440; // u64, highest RSS sampled, whatever the series kept
     /// On a cache line of its own: every allocation hook reads it, nothing writes it often.
-    pub const GATE: usize = 448; // u32, nonzero while the hooks must look at this trace, see FORMAT.md
+    pub const GATE: usize = 448; // u64, 0 while the hooks only forward; see `gate_mean`, FORMAT.md
     pub const RSS_PEAK_NS: usize = 512; // u64, when the peak was sampled
     pub const CHILDREN_TRACED: usize = 520; // u64, forked children that created a trace of their own
     pub const CHILDREN_UNTRACED_BUDGET: usize = 528; // u64, forked children left untraced: disk budget spent
@@ -136,6 +136,23 @@ pub enum EndReason {
     Unknown = 0,
     /// The process ran its exit handlers.
     Exit = 1,
+}
+
+/// The gate word (`hdr::GATE`) holds the sampling mean in its low 32 bits and an epoch above;
+/// 0 means the hooks only forward. `leak-analyze ctl` adds [`GATE_EPOCH`] to it (atomically,
+/// through a shared mapping) after bumping `hdr::CONTROL_SEQ`: every thread's next allocation
+/// then finds the word changed and takes the slow path, where the request is acted on.
+pub const GATE_EPOCH: u64 = 1 << 32;
+
+/// The sampling mean a gate word carries (at least 1).
+#[inline(always)]
+pub const fn gate_mean(gate: u64) -> u64 {
+    let mean = gate & (GATE_EPOCH - 1);
+    if mean == 0 {
+        1
+    } else {
+        mean
+    }
 }
 
 /// `hdr::CONTROL_RESULT` values: what the writer did with the request `hdr::CONTROL_ACK_SEQ`
@@ -483,7 +500,13 @@ impl Plan {
         let rss_own = align_up(rss_capacity * RSS_OWN_SIZE as u64, REGION_ALIGN);
         let mut offset = HEADER_SIZE as u64;
         let mut regions = [(0, 0); REGION_COUNT];
-        for (r, size) in [(Region::Meta, meta), (Region::Stacks, stacks), (Region::Live, live), (Region::Rss, rss), (Region::RssOwn, rss_own)] {
+        for (r, size) in [
+            (Region::Meta, meta),
+            (Region::Stacks, stacks),
+            (Region::Live, live),
+            (Region::Rss, rss),
+            (Region::RssOwn, rss_own),
+        ] {
             regions[r as usize] = (offset, size);
             offset += size;
         }

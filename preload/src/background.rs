@@ -1,41 +1,53 @@
-//! The background thread: RSS series, heartbeat, module map updates and `ctl` requests.
+//! The helper thread: housekeeping ([`Tracer::tick`]) while the program does not allocate,
+//! module-map updates, and prefaulting the trace file ahead of the hooks.
+//!
+//! It exists only in a process that already has threads of its own: it is started when the
+//! program's `pthread_create` returns (`tracer::on_program_thread`), never in a process with a
+//! single thread. There, a thread of ours would take part in glibc's set*id broadcast and could
+//! fail it (a program that keeps its capabilities across `setresuid` with `PR_SET_KEEPCAPS`
+//! keeps them on its own thread only: ours loses them, its `setresgid` fails, and glibc aborts
+//! the process), and glibc's malloc would leave its single-threaded fast path for good. A
+//! single-threaded process does all of this from its allocation hooks instead.
+//!
 //! It never runs inside a hook, so it may take the loader lock and do I/O.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use leaktrace_format::layout::hdr;
-
 use crate::sampler::THREAD;
-use crate::tracer::{apply_control, Tracer};
+use crate::tracer::{current, Caller, Tracer};
 
-/// How often `ctl` requests and module changes are looked for, whatever the RSS interval.
+/// How often the helper looks at the trace: `ctl` requests are seen within this.
 const POLL: Duration = Duration::from_millis(50);
 
-/// How often a forked child's thread looks for the child's trace to have started.
-const CHILD_WAIT: Duration = Duration::from_millis(200);
+/// Set once the helper has been started in this process; cleared in a forked child, which has
+/// no helper until it creates a thread of its own.
+static STARTED: AtomicBool = AtomicBool::new(false);
 
-struct Start {
-    /// None in a forked child: wait for the child's own trace, started at its first sample point.
-    tracer: Option<&'static Tracer>,
-    rss_ms: u64,
+/// Start the helper unless this process has one.
+pub fn start_once() {
+    if STARTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if let Err(e) = spawn() {
+        crate::warn(&format!("cannot start the helper thread ({e}); housekeeping runs in the allocation hooks only"));
+    }
+}
+
+/// In a forked child: only the forking thread was copied.
+pub fn forget_after_fork() {
+    STARTED.store(false, Ordering::Relaxed);
 }
 
 /// Start the thread with pthread_create rather than std::thread, whose start-up code allocates
 /// (spawn hooks, thread-local destructors) before any closure of ours could raise the guard.
-///
-/// A forked child gets its thread from the atfork handler (`tracer` None), not from the hook
-/// that starts its trace: pthread_create takes glibc-internal locks that the allocation which
-/// reached the hook might be holding.
-pub fn spawn(tracer: Option<&'static Tracer>, rss_ms: u64) -> std::io::Result<()> {
-    let start = Box::into_raw(Box::new(Start { tracer, rss_ms }));
+/// The real pthread_create: ours would try to start a helper again.
+fn spawn() -> std::io::Result<()> {
     // SAFETY: an all-zero pthread_t is a valid out-buffer.
     let mut thread: libc::pthread_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `thread_main` matches pthread's start routine type and takes ownership of `start`.
-    let rc = unsafe { libc::pthread_create(&mut thread, std::ptr::null(), thread_main, start.cast()) };
+    // SAFETY: `thread_main` matches pthread's start routine type and takes no argument.
+    let rc = unsafe { crate::real::pthread_create(&mut thread, std::ptr::null(), thread_main, std::ptr::null_mut()) };
     if rc != 0 {
-        // SAFETY: the thread was not created, so `start` is still ours.
-        drop(unsafe { Box::from_raw(start) });
         return Err(std::io::Error::from_raw_os_error(rc));
     }
     // SAFETY: `thread` was just created and is not joined by anyone.
@@ -46,73 +58,31 @@ pub fn spawn(tracer: Option<&'static Tracer>, rss_ms: u64) -> std::io::Result<()
     Ok(())
 }
 
-extern "C" fn thread_main(arg: *mut std::ffi::c_void) -> *mut std::ffi::c_void {
+extern "C" fn thread_main(_: *mut std::ffi::c_void) -> *mut std::ffi::c_void {
     THREAD.with(|t| {
         // Everything this thread allocates is leaktrace's own: never sample it.
         let _guard = t.enter();
-        // SAFETY: `arg` is the `Start` leaked by `spawn` for this thread alone.
-        let start = unsafe { Box::from_raw(arg.cast::<Start>()) };
-        let tracer = start.tracer.unwrap_or_else(|| loop {
-            if let Some(t) = crate::tracer::current() {
-                break t;
-            }
-            std::thread::sleep(CHILD_WAIT);
-        });
-        run(tracer, start.rss_ms);
+        run();
     });
     std::ptr::null_mut()
 }
 
-fn run(tracer: &'static Tracer, rss_ms: u64) {
-    let m = &tracer.mapped;
-    let mut control_seq = m.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire);
-    let mut next_rss = 0u64;
+fn run() -> ! {
     let mut prefault = crate::mapped::PrefaultProgress::default();
     let mut prefault_left = true;
+    let mut prefaulting: *const Tracer = std::ptr::null();
     loop {
-        let now = tracer.now_ns();
-        if now >= next_rss {
-            sample_rss(tracer);
-            let interval_ms = m.header(hdr::RSS_INTERVAL_MS).load(Ordering::Relaxed).max(rss_ms);
-            next_rss = now + interval_ms * 1_000_000;
+        // A forked child's trace starts at its first sample point; until then there is none.
+        if let Some(tracer) = current() {
+            tracer.tick(Caller::Helper);
+            if !std::ptr::eq(prefaulting, tracer) {
+                (prefaulting, prefault, prefault_left) = (tracer, Default::default(), true);
+            }
+            if prefault_left && crate::tracer::is_sampling() && tracer.mapped.fully_reserved() {
+                prefault_left = tracer.mapped.prefault_step(&mut prefault);
+            }
         }
-        m.header(hdr::HEARTBEAT_NS).store(now, Ordering::Relaxed);
-        m.publish_live_count();
-        crate::tracer::publish_unwinder_stats(tracer);
-        tracer.refresh_modules();
-        // Rebuild the CFI unwinder the hooks use when the loaded modules changed.
-        crate::cfi::refresh();
-        let seq = m.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire);
-        if seq != control_seq {
-            control_seq = seq;
-            let control = m.u32_at(hdr::CONTROL).load(Ordering::Relaxed);
-            let mean = m.header(hdr::REQUESTED_MEAN_BYTES).load(Ordering::Relaxed);
-            apply_control(tracer, control, mean);
-        }
-        if prefault_left && crate::tracer::is_sampling() {
-            prefault_left = m.prefault_step(&mut prefault);
-        }
-        // Sleep until the next poll, or the next RSS sample if that comes sooner.
-        let until_rss = Duration::from_nanos(next_rss.saturating_sub(tracer.now_ns()));
-        std::thread::sleep(POLL.min(until_rss).max(Duration::from_millis(1)));
-    }
-}
-
-/// Current resident set size in bytes, from /proc/self/statm.
-fn rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    Some(pages * page)
-}
-
-pub fn sample_rss(tracer: &Tracer) {
-    if let Some(rss) = rss_bytes() {
-        let m = &tracer.mapped;
-        if m.push_rss(tracer.now_ns(), rss) {
-            // The series was halved: keep the spacing consistent with what is left.
-            m.header(hdr::RSS_INTERVAL_MS).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_mul(2))).ok();
-        }
+        let until = current().map_or(POLL, |t| t.until_next_tick().min(POLL));
+        std::thread::sleep(until.max(Duration::from_millis(1)));
     }
 }

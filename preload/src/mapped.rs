@@ -59,11 +59,12 @@ fn filter_remove(addr: u64) {
 
 /// The stack index's hash: a multiply-xor per frame, finished with one full mix.
 fn index_hash(frames: &[u64]) -> u64 {
-    let h = frames.iter().fold(frames.len() as u64, |h, &f| (h ^ f).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29));
+    let h =
+        frames.iter().fold(frames.len() as u64, |h, &f| (h ^ f).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29));
     layout::mix(h)
 }
 
-/// How far [`Mapped::prefault_step`] has got; owned by the background thread.
+/// How far [`Mapped::prefault_step`] has got; owned by the helper thread.
 #[derive(Default)]
 pub struct PrefaultProgress {
     live_done: u64,
@@ -82,6 +83,8 @@ pub struct Mapped {
     /// Open-addressing index over the stack region: (check << 32 | stack id), 0 = empty.
     /// Process memory, not the file: it only speeds up deduplication.
     stack_index: Box<[AtomicU64]>,
+    /// The highest live count published: the live-table tiers reached stay resident.
+    peak_live: AtomicU64,
 }
 
 // SAFETY: all access to the mapping goes through atomics or through byte ranges reserved by an
@@ -108,6 +111,7 @@ impl Mapped {
             rss_capacity: plan.rss_capacity,
             regions: plan.regions,
             stack_index: index.into_boxed_slice(),
+            peak_live: AtomicU64::new(0),
         }
     }
 
@@ -298,10 +302,7 @@ impl Mapped {
         if (head & 0xffff) as usize != frames.len() {
             return false;
         }
-        frames
-            .iter()
-            .enumerate()
-            .all(|(i, &f)| self.u64_at(off + 8 + i * 8).load(Ordering::Relaxed) == f)
+        frames.iter().enumerate().all(|(i, &f)| self.u64_at(off + 8 + i * 8).load(Ordering::Relaxed) == f)
     }
 
     /// The id of this stack in the file, appending it if new. 0 if the region is full.
@@ -332,7 +333,12 @@ impl Mapped {
                 }
             }
             // Pairs with the acquire load above in other threads looking up the same stack.
-            match entry.compare_exchange(0, u64::from(tag) << 32 | u64::from(pending_id), Ordering::AcqRel, Ordering::Acquire) {
+            match entry.compare_exchange(
+                0,
+                u64::from(tag) << 32 | u64::from(pending_id),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return pending_id,
                 Err(now) => {
                     // Someone filled the slot first; if it is our stack, use theirs (ours stays
@@ -398,12 +404,17 @@ impl Mapped {
     }
 
     // -----------------------------------------------------------------------------------------
-    // RSS series (one writer: the background thread)
+    // RSS series (one writer at a time: whoever holds the tracer's housekeeping flag)
 
-    /// Append an RSS sample. When the series is full, every other sample is dropped and the
-    /// spacing doubles, so the series always covers the whole run at bounded size.
-    pub fn push_rss(&self, t_ns: u64, rss_bytes: u64) -> bool {
+    /// Append an RSS sample and, at the same index of the own-memory series, the bytes of it that
+    /// are leaktrace's own. When the series is full, every other sample is dropped and the
+    /// spacing doubles, so the series always covers the whole run at bounded size. The peak is
+    /// kept in the header, since halving may drop it. Returns true when the series was halved.
+    pub fn push_rss(&self, t_ns: u64, rss_bytes: u64, own_bytes: u64) -> bool {
         let start = self.region_start(Region::Rss);
+        let (own_start, own_len) = self.regions[Region::RssOwn as usize];
+        let own_start = own_start as usize;
+        let has_own = own_len >= self.rss_capacity * layout::RSS_OWN_SIZE as u64;
         let count_word = self.u64_at(hdr::RSS_COUNT);
         let mut count = count_word.load(Ordering::Relaxed);
         let mut halved = false;
@@ -411,13 +422,16 @@ impl Mapped {
             let keep = self.rss_capacity / 2;
             // Shrink the visible count first, so a reader never sees half-moved samples as valid.
             count_word.store(0, Ordering::Release);
-            for i in 0..keep {
-                let src = start + (2 * i as usize) * 16;
-                let dst = start + (i as usize) * 16;
+            for i in 0..keep as usize {
+                let (src, dst) = (start + 2 * i * 16, start + i * 16);
                 let t = self.u64_at(src).load(Ordering::Relaxed);
                 let r = self.u64_at(src + 8).load(Ordering::Relaxed);
                 self.u64_at(dst).store(t, Ordering::Relaxed);
                 self.u64_at(dst + 8).store(r, Ordering::Relaxed);
+                if has_own {
+                    let o = self.u64_at(own_start + 2 * i * 8).load(Ordering::Relaxed);
+                    self.u64_at(own_start + i * 8).store(o, Ordering::Relaxed);
+                }
             }
             count = keep;
             count_word.store(count, Ordering::Release);
@@ -426,8 +440,47 @@ impl Mapped {
         let at = start + count as usize * 16;
         self.u64_at(at).store(t_ns, Ordering::Relaxed);
         self.u64_at(at + 8).store(rss_bytes, Ordering::Relaxed);
+        if has_own {
+            self.u64_at(own_start + count as usize * 8).store(own_bytes, Ordering::Relaxed);
+        }
         count_word.store(count + 1, Ordering::Release);
+        if rss_bytes > self.u64_at(hdr::RSS_PEAK_BYTES).load(Ordering::Relaxed) {
+            self.u64_at(hdr::RSS_PEAK_NS).store(t_ns, Ordering::Relaxed);
+            self.u64_at(hdr::RSS_PEAK_BYTES).store(rss_bytes, Ordering::Relaxed);
+        }
         halved
+    }
+
+    /// Heap this trace holds outside the mapping: the stack table's index.
+    pub fn own_heap_bytes(&self) -> u64 {
+        (self.stack_index.len() * std::mem::size_of::<AtomicU64>()) as u64
+    }
+
+    /// Has the whole file disk blocks behind it? Until then (a dormant trace) only the header and
+    /// the metadata region may be written.
+    pub fn fully_reserved(&self) -> bool {
+        self.u64_at(hdr::RESERVED_BYTES).load(Ordering::Acquire) >= self.len as u64
+    }
+
+    /// Bytes of the mapping the writer has stored into, so at most what of it is resident: the
+    /// header, the used parts of the metadata, stack, RSS and ring regions, and the live-table
+    /// tiers its entries reach (counted whole: entries land anywhere in a tier).
+    pub fn touched_bytes(&self) -> u64 {
+        let used = |r: Region, n: u64| n.min(self.regions[r as usize].1);
+        let meta = used(Region::Meta, self.u64_at(hdr::META_USED).load(Ordering::Relaxed));
+        let stacks = used(Region::Stacks, self.u64_at(hdr::STACKS_USED).load(Ordering::Relaxed));
+        let rss_count = self.u64_at(hdr::RSS_COUNT).load(Ordering::Relaxed).min(self.rss_capacity);
+        let rss = used(Region::Rss, rss_count * 16) + used(Region::RssOwn, rss_count * layout::RSS_OWN_SIZE as u64);
+        let head = self.u64_at(hdr::RING_HEAD).load(Ordering::Relaxed);
+        let ring = used(Region::Ring, head.min(self.ring_capacity) * EVENT_SIZE as u64);
+        let peak_live = self.peak_live.load(Ordering::Relaxed);
+        let live = if self.u64_at(hdr::SAMPLED_ALLOCS).load(Ordering::Relaxed) == 0 && peak_live == 0 {
+            0
+        } else {
+            used(Region::Live, layout::live_tiers_for(peak_live, self.live_capacity) * LIVE_SLOT_SIZE as u64)
+        };
+        let page = |b: u64| layout::align_up(b, 4096);
+        layout::HEADER_SIZE as u64 + page(meta) + page(stacks) + page(rss) + page(ring) + page(live)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -498,7 +551,9 @@ impl Mapped {
     pub fn publish_live_count(&self) {
         let allocs = self.u64_at(hdr::SAMPLED_ALLOCS).load(Ordering::Relaxed);
         let frees = self.u64_at(hdr::SAMPLED_FREES).load(Ordering::Relaxed);
-        self.u64_at(hdr::LIVE_COUNT).store(allocs.saturating_sub(frees), Ordering::Relaxed);
+        let live = allocs.saturating_sub(frees);
+        self.u64_at(hdr::LIVE_COUNT).store(live, Ordering::Relaxed);
+        self.peak_live.fetch_max(live, Ordering::Relaxed);
     }
 
     fn populate(&self, off: u64, len: u64) -> bool {
@@ -722,14 +777,24 @@ mod tests {
     fn rss_series_halves_when_full() {
         with_mapped(layout::MIN_FILE_SIZE, |m, snap| {
             let cap = m.rss_capacity;
+            // RSS rises to a peak in the middle, where halving drops the sample itself.
+            let rss = |i: u64| if i <= cap / 2 + 2 { i * 10 } else { 5 };
             for i in 1..=cap + 1 {
-                m.push_rss(i * 1000, i);
+                m.push_rss(i * 1000, rss(i), i);
             }
             let t = Trace::parse(&snap()).unwrap();
             assert_eq!(t.rss.len() as u64, cap / 2 + 1);
             assert_eq!(t.rss.first().unwrap().t_ns, 1000);
             assert_eq!(t.rss.last().unwrap().t_ns, (cap + 1) * 1000);
             assert!(t.rss.windows(2).all(|w| w[0].t_ns < w[1].t_ns));
+            // The own-memory series moved with the samples: entry k belongs to sample k.
+            let own_start = m.region_start(Region::RssOwn);
+            for (k, sample) in t.rss.iter().enumerate() {
+                assert_eq!(m.u64_at(own_start + k * 8).load(Ordering::Relaxed), sample.t_ns / 1000);
+            }
+            assert_eq!(m.u64_at(hdr::RSS_PEAK_BYTES).load(Ordering::Relaxed), (cap / 2 + 2) * 10);
+            assert_eq!(m.u64_at(hdr::RSS_PEAK_NS).load(Ordering::Relaxed), (cap / 2 + 2) * 1000);
+            assert!(!t.rss.iter().any(|s| s.rss_bytes == (cap / 2 + 2) * 10), "the peak sample itself was halved away");
         });
     }
 

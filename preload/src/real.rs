@@ -145,7 +145,9 @@ fn arena_alloc(size: usize, align: usize) -> *mut c_void {
     let mut used = ARENA_USED.load(Ordering::Relaxed);
     loop {
         let start = (used + ARENA_ALIGN + align - 1) & !(align - 1);
-        let Some(end) = start.checked_add(size) else { return std::ptr::null_mut() };
+        let Some(end) = start.checked_add(size) else {
+            return std::ptr::null_mut();
+        };
         if end > ARENA_SIZE {
             return std::ptr::null_mut();
         }
@@ -333,6 +335,64 @@ pub(crate) unsafe fn valloc(size: usize) -> *mut c_void {
 pub(crate) unsafe fn pvalloc(size: usize) -> *mut c_void {
     // SAFETY: forwarding the caller's arguments to a function of pvalloc's contract.
     unsafe { real_fn!(pvalloc, VallocFn)(size) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads
+
+/// `pthread_create`'s C signature.
+pub(crate) type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
+type PthreadCreateFn =
+    unsafe extern "C" fn(*mut libc::pthread_t, *const libc::pthread_attr_t, StartRoutine, *mut c_void) -> libc::c_int;
+
+/// The next `pthread_create`, looked up at its first call: a program's own thread creation is
+/// never inside an allocation hook, so `dlsym` (which takes the loader lock) is safe there.
+static PTHREAD_CREATE: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The real `pthread_create` (the one our exported symbol would otherwise shadow).
+pub(crate) unsafe fn pthread_create(
+    thread: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    start: StartRoutine,
+    arg: *mut c_void,
+) -> libc::c_int {
+    let mut f = PTHREAD_CREATE.load(Ordering::Acquire);
+    if f.is_null() {
+        // Default version first; then the pre-2.34 one, for a libc that has no unversioned
+        // default reachable through RTLD_NEXT.
+        // SAFETY: NUL-terminated names; RTLD_NEXT is valid from a shared object.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) }.cast();
+        if f.is_null() {
+            // SAFETY: as above.
+            f = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"pthread_create".as_ptr(), c"GLIBC_2.2.5".as_ptr()) }.cast();
+        }
+        if f.is_null() {
+            return libc::EAGAIN;
+        }
+        PTHREAD_CREATE.store(f, Ordering::Release);
+    }
+    // SAFETY: `f` is the next object's pthread_create, of exactly this signature.
+    unsafe { std::mem::transmute::<*mut (), PthreadCreateFn>(f)(thread, attr, start, arg) }
+}
+
+/// glibc's `__libc_single_threaded` (2.32 and later): nonzero while the process has never had a
+/// second thread. Looked up by `resolve_single_threaded` at start-up; without it the answer is
+/// "no", the cautious one.
+static SINGLE_THREADED: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Find `__libc_single_threaded`; called from the library constructor.
+pub(crate) fn resolve_single_threaded() {
+    // SAFETY: NUL-terminated name; RTLD_DEFAULT searches the global scope.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__libc_single_threaded".as_ptr()) };
+    SINGLE_THREADED.store(p.cast(), Ordering::Release);
+}
+
+/// Has this process only ever had one thread?
+pub(crate) fn single_threaded() -> bool {
+    let p = SINGLE_THREADED.load(Ordering::Acquire);
+    // SAFETY: non-null only when dlsym found glibc's `char __libc_single_threaded`, which lives
+    // for the process; glibc writes it with plain stores, and a byte read cannot tear.
+    !p.is_null() && unsafe { std::ptr::read_volatile(p) } != 0
 }
 
 #[cfg(test)]

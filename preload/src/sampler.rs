@@ -8,6 +8,7 @@
 //! The unsampled path is one subtraction and one compare on thread-local memory: no atomics,
 //! no floating point. T = 1 means "record everything": the distance is then always 0.
 
+use leaktrace_format::layout;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,6 +24,7 @@ pub struct ThreadState {
     /// Bytes left before the next sample point; the allocation that brings it to <= 0 is sampled.
     bytes_until_sample: Cell<i64>,
     /// The mean the current distance was drawn with; a sample is credited with it.
+    /// The gate word the current distance was drawn under (0: none drawn yet).
     mean_of_draw: Cell<u64>,
     rng: Cell<u64>,
     tid: Cell<u32>,
@@ -133,7 +135,9 @@ impl Drop for Guard<'_> {
 pub enum Charge {
     Skip,
     /// Sample it, crediting the allocation with this mean.
-    Sample { mean_bytes: u64 },
+    Sample {
+        mean_bytes: u64,
+    },
 }
 
 impl Default for ThreadState {
@@ -181,28 +185,30 @@ impl ThreadState {
 
     /// The fast path: charge `size` bytes and return true if that does not reach the sample
     /// point. When it returns false nothing was charged, and the caller goes on to
-    /// [`ThreadState::on_sample_point`].
+    /// [`ThreadState::on_sample_point`]. `gate` is the trace's gate word (see
+    /// `layout::hdr::GATE`): the sampling mean in its low 32 bits, an epoch above.
     #[inline(always)]
-    pub fn try_skip(&self, size: usize, mean_now: u64) -> bool {
+    pub fn try_skip(&self, size: usize, gate: u64) -> bool {
         // No overflow: the distance is never negative, and a block that was really allocated
         // is at most isize::MAX bytes (a larger `size`, impossible here, would merely skip).
         let left = self.bytes_until_sample.get().wrapping_sub(size as i64);
-        // A changed mean (`leak-analyze ctl --sample-bytes`) sends the thread to the slow path,
-        // which redraws: the old distance may be far longer than the new mean.
-        if left > 0 && mean_now == self.mean_of_draw.get() {
+        // A changed gate word (a new mean, or `ctl` asking for attention) sends the thread to
+        // the slow path, which redraws: the old distance may be far longer than the new mean.
+        if left > 0 && gate == self.mean_of_draw.get() {
             self.bytes_until_sample.set(left);
             return true;
         }
         false
     }
 
-    /// Charge `size` bytes that reach the sample point (or meet a changed mean, or are the
+    /// Charge `size` bytes that reach the sample point (or meet a changed gate word, or are the
     /// thread's first): redraw the distance, and say whether to sample.
     #[inline(never)]
-    pub fn on_sample_point(&self, size: usize, mean_now: u64) -> Charge {
-        let mean_now = mean_now.max(1);
+    pub fn on_sample_point(&self, size: usize, gate: u64) -> Charge {
+        let gate = gate.max(1);
+        let mean = layout::gate_mean(gate);
         let drawn_with = self.mean_of_draw.get();
-        if drawn_with != 0 && drawn_with != mean_now && self.bytes_until_sample.get() > size as i64 {
+        if drawn_with != 0 && drawn_with != gate && self.bytes_until_sample.get() > size as i64 {
             // The mean changed before the old distance ran out: start a fresh distance under
             // the new mean (memorylessness keeps the estimate unbiased) and charge this
             // allocation against it.
@@ -211,16 +217,16 @@ impl ThreadState {
         if self.mean_of_draw.get() == 0 {
             // First allocation of this thread: seed, draw, and charge it against the fresh distance.
             self.seed(SEED.load(Ordering::Relaxed));
-            let left = self.draw(mean_now).saturating_sub(size.min(i64::MAX as usize) as i64);
-            self.mean_of_draw.set(mean_now);
+            let left = self.draw(mean).saturating_sub(size.min(i64::MAX as usize) as i64);
+            self.mean_of_draw.set(gate);
             if left > 0 {
                 self.bytes_until_sample.set(left);
                 return Charge::Skip;
             }
         }
-        let mean_bytes = self.mean_of_draw.get();
-        self.bytes_until_sample.set(self.draw(mean_now));
-        self.mean_of_draw.set(mean_now);
+        let mean_bytes = layout::gate_mean(self.mean_of_draw.get());
+        self.bytes_until_sample.set(self.draw(mean));
+        self.mean_of_draw.set(gate);
         Charge::Sample { mean_bytes }
     }
 
@@ -349,7 +355,14 @@ mod tests {
         let zeroed: ThreadState = unsafe { std::mem::zeroed() };
         let new = ThreadState::new();
         let fields = |t: &ThreadState| {
-            (t.in_hook.get(), t.bytes_until_sample.get(), t.mean_of_draw.get(), t.rng.get(), t.tid.get(), t.take_unflushed())
+            (
+                t.in_hook.get(),
+                t.bytes_until_sample.get(),
+                t.mean_of_draw.get(),
+                t.rng.get(),
+                t.tid.get(),
+                t.take_unflushed(),
+            )
         };
         assert_eq!(fields(&zeroed), fields(&new));
     }
@@ -358,9 +371,10 @@ mod tests {
     fn each_thread_has_its_own_state() {
         let here = THREAD.with(|t| t as *const ThreadState as usize);
         THREAD.with(|t| t.bytes_until_sample.set(12345));
-        let there = std::thread::spawn(|| THREAD.with(|t| (t as *const ThreadState as usize, t.bytes_until_sample.get())))
-            .join()
-            .unwrap();
+        let there =
+            std::thread::spawn(|| THREAD.with(|t| (t as *const ThreadState as usize, t.bytes_until_sample.get())))
+                .join()
+                .unwrap();
         assert_ne!(here, there.0);
         assert_eq!(there.1, 0, "a new thread starts from a zeroed state");
         assert_eq!(THREAD.with(|t| t.bytes_until_sample.get()), 12345);

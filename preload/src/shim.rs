@@ -144,3 +144,20 @@ pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
     // SAFETY: same contract as the C function we forward to.
     traced_alloc(size, Api::Pvalloc, move || unsafe { real::pvalloc(size) })
 }
+
+/// The program's thread creation, passed through; a first success lets leaktrace start its
+/// helper thread (see `background`), which must never exist in a single-threaded process.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn pthread_create(
+    thread: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    start: real::StartRoutine,
+    arg: *mut c_void,
+) -> libc::c_int {
+    // SAFETY: same contract as the C function we forward to.
+    let rc = unsafe { real::pthread_create(thread, attr, start, arg) };
+    if rc == 0 {
+        crate::tracer::on_program_thread();
+    }
+    rc
+}

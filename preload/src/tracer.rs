@@ -19,12 +19,12 @@
 //! Nothing on these paths takes a lock, so a signal handler that allocates, or a fork from
 //! another thread, cannot find one held.
 
+use std::collections::HashSet;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
-use leaktrace_format::layout::{self, hdr, Api, EventKind, TraceState};
+use leaktrace_format::layout::{self, hdr, Api, Control, ControlResult, EventKind, TraceState};
 use leaktrace_format::{encode_meta, Event, MetaKind, ProcessInfo, SamplingChange};
 
 use crate::config::{Config, Unwinder};
@@ -38,21 +38,48 @@ use crate::{file, modules, warn};
 /// then a miss.
 #[repr(C, align(64))]
 struct HookSettings {
-    /// True while new allocations are being sampled (not dormant, not failed).
-    sampling: AtomicBool,
-    /// The sampling mean in force, in bytes.
+    /// The word every allocation hook reads: zero while the hooks only forward, else the
+    /// sampling mean and an epoch (`layout::gate_mean`). It points at [`GATE_CLOSED`] before
+    /// start-up and after a failure, at [`CHILD_GATE`] in a forked child whose own trace starts
+    /// at its first sample point, and otherwise at the trace file's `gate` word, which
+    /// `leak-analyze ctl` changes from outside. So a process notices a request at its next
+    /// allocation without any thread of ours watching the file.
+    gate: AtomicPtr<AtomicU64>,
+    /// The sampling mean in force, in bytes: what the gate carries while sampling.
     mean: AtomicU64,
     /// Set before the first sampled allocation is recorded. Until then no pointer can be in
     /// the live table, and `free` skips the filter lookup: a process started dormant pays one
     /// load of this line per free, not a likely cache miss on the filter.
     recorded_any: AtomicBool,
+    /// True while new allocations are being sampled (not dormant, not paused, not failed).
+    /// Read only past the gate: the gate may be open for a pending request alone.
+    sampling: AtomicBool,
 }
 
+static GATE_CLOSED: AtomicU64 = AtomicU64::new(0);
+/// A forked child's gate until its own trace starts: the parent's word at the fork.
+static CHILD_GATE: AtomicU64 = AtomicU64::new(0);
+
 static HOOK: HookSettings = HookSettings {
-    sampling: AtomicBool::new(false),
+    gate: AtomicPtr::new(&GATE_CLOSED as *const AtomicU64 as *mut AtomicU64),
     mean: AtomicU64::new(crate::config::DEFAULT_SAMPLE_BYTES),
     recorded_any: AtomicBool::new(false),
+    sampling: AtomicBool::new(false),
 };
+
+/// Point the hooks' gate at `word`, which must live for the rest of the process (a static, or a
+/// header word of a trace mapping, which is never unmapped).
+fn set_gate(word: &'static AtomicU64) {
+    HOOK.gate.store(word as *const AtomicU64 as *mut AtomicU64, Ordering::Release);
+}
+
+/// The gate word the hooks read now.
+fn gate_word() -> u64 {
+    // SAFETY: the gate only ever points at a static or at a header word of a trace mapping,
+    // which is never unmapped (`set_gate`).
+    unsafe { &*HOOK.gate.load(Ordering::Acquire) }.load(Ordering::Relaxed)
+}
+
 /// The active trace; null before start-up, after a failure to start, and in a forked child
 /// until it starts its own trace.
 static TRACER: AtomicPtr<Tracer> = AtomicPtr::new(std::ptr::null_mut());
@@ -74,9 +101,18 @@ const MAX_CAPTURE: usize = 64;
 pub struct Tracer {
     pub mapped: Mapped,
     start_mono_ns: u64,
-    /// Which modules this trace has recorded. Only ever `try_lock`ed: its holders are the
-    /// background thread, start-up and exit, and a forked child may find it held forever.
+    /// Which modules this trace has recorded. Only ever `try_lock`ed: its holders are
+    /// housekeeping, start-up and exit, and a forked child may find it held forever.
     modules: Mutex<ModuleLog>,
+    /// Held by whoever is doing housekeeping ([`Tracer::tick`]): a hook or the helper thread.
+    ticking: AtomicBool,
+    /// When housekeeping is next due, ns since start.
+    next_tick_ns: AtomicU64,
+    /// When the next RSS sample is due, ns since start.
+    next_rss_ns: AtomicU64,
+    /// The last `hdr::CONTROL_SEQ` acted on.
+    control_seen: AtomicU32,
+    rss_ms: u64,
 }
 
 #[derive(Default)]
@@ -109,9 +145,7 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 }
 
 fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Tracer {
@@ -129,7 +163,9 @@ impl Tracer {
 
     /// Record the modules of `mods` this trace has not recorded yet. Never blocks.
     fn record_modules(&self, mods: &[leaktrace_format::ModuleRecord], generation: Option<modules::Generation>) {
-        let Ok(mut log) = self.modules.try_lock() else { return };
+        let Ok(mut log) = self.modules.try_lock() else {
+            return;
+        };
         if generation.is_some() {
             log.generation = generation;
         }
@@ -143,11 +179,15 @@ impl Tracer {
     /// Walk the loaded modules if the loader's counters moved, and record new ones.
     /// Takes the loader lock: never call it from a hook.
     pub fn refresh_modules(&self) {
-        let Some(generation) = modules::generation() else { return };
+        let Some(generation) = modules::generation() else {
+            return;
+        };
         if self.modules.try_lock().is_ok_and(|log| log.generation == Some(generation)) {
             return;
         }
-        let Some((mods, generation)) = modules::snapshot(self.now_ns()) else { return };
+        let Some((mods, generation)) = modules::snapshot(self.now_ns()) else {
+            return;
+        };
         self.record_modules(&mods, Some(generation));
         if let Ok(mut last) = LAST_SNAPSHOT.try_lock() {
             *last = mods;
@@ -159,6 +199,10 @@ impl Tracer {
 pub fn is_sampling() -> bool {
     HOOK.sampling.load(Ordering::Relaxed)
 }
+
+/// How often housekeeping runs at most: control requests are seen within this, and module
+/// changes are looked for.
+const TICK_NS: u64 = 50_000_000;
 
 pub fn current() -> Option<&'static Tracer> {
     let p = TRACER.load(Ordering::Acquire);
@@ -174,17 +218,34 @@ pub fn current() -> Option<&'static Tracer> {
 /// the hook just tail-calls the real allocator; when false, it goes to [`sampled_alloc`].
 #[inline(always)]
 pub(crate) fn unsampled(size: usize) -> bool {
-    !HOOK.sampling.load(Ordering::Relaxed) || THREAD.with(|t| t.try_skip(size, HOOK.mean.load(Ordering::Relaxed)))
+    let gate = gate_word();
+    gate == 0 || THREAD.with(|t| t.try_skip(size, gate))
 }
 
 /// After [`unsampled`] said no: charge `size` bytes and return the mean to credit if the block
 /// is to be recorded. None for the tracer's own allocations, which pass through, and for a
 /// thread's first allocation, which only seeds its sampler.
+///
+/// Past the gate is also where a process without a thread of ours does its housekeeping: a
+/// pending `ctl` request, the RSS series, module changes ([`Tracer::tick`]).
 #[inline]
 pub(crate) fn sample_point(size: usize) -> Option<u64> {
-    THREAD.with(|t| match t.on_sample_point(size, HOOK.mean.load(Ordering::Relaxed)) {
-        Charge::Sample { mean_bytes } if !t.in_hook() => Some(mean_bytes),
-        _ => None,
+    THREAD.with(|t| {
+        if !t.in_hook() {
+            if let Some(tracer) = current() {
+                if tracer.housekeeping_due() {
+                    let _guard = t.enter();
+                    tracer.tick(Caller::Hook);
+                }
+            }
+        }
+        if !HOOK.sampling.load(Ordering::Relaxed) {
+            return None;
+        }
+        match t.on_sample_point(size, gate_word()) {
+            Charge::Sample { mean_bytes } if !t.in_hook() => Some(mean_bytes),
+            _ => None,
+        }
     })
 }
 
@@ -288,6 +349,7 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
     };
     let mut frames = [0u64; MAX_CAPTURE];
     let n = capture_stack(&guard, &mut frames);
+    let n = drop_inner_own_frames(&mut frames, n);
     let stack_id = tracer.mapped.intern_stack(&frames[..n]);
     let time_ns = tracer.now_ns();
     let mean32 = mean_bytes.min(u64::from(u32::MAX)) as u32;
@@ -430,6 +492,22 @@ fn kept_frames(frames: &[u64]) -> std::ops::Range<usize> {
     skip..skip + frames[skip..].iter().take_while(|&&ip| ip >= 4096).count()
 }
 
+/// Remove frames of leaktrace's own from the middle of a kept stack: the program's call into
+/// our `pthread_create`, which the real one's allocations (thread stacks, TLS) are made under.
+/// The report names the program's caller of `pthread_create` directly, as it would unpreloaded.
+fn drop_inner_own_frames(frames: &mut [u64; MAX_CAPTURE], n: usize) -> usize {
+    let (lo, hi) = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+    let mut kept = 0;
+    for read in 0..n.min(MAX_CAPTURE) {
+        let ip = frames[read];
+        if !(lo..hi).contains(&ip) {
+            frames[kept] = ip;
+            kept += 1;
+        }
+    }
+    kept
+}
+
 /// Copy the [`kept_frames`] of `frames` into `out`, as many as fit.
 fn trim_into(frames: &[u64], out: &mut [u64; MAX_CAPTURE]) -> usize {
     let kept = kept_frames(frames);
@@ -449,7 +527,9 @@ fn trim_in_place(out: &mut [u64; MAX_CAPTURE], n: usize) -> usize {
 }
 
 fn frame_pointer_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
-    let Some(stack) = unwind::current_thread_stack() else { return 0 };
+    let Some(stack) = unwind::current_thread_stack() else {
+        return 0;
+    };
     // Room for leaktrace's own frames on top of the ones we keep.
     let mut raw = [0u64; MAX_CAPTURE + 16];
     let n = unwind::frame_pointer_walk(&mut raw, stack);
@@ -495,6 +575,7 @@ fn libgcc_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
 /// The library constructor: resolve the real allocator, read the settings, start tracing.
 pub fn on_load() {
     crate::real::resolve();
+    crate::real::resolve_single_threaded();
     THREAD.with(|t| {
         let guard = t.enter();
         // setuid and other secure-execution programs must not be traced (the file would be
@@ -525,6 +606,10 @@ pub fn on_load() {
             *last = mods;
         }
         let config = CONFIG.get_or_init(|| config);
+        if !config.start_paused {
+            // Built here, in the constructor, rather than by a thread: the hooks' CFI unwinder.
+            crate::cfi::refresh();
+        }
         if start(&guard, config, false).is_some() {
             // SAFETY: `after_fork_in_child` is an `extern "C" fn()` that stays valid for the
             // life of the process; the other two handlers are absent.
@@ -537,7 +622,7 @@ pub fn on_load() {
 fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static Tracer> {
     let pid = std::process::id();
     let plan = layout::Plan::for_file_size_and_mean(config.file_size, config.sample_bytes)?;
-    let (path, base) = match file::create_mapped(&config.path_for(pid, is_child), config.file_size) {
+    let (_path, base) = match file::create_mapped(&config.path_for(pid, is_child), config.file_size) {
         Ok(v) => v,
         Err(e) => {
             warn(&format!("{e}; tracing disabled"));
@@ -549,8 +634,17 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     let mapped = unsafe { Mapped::new(base, config.file_size as usize, &plan) };
     let start_mono_ns = trace_clock_ns();
     mapped.write_header(pid, unix_ns(), start_mono_ns, config.sample_bytes, config.rss_ms);
-    let tracer: &'static Tracer =
-        Box::leak(Box::new(Tracer { mapped, start_mono_ns, modules: Mutex::new(ModuleLog::default()) }));
+    mapped.header(hdr::RESERVED_BYTES).store(config.file_size, Ordering::Release);
+    let tracer: &'static Tracer = Box::leak(Box::new(Tracer {
+        mapped,
+        start_mono_ns,
+        modules: Mutex::new(ModuleLog::default()),
+        ticking: AtomicBool::new(false),
+        next_tick_ns: AtomicU64::new(0),
+        next_rss_ns: AtomicU64::new(0),
+        control_seen: AtomicU32::new(0),
+        rss_ms: config.rss_ms,
+    }));
     let info = process_info(pid);
     tracer.append_meta(MetaKind::Process, &info);
     // The module map goes in at once (a short-lived process may end before the background
@@ -558,21 +652,27 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     if let Ok(last) = LAST_SNAPSHOT.try_lock() {
         tracer.record_modules(&last, None);
     }
-    tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes: config.sample_bytes });
+    // A forked child keeps the mean its parent had at the fork, which `ctl` may have changed.
+    let mean_bytes = if is_child { HOOK.mean.load(Ordering::Relaxed) } else { config.sample_bytes };
+    tracer.mapped.header(hdr::CURRENT_MEAN_BYTES).store(mean_bytes, Ordering::Relaxed);
+    tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes });
     if config.start_paused {
         tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes: 0 });
     }
-    HOOK.mean.store(config.sample_bytes, Ordering::Relaxed);
+    HOOK.mean.store(mean_bytes, Ordering::Relaxed);
     tracer.mapped.set_state(if config.start_paused { TraceState::Paused } else { TraceState::Tracing });
+    HOOK.sampling.store(!config.start_paused, Ordering::Relaxed);
     // Pairs with the acquire load in `current`.
     TRACER.store(tracer as *const Tracer as *mut Tracer, Ordering::Release);
-    HOOK.sampling.store(!config.start_paused, Ordering::Relaxed);
-    // A forked child's thread was started by the atfork handler and is waiting for this trace.
-    if !is_child {
-        if let Err(e) = crate::background::spawn(Some(tracer), config.rss_ms) {
-            warn(&format!("cannot start the background thread ({e}); no RSS series or module updates in {path}"));
-        }
+    tracer.settle_gate();
+    set_gate(tracer.mapped.u64_at(hdr::GATE));
+    // A first RSS sample now, so even a short run has its starting point.
+    if tracer.mapped.fully_reserved() {
+        sample_rss(tracer);
     }
+    // No thread is started here: a process with one thread must keep it that way (a helper
+    // would break privilege drops, and take glibc's malloc off its single-thread path). The
+    // helper starts when the program creates a thread of its own (`on_program_thread`).
     Some(tracer)
 }
 
@@ -584,10 +684,7 @@ fn start_child(guard: &Guard<'_>) -> Option<&'static Tracer> {
 fn process_info(pid: u32) -> ProcessInfo {
     let cmdline = std::fs::read("/proc/self/cmdline")
         .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
+            b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
         })
         .unwrap_or_default();
     let mut host = [0u8; 256];
@@ -614,54 +711,181 @@ fn process_info(pid: u32) -> ProcessInfo {
 // ---------------------------------------------------------------------------------------------
 // Runtime control, fork and exit
 
-/// Apply a `leak-analyze ctl` request found in the header by the background thread.
-pub fn apply_control(tracer: &Tracer, control: u32, mean_bytes: u64) {
-    let m = &tracer.mapped;
-    if m.state() == TraceState::Failed as u32 {
-        return;
+/// Who runs [`Tracer::tick`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// An allocation hook, past the gate, with the thread's guard raised.
+    Hook,
+    /// The helper thread, which exists only once the program has threads of its own.
+    Helper,
+}
+
+impl Tracer {
+    /// Is housekeeping due: a `ctl` request not yet acted on, or [`TICK_NS`] since the last?
+    #[inline]
+    fn housekeeping_due(&self) -> bool {
+        self.mapped.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire) != self.control_seen.load(Ordering::Relaxed)
+            || self.now_ns() >= self.next_tick_ns.load(Ordering::Relaxed)
     }
-    match control {
-        c if c == layout::Control::Pause as u32 => {
-            HOOK.sampling.store(false, Ordering::Relaxed);
-            m.set_state(TraceState::Paused);
-            tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: tracer.now_ns(), mean_bytes: 0 });
-        }
-        c if c == layout::Control::Resume as u32 => {
-            m.set_state(TraceState::Tracing);
-            HOOK.sampling.store(true, Ordering::Relaxed);
-            let mean_bytes = HOOK.mean.load(Ordering::Relaxed);
-            tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: tracer.now_ns(), mean_bytes });
-        }
-        c if c == layout::Control::SetMeanBytes as u32 && (1..=u64::from(u32::MAX)).contains(&mean_bytes) => {
-            HOOK.mean.store(mean_bytes, Ordering::Relaxed);
-            m.header(hdr::CURRENT_MEAN_BYTES).store(mean_bytes, Ordering::Relaxed);
-            tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: tracer.now_ns(), mean_bytes });
-        }
-        _ => {}
+
+    /// How long until housekeeping is next due.
+    pub fn until_next_tick(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.next_tick_ns.load(Ordering::Relaxed).saturating_sub(self.now_ns()))
     }
+
+    /// Housekeeping: act on a `ctl` request, take an RSS sample when one is due, publish the
+    /// header's summary fields, and follow module changes. Whoever calls first does it; a
+    /// concurrent caller returns at once. Called from a hook past the gate (allocations made
+    /// here pass through the caller's guard) or from the helper thread.
+    pub fn tick(&self, caller: Caller) {
+        if self.ticking.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let now = self.now_ns();
+        self.next_tick_ns.store(now + TICK_NS, Ordering::Relaxed);
+        let m = &self.mapped;
+        m.header(hdr::HEARTBEAT_NS).store(now, Ordering::Relaxed);
+        let seq = m.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire);
+        if seq != self.control_seen.load(Ordering::Relaxed) {
+            self.control_seen.store(seq, Ordering::Relaxed);
+            let control = m.u32_at(hdr::CONTROL).load(Ordering::Relaxed);
+            let mean = m.header(hdr::REQUESTED_MEAN_BYTES).load(Ordering::Relaxed);
+            let result = self.apply_control(control, mean);
+            m.u32_at(hdr::CONTROL_RESULT).store(result as u32, Ordering::Relaxed);
+            m.u32_at(hdr::CONTROL_ACK_SEQ).store(seq, Ordering::Release);
+        }
+        // The RSS series only while sampling or paused after sampling: a dormant trace has no
+        // disk behind its RSS region yet, and a dormant process does nothing it need not.
+        if m.fully_reserved() && now >= self.next_rss_ns.load(Ordering::Relaxed) {
+            sample_rss(self);
+            let interval_ms = m.header(hdr::RSS_INTERVAL_MS).load(Ordering::Relaxed).max(self.rss_ms);
+            let next_rss = now + interval_ms * 1_000_000;
+            self.next_rss_ns.store(next_rss, Ordering::Relaxed);
+            self.next_tick_ns.store(next_rss.min(now + TICK_NS), Ordering::Relaxed);
+        }
+        m.publish_live_count();
+        publish_unwinder_stats(self);
+        // The loader's lock is taken by the module walk. From a hook that is only safe when
+        // ours is the only thread (the lock is recursive, so it cannot deadlock on itself);
+        // a program with threads has the helper thread for it.
+        if is_sampling() && (caller == Caller::Helper || crate::real::single_threaded()) {
+            self.refresh_modules();
+            crate::cfi::refresh();
+        }
+        self.ticking.store(false, Ordering::Release);
+    }
+
+    /// Act on a `leak-analyze ctl` request.
+    fn apply_control(&self, control: u32, mean_bytes: u64) -> ControlResult {
+        let m = &self.mapped;
+        if m.state() == TraceState::Failed as u32 {
+            return ControlResult::RefusedStopped;
+        }
+        match control {
+            // Pausing a paused trace, or resuming a sampling one, changes nothing.
+            c if c == Control::Pause as u32 && is_sampling() => {
+                HOOK.sampling.store(false, Ordering::Relaxed);
+                m.set_state(TraceState::Paused);
+                self.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: self.now_ns(), mean_bytes: 0 });
+            }
+            c if c == Control::Resume as u32 && !is_sampling() => {
+                m.set_state(TraceState::Tracing);
+                HOOK.sampling.store(true, Ordering::Relaxed);
+                let mean_bytes = HOOK.mean.load(Ordering::Relaxed);
+                self.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: self.now_ns(), mean_bytes });
+            }
+            c if c == Control::SetMeanBytes as u32 && (1..=u64::from(u32::MAX)).contains(&mean_bytes) => {
+                HOOK.mean.store(mean_bytes, Ordering::Relaxed);
+                m.header(hdr::CURRENT_MEAN_BYTES).store(mean_bytes, Ordering::Relaxed);
+                if is_sampling() {
+                    self.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: self.now_ns(), mean_bytes });
+                }
+            }
+            _ => {}
+        }
+        self.settle_gate();
+        ControlResult::Applied
+    }
+
+    /// Set the file's gate word for the state now: the mean (with the epoch kept) while
+    /// sampling, 0 otherwise. `ctl` bumps the sequence and then the epoch: re-reading the
+    /// sequence after the store catches a request whose epoch bump the store overwrote.
+    fn settle_gate(&self) {
+        let gate = self.mapped.u64_at(hdr::GATE);
+        let word = if is_sampling() {
+            (gate.load(Ordering::Relaxed) & !(layout::GATE_EPOCH - 1)) | HOOK.mean.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        gate.store(word, Ordering::SeqCst);
+        if self.mapped.u32_at(hdr::CONTROL_SEQ).load(Ordering::SeqCst) != self.control_seen.load(Ordering::Relaxed) {
+            gate.fetch_add(layout::GATE_EPOCH, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Append an RSS sample with leaktrace's own share of it.
+pub fn sample_rss(tracer: &Tracer) {
+    if let Some(rss) = rss_bytes() {
+        let m = &tracer.mapped;
+        let own = m.touched_bytes() + m.own_heap_bytes() + crate::cfi::heap_bytes();
+        if m.push_rss(tracer.now_ns(), rss, own) {
+            // The series was halved: keep the spacing consistent with what is left.
+            m.header(hdr::RSS_INTERVAL_MS)
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_mul(2)))
+                .ok();
+        }
+    }
+}
+
+/// Current resident set size in bytes, from /proc/self/statm, read into a stack buffer: this
+/// runs inside allocation hooks, and must neither allocate nor take a lock.
+fn rss_bytes() -> Option<u64> {
+    let mut buf = [0u8; 128];
+    // SAFETY: a NUL-terminated path; the descriptor is closed below on every path.
+    let fd = unsafe { libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `buf` is writable for its length; `fd` is ours.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is ours and open.
+    unsafe { libc::close(fd) };
+    let text = buf.get(..usize::try_from(n).ok()?)?;
+    let pages: u64 = std::str::from_utf8(text).ok()?.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some(pages * page)
 }
 
 /// In a forked child the parent's trace must never be written again: it belongs to the
 /// parent, and both processes would interleave records. The child starts its own trace, with
 /// its own pid in the name, at its first sample point.
 ///
-/// The child's background thread starts here, idle until that trace exists: starting it from
-/// the hook that starts the trace would call pthread_create inside an allocation, which may
-/// hold glibc locks pthread_create needs. A child that execs loses the thread at once.
+/// No thread is started for the child: it has one thread, and keeps it that way until it
+/// creates threads of its own (see `on_program_thread`).
 extern "C" fn after_fork_in_child() {
     TRACER.store(std::ptr::null_mut(), Ordering::Release);
     IS_FORKED_CHILD.store(true, Ordering::Relaxed);
+    crate::background::forget_after_fork();
     let tracing = HOOK.sampling.load(Ordering::Relaxed);
     CHILD_PENDING.store(tracing, Ordering::Release);
-    THREAD.with(|t| {
-        t.reset_after_fork();
-        if tracing {
+    CHILD_GATE.store(if tracing { gate_word() } else { 0 }, Ordering::Relaxed);
+    set_gate(&CHILD_GATE);
+    THREAD.with(|t| t.reset_after_fork());
+}
+
+/// The program created a thread (our `pthread_create` returned success): the process is
+/// multithreaded now whatever we do, so the helper thread may start. It keeps the RSS series
+/// and `ctl` going while the program does not allocate, follows module changes (taking the
+/// loader's lock, which hooks in a threaded process must not), and prefaults the trace.
+pub fn on_program_thread() {
+    if CONFIG.get().is_some() && (current().is_some() || CHILD_PENDING.load(Ordering::Relaxed)) {
+        THREAD.with(|t| {
             let _guard = t.enter();
-            if let Some(config) = CONFIG.get() {
-                let _ = crate::background::spawn(None, config.rss_ms);
-            }
-        }
-    });
+            crate::background::start_once();
+        });
+    }
 }
 
 /// The library destructor: runs at a normal `exit`, after `main` returns.
@@ -682,7 +906,9 @@ pub fn on_unload() {
         m.publish_live_count();
         publish_unwinder_stats(t);
         m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
-        crate::background::sample_rss(t);
+        if m.fully_reserved() {
+            sample_rss(t);
+        }
         m.u32_at(hdr::END_REASON).store(layout::EndReason::Exit as u32, Ordering::Release);
     }
 }
