@@ -681,12 +681,18 @@ fn start_child(guard: &Guard<'_>) -> Option<&'static Tracer> {
     start(guard, config, true)
 }
 
+/// The arguments in /proc/self/cmdline: each ends with a NUL, and an empty one is an argument
+/// too (`redis-server --save ''`).
+fn split_cmdline(bytes: &[u8]) -> Vec<String> {
+    let body = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if body.is_empty() {
+        return Vec::new();
+    }
+    body.split(|&c| c == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+}
+
 fn process_info(pid: u32) -> ProcessInfo {
-    let cmdline = std::fs::read("/proc/self/cmdline")
-        .map(|b| {
-            b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
-        })
-        .unwrap_or_default();
+    let cmdline = std::fs::read("/proc/self/cmdline").map(|b| split_cmdline(&b)).unwrap_or_default();
     let mut host = [0u8; 256];
     // SAFETY: `host` is a writable buffer of the length we pass.
     let hostname = if unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0 {
@@ -910,5 +916,18 @@ pub fn on_unload() {
             sample_rss(t);
         }
         m.u32_at(hdr::END_REASON).store(layout::EndReason::Exit as u32, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_arguments_are_kept() {
+        let args = split_cmdline(b"redis-server\0--save\0\0--appendonly\0no\0");
+        assert_eq!(args, ["redis-server", "--save", "", "--appendonly", "no"]);
+        assert!(split_cmdline(b"").is_empty());
+        assert_eq!(split_cmdline(b"a\0\0"), ["a", ""]);
     }
 }
