@@ -40,7 +40,7 @@ use crate::{file, modules, warn};
 struct HookSettings {
     /// The word every allocation hook reads: zero while the hooks only forward, else the
     /// sampling mean and an epoch (`layout::gate_mean`). It points at [`GATE_CLOSED`] before
-    /// start-up and after a failure, at [`CHILD_GATE`] in a forked child whose own trace starts
+    /// start-up and after a failure, at [`PENDING_GATE`] in a process whose trace starts
     /// at its first sample point, and otherwise at the trace file's `gate` word, which
     /// `leak-analyze ctl` changes from outside. So a process notices a request at its next
     /// allocation without any thread of ours watching the file.
@@ -57,8 +57,9 @@ struct HookSettings {
 }
 
 static GATE_CLOSED: AtomicU64 = AtomicU64::new(0);
-/// A forked child's gate until its own trace starts: the parent's word at the fork.
-static CHILD_GATE: AtomicU64 = AtomicU64::new(0);
+/// The gate of a process whose trace starts at its first sample point ([`START_PENDING`]):
+/// the mean, as the trace's own word will carry it.
+static PENDING_GATE: AtomicU64 = AtomicU64::new(0);
 
 static HOOK: HookSettings = HookSettings {
     gate: AtomicPtr::new(&GATE_CLOSED as *const AtomicU64 as *mut AtomicU64),
@@ -86,9 +87,18 @@ static TRACER: AtomicPtr<Tracer> = AtomicPtr::new(std::ptr::null_mut());
 /// Settings read once at start-up; a forked child reuses them rather than reading the
 /// environment (std's environment lock may have been held by another thread at the fork).
 static CONFIG: OnceLock<Config> = OnceLock::new();
-/// Set in a forked child: its own trace starts at its first sample point, so a child that only
-/// execs never creates a file.
-static CHILD_PENDING: AtomicBool = AtomicBool::new(false);
+/// Set in a forked child of a tracing process: its own trace starts at its first sample point,
+/// so a child that only execs never creates a file.
+static START_PENDING: AtomicBool = AtomicBool::new(false);
+/// When this process started (library load, or the fork), on the trace clock and on
+/// CLOCK_REALTIME: the zero of the trace's times, whenever its file is created.
+static PROCESS_START_MONO: AtomicU64 = AtomicU64::new(0);
+static PROCESS_START_UNIX: AtomicU64 = AtomicU64::new(0);
+
+fn mark_process_start() {
+    PROCESS_START_MONO.store(trace_clock_ns(), Ordering::Relaxed);
+    PROCESS_START_UNIX.store(unix_ns(), Ordering::Relaxed);
+}
 /// Set in a forked child: another thread of the parent may have held the loader's lock at the
 /// fork, so the child never walks the module list at exit (its map came from the parent).
 static IS_FORKED_CHILD: AtomicBool = AtomicBool::new(false);
@@ -153,7 +163,13 @@ impl Tracer {
         trace_clock_ns().saturating_sub(self.start_mono_ns)
     }
 
+    /// Append a metadata record. Small ones (sampling changes, applied from a hook) are encoded
+    /// on the stack: no allocation that a program's allocating signal handler could interrupt.
     fn append_meta<T: serde::Serialize>(&self, kind: MetaKind, value: &T) -> bool {
+        let mut small = [0u8; 256];
+        if let Some(n) = encode_meta(kind, value, &mut small) {
+            return self.mapped.append_meta(&small[..n]);
+        }
         let mut buf = vec![0u8; 64 << 10];
         match encode_meta(kind, value, &mut buf) {
             Some(n) => self.mapped.append_meta(&buf[..n]),
@@ -233,9 +249,15 @@ pub(crate) fn sample_point(size: usize) -> Option<u64> {
     THREAD.with(|t| {
         if !t.in_hook() {
             if let Some(tracer) = current() {
+                // Housekeeping walks modules and may build an unwinder: only on a stack with room
+                // for it (not a signal handler's small alternate stack); another call will do it.
                 if tracer.housekeeping_due() {
+                    // Raised first: a thread's first stack check reads /proc/self/maps, which
+                    // allocates.
                     let _guard = t.enter();
-                    tracer.tick(Caller::Hook);
+                    if enough_stack_left(HOUSEKEEPING_STACK) {
+                        tracer.tick(Caller::Hook);
+                    }
                 }
             }
         }
@@ -328,7 +350,7 @@ pub(crate) fn record_taken_free(p: *mut c_void, e: LiveEntry, api: Api) {
 fn on_sample(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes: u64) {
     // The first check on a thread reads /proc/self/maps, which allocates: pass that through.
     let _guard = thread.enter();
-    if enough_stack_left() {
+    if enough_stack_left(SAMPLED_PATH_STACK) {
         record_alloc(thread, addr, size, api, mean_bytes);
     } else if let Some(t) = current() {
         t.mapped.header(hdr::SKIPPED_NO_STACK).fetch_add(1, Ordering::Relaxed);
@@ -341,7 +363,7 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
     let guard = thread.enter();
     let tracer = match current() {
         Some(t) => t,
-        None if CHILD_PENDING.swap(false, Ordering::AcqRel) => match start_child(&guard) {
+        None if enough_stack_left(HOUSEKEEPING_STACK) && START_PENDING.swap(false, Ordering::AcqRel) => match start_pending(&guard) {
             Some(t) => t,
             None => return,
         },
@@ -449,15 +471,19 @@ fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE]) -> usize {
 /// Stack the sampled path may use: our buffers (~3 KiB) plus libgcc's unwinder. Measured: a
 /// thread with 10 KiB of stack left crashed in the unwinder, one with 14 KiB did not.
 const SAMPLED_PATH_STACK: u64 = 16 << 10;
+/// Stack [`Tracer::tick`] and a forked child's trace start may use, with margin: module walks,
+/// the CFI unwinder's construction, file creation. Seen: a tick on a signal handler's 8 KiB
+/// alternate stack ran off its end into the heap below it.
+const HOUSEKEEPING_STACK: u64 = 64 << 10;
 
 /// Is there room on the stack we are running on for the sampled path? On the thread's own stack
 /// the bounds are known; on a signal's alternate stack, sigaltstack(2) tells its base. On any
 /// other stack (a coroutine's, a fiber's) the room is unknown and the answer is no: such samples
 /// are dropped and counted rather than risk overflowing a small stack.
-fn enough_stack_left() -> bool {
+fn enough_stack_left(needed: u64) -> bool {
     let here = 0u8;
     let sp = std::hint::black_box(&here) as *const u8 as u64;
-    let room = |lo: u64| sp.saturating_sub(lo) >= SAMPLED_PATH_STACK;
+    let room = |lo: u64| sp.saturating_sub(lo) >= needed;
     if let Some(b) = unwind::current_thread_stack().filter(|b| b.contains(sp)) {
         return room(b.lo());
     }
@@ -606,15 +632,19 @@ pub fn on_load() {
             *last = mods;
         }
         let config = CONFIG.get_or_init(|| config);
+        mark_process_start();
         if !config.start_paused {
             // Built here, in the constructor, rather than by a thread: the hooks' CFI unwinder.
             crate::cfi::refresh();
         }
-        if start(&guard, config, false).is_some() {
-            // SAFETY: `after_fork_in_child` is an `extern "C" fn()` that stays valid for the
-            // life of the process; the other two handlers are absent.
-            unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        // The file exists from the start, dormant or not: it is the channel `ctl` reaches the
+        // process through.
+        if start(&guard, config, false).is_none() {
+            return;
         }
+        // SAFETY: `after_fork_in_child` is an `extern "C" fn()` that stays valid for the life
+        // of the process; the other two handlers are absent.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
 }
 
@@ -632,8 +662,9 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     // SAFETY: `create_mapped` returns a shared writable mapping of exactly `file_size` bytes,
     // with its blocks allocated, that is never unmapped; `plan` is for that size.
     let mapped = unsafe { Mapped::new(base, config.file_size as usize, &plan) };
-    let start_mono_ns = trace_clock_ns();
-    mapped.write_header(pid, unix_ns(), start_mono_ns, config.sample_bytes, config.rss_ms);
+    let start_mono_ns = PROCESS_START_MONO.load(Ordering::Relaxed);
+    let start_unix_ns = PROCESS_START_UNIX.load(Ordering::Relaxed);
+    mapped.write_header(pid, start_unix_ns, start_mono_ns, config.sample_bytes, config.rss_ms);
     mapped.header(hdr::RESERVED_BYTES).store(config.file_size, Ordering::Release);
     let tracer: &'static Tracer = Box::leak(Box::new(Tracer {
         mapped,
@@ -676,9 +707,20 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     Some(tracer)
 }
 
-fn start_child(guard: &Guard<'_>) -> Option<&'static Tracer> {
+/// Start the trace of a forked child at its first sample point ([`START_PENDING`]).
+fn start_pending(guard: &Guard<'_>) -> Option<&'static Tracer> {
     let config = CONFIG.get()?;
-    start(guard, config, true)
+    let started = start(guard, config, IS_FORKED_CHILD.load(Ordering::Relaxed));
+    if started.is_none() {
+        stop_sampling();
+    }
+    started
+}
+
+/// Stop looking at allocations for good (tracing could not start): the hooks only forward.
+fn stop_sampling() {
+    HOOK.sampling.store(false, Ordering::Relaxed);
+    set_gate(&GATE_CLOSED);
 }
 
 /// The arguments in /proc/self/cmdline: each ends with a NUL, and an empty one is an argument
@@ -873,11 +915,12 @@ fn rss_bytes() -> Option<u64> {
 extern "C" fn after_fork_in_child() {
     TRACER.store(std::ptr::null_mut(), Ordering::Release);
     IS_FORKED_CHILD.store(true, Ordering::Relaxed);
+    mark_process_start();
     crate::background::forget_after_fork();
     let tracing = HOOK.sampling.load(Ordering::Relaxed);
-    CHILD_PENDING.store(tracing, Ordering::Release);
-    CHILD_GATE.store(if tracing { gate_word() } else { 0 }, Ordering::Relaxed);
-    set_gate(&CHILD_GATE);
+    START_PENDING.store(tracing, Ordering::Release);
+    PENDING_GATE.store(if tracing { gate_word() } else { 0 }, Ordering::Relaxed);
+    set_gate(&PENDING_GATE);
     THREAD.with(|t| t.reset_after_fork());
 }
 
@@ -886,7 +929,7 @@ extern "C" fn after_fork_in_child() {
 /// and `ctl` going while the program does not allocate, follows module changes (taking the
 /// loader's lock, which hooks in a threaded process must not), and prefaults the trace.
 pub fn on_program_thread() {
-    if CONFIG.get().is_some() && (current().is_some() || CHILD_PENDING.load(Ordering::Relaxed)) {
+    if CONFIG.get().is_some() && (current().is_some() || START_PENDING.load(Ordering::Relaxed)) {
         THREAD.with(|t| {
             let _guard = t.enter();
             crate::background::start_once();

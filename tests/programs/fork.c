@@ -3,9 +3,10 @@
  * `fork`:  parent_leak leaks, then a forked child leaks in child_leak, lives 200 ms more and
  *          exits normally; the parent waits and prints one JSON line with both leaks and the
  *          child's pid. `fork-quick`: the same, but the child exits right after its leak.
- * `exec`:  a forked child only execs /bin/true; the parent prints the child's pid and status.
+ * `exec`:  a forked child only execs /bin/cat /dev/null (which allocates, so it is traced, and
+ *          leaves through exit); the parent prints the child's pid and status.
  * `spawn`: posix_spawn of /bin/echo and system("echo ...; exit 3"); prints what it saw.
- * `vfork`: vfork + _exit(7), then vfork + execv("/bin/true"); prints the statuses.
+ * `vfork`: vfork + _exit(7), then vfork + execv("/bin/cat", /dev/null); prints the statuses.
  * The `spawn` and `vfork` output has no pids, so it can be compared with a run without the
  * preload. */
 #define _GNU_SOURCE
@@ -59,8 +60,8 @@ int main(int argc, char **argv) {
         pid_t pid = fork();
         if (pid < 0) { perror("fork"); return 1; }
         if (pid == 0) {
-            char *args[] = {"true", NULL};
-            execv("/bin/true", args);
+            char *args[] = {"cat", "/dev/null", NULL};
+            execv("/bin/cat", args);
             _exit(127);
         }
         int st = 0;
@@ -97,8 +98,8 @@ int main(int argc, char **argv) {
         pid = vfork();
         if (pid < 0) { perror("vfork"); return 1; }
         if (pid == 0) {
-            char *args[] = {"true", NULL};
-            execv("/bin/true", args);
+            char *args[] = {"cat", "/dev/null", NULL};
+            execv("/bin/cat", args);
             _exit(127);
         }
         if (waitpid(pid, &st, 0) != pid) { perror("waitpid"); return 1; }

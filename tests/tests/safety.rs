@@ -203,15 +203,15 @@ fn fork_then_exec_is_traced_again() {
     assert_success(&out);
     assert_no_leaktrace_line(&out);
     let json = out.json_line();
-    assert_eq!(json["child_status"], "exit 0", "/bin/true under the preload\n{}", out.describe());
+    assert_eq!(json["child_status"], "exit 0", "/bin/cat under the preload\n{}", out.describe());
     let child = get_u64(&json, "/child_pid") as u32;
     let traces = check_every_trace(&dir);
     let pids: Vec<u32> = traces.iter().map(|(p, _)| *p).collect();
     assert!(pids.contains(&out.pid) && pids.contains(&child) && pids.len() == 2, "traces of pids {pids:?}; expected the parent {} and the exec'd child {child}", out.pid);
     let (_, r) = traces.iter().find(|(p, _)| *p == child).unwrap();
     let exe_path = r.str("/process/exe");
-    if !exe_path.ends_with("/true") {
-        r.fail(format!("the child's trace is of {exe_path:?}, expected the exec'd /bin/true"));
+    if !exe_path.ends_with("/cat") {
+        r.fail(format!("the child's trace is of {exe_path:?}, expected the exec'd /bin/cat"));
     }
     assert_eq!(r.str("/process/ended"), "exit", "{}", r.context);
 }
@@ -246,7 +246,21 @@ fn vfork_exit_and_exec_are_unaffected() {
     assert_no_leaktrace_line(&out);
     let traces = check_every_trace(&dir);
     assert!(traces.iter().any(|(p, _)| *p == out.pid), "the parent has a trace");
-    assert_eq!(traces.len(), 2, "the parent and the exec'd /bin/true have traces; the _exit child none");
+    assert_eq!(traces.len(), 2, "the parent and the exec'd /bin/cat have traces; the _exit child none");
+}
+
+/// A program that never reaches a sample point (here /bin/true, which allocates nothing) leaves
+/// no trace file: the file is created at the first sample. So a wrapper that only execs the
+/// service (setpriv, start-stop-daemon, su) takes neither disk nor the name the service wants.
+#[test]
+fn a_program_that_samples_nothing_leaves_no_file() {
+    let dir = TestDir::new("safety_no_sample_no_file");
+    let mut cmd = dir.traced_command::<&str>(Path::new("/bin/true"), &[], &Settings::exact());
+    let out = run(&mut cmd);
+    assert_success(&out);
+    assert_no_leaktrace_line(&out);
+    let traces = check_every_trace(&dir);
+    assert!(traces.is_empty(), "/bin/true allocates nothing, yet left {} trace(s)", traces.len());
 }
 
 // ---------------------------------------------------------------------------------------------
