@@ -30,6 +30,12 @@
 //! - `rss_growth_of_a_known_leak_is_explained_by_the_heap`: FAILS, exact mode explains 0.63 of
 //!   the RSS growth (13.3 MB of RSS growth for 8 MiB leaked), 4 KiB mode 0.75; the default
 //!   mode (256 MiB leaked, see the test) passes today at 0.90-0.98.
+//!
+//! Assumed beyond the text: a trace's file name carries its pid as a dot-separated
+//! component (`trace.<pid>.lt`; the service exec'd after a change of user is found by owner and
+//! `process.pid` instead, whatever its name); the tree's ledger in the trace directory ends in
+//! `.tree` and is not a trace; `process.children.traced` counts the children's traces that are
+//! kept (in the leak case each kept file is one traced child).
 
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
