@@ -21,7 +21,13 @@ pub struct Config {
     pub start_paused: bool,
     /// `LEAKTRACE_UNWINDER`: how stacks are captured.
     pub unwinder: Unwinder,
+    /// `LEAKTRACE_TREE_BUDGET`: the disk all traces of the process tree may take together;
+    /// None for the default, [`DEFAULT_TREE_FILES`] file sizes.
+    pub tree_budget: Option<u64>,
 }
+
+/// The default tree budget, in file sizes: the root's trace and a few children's.
+pub const DEFAULT_TREE_FILES: u64 = 4;
 
 /// `LEAKTRACE_UNWINDER` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +48,7 @@ impl Default for Config {
             rss_ms: DEFAULT_RSS_MS,
             start_paused: false,
             unwinder: Unwinder::Auto,
+            tree_budget: None,
         }
     }
 }
@@ -82,12 +89,10 @@ impl Config {
             c.seed = Some(v.trim().parse().map_err(|_| format!("LEAKTRACE_SEED={v:?} is not a number"))?);
         }
         if let Some(v) = get("LEAKTRACE_RSS_MS") {
-            c.rss_ms = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| (10..=3_600_000).contains(n))
-                .ok_or_else(|| format!("LEAKTRACE_RSS_MS={v:?} is not a number of milliseconds from 10 to 3600000"))?;
+            c.rss_ms =
+                v.trim().parse().ok().filter(|n| (10..=3_600_000).contains(n)).ok_or_else(|| {
+                    format!("LEAKTRACE_RSS_MS={v:?} is not a number of milliseconds from 10 to 3600000")
+                })?;
         }
         if let Some(v) = get("LEAKTRACE_START") {
             c.start_paused = match v.trim() {
@@ -104,7 +109,19 @@ impl Config {
                 _ => return Err(format!("LEAKTRACE_UNWINDER={v:?} is not auto, fp or dwarf")),
             };
         }
+        if let Some(v) = get("LEAKTRACE_TREE_BUDGET") {
+            c.tree_budget = Some(
+                parse_size(&v)
+                    .filter(|n| *n >= layout::MIN_FILE_SIZE)
+                    .ok_or_else(|| format!("LEAKTRACE_TREE_BUDGET={v:?} is not a size of 1M or more"))?,
+            );
+        }
         Ok(c)
+    }
+
+    /// The process tree's disk budget in bytes.
+    pub fn tree_budget_bytes(&self) -> u64 {
+        self.tree_budget.unwrap_or(self.file_size.saturating_mul(DEFAULT_TREE_FILES))
     }
 
     /// The file path for process `pid`: every `%p` replaced. A pattern without `%p` is used as
@@ -132,8 +149,11 @@ mod tests {
     #[test]
     fn defaults_and_suffixes() {
         assert_eq!(cfg(&[]).unwrap(), Config::default());
-        let c = cfg(&[("LEAKTRACE_FILE_SIZE", "8M"), ("LEAKTRACE_SAMPLE_BYTES", "4k"), ("LEAKTRACE_START", "off")]).unwrap();
+        let c = cfg(&[("LEAKTRACE_FILE_SIZE", "8M"), ("LEAKTRACE_SAMPLE_BYTES", "4k"), ("LEAKTRACE_START", "off")])
+            .unwrap();
         assert_eq!((c.file_size, c.sample_bytes, c.start_paused), (8 << 20, 4096, true));
+        assert_eq!(c.tree_budget_bytes(), 32 << 20, "four file sizes by default");
+        assert_eq!(cfg(&[("LEAKTRACE_TREE_BUDGET", "1G")]).unwrap().tree_budget_bytes(), 1 << 30);
         assert_eq!(parse_size("1G"), Some(1 << 30));
         assert_eq!(parse_size("x"), None);
         assert_eq!(parse_size("99999999999999999999G"), None);
@@ -151,6 +171,7 @@ mod tests {
             ("LEAKTRACE_START", "maybe"),
             ("LEAKTRACE_FILE", ""),
             ("LEAKTRACE_UNWINDER", "libunwind"),
+            ("LEAKTRACE_TREE_BUDGET", "10K"),
         ] {
             let e = cfg(&[(k, v)]).unwrap_err();
             assert!(e.contains(k), "{e}");

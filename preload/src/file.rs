@@ -1,30 +1,165 @@
-//! Creating the trace file safely and mapping it.
+//! Creating the trace file safely, mapping it, reserving its disk, and removing it.
+//!
+//! A trace file always has its full size and is mapped whole, but its disk blocks are allocated
+//! in two steps: the header and the metadata region at creation, the rest when tracing needs
+//! it (at once for a tracing process, at `ctl --resume` for a dormant one). Nothing is ever
+//! stored into a page before its blocks are allocated: on a full disk such a store would raise
+//! SIGBUS in the traced program.
 
 use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// A mapped trace file.
+pub struct TraceFile {
+    /// The path it was created at.
+    pub path: String,
+    pub base: *mut u8,
+    pub size: u64,
+    dev: u64,
+    ino: u64,
+    /// A descriptor kept while part of the file is unreserved: growing needs one, and a process
+    /// that drops privileges after creating its file could no longer reopen it. Kept above the
+    /// descriptors programs use, close-on-exec, and checked against `dev`/`ino` before each
+    /// use (a program may close it, or dup2 another file over it). -1 once fully reserved.
+    grow_fd: AtomicI32,
+    fully_reserved: AtomicBool,
+}
+
+// SAFETY: the mapping is process-wide and the other fields are plain data or atomics.
+unsafe impl Sync for TraceFile {}
+// SAFETY: as above.
+unsafe impl Send for TraceFile {}
+
+/// Lowest descriptor number a kept descriptor is moved to, out of the way of programs that
+/// expect to get small numbers (or dup2 onto them).
+const HIGH_FD: libc::c_int = 500;
 
 /// Create `pattern_path` (or, for a relative path the working directory cannot hold, the same
-/// name under $TMPDIR or /tmp), preallocate `size` bytes and map it shared. Returns the path
-/// used and the mapping's base.
+/// name under $TMPDIR or /tmp), size it to `size`, allocate disk blocks for its first
+/// `reserve_now` bytes, and map it shared.
 ///
 /// The file is created 0600 with O_EXCL|O_NOFOLLOW, so a link planted at the path cannot
-/// redirect the write. A leftover regular file of ours at the path (a recycled pid) is replaced.
-/// Blocks are allocated up front: a store into a mapped page with no block behind it would
-/// raise SIGBUS in the traced program when the disk is full.
-pub fn create_mapped(path: &str, size: u64) -> Result<(String, *mut u8), String> {
+/// redirect the write. A leftover regular file of ours at the path (a recycled pid, or this
+/// very process before an exec) is replaced. One we may not replace (another user's: a wrapper
+/// running as root that created it, then exec'd this program as another user under the same
+/// pid) makes us try `<name>.1.lt` … `<name>.9.lt`.
+pub fn create_mapped(path: &str, size: u64, reserve_now: u64) -> Result<TraceFile, String> {
     within_file_size_limit(size)?;
-    let mut candidates = vec![path.to_string()];
+    let mut dirs = vec![path.to_string()];
     if !path.starts_with('/') {
         let tmp = getenv(c"TMPDIR").filter(|t| t.starts_with('/')).unwrap_or_else(|| "/tmp".into());
-        candidates.push(format!("{}/{}", tmp.trim_end_matches('/'), path));
+        dirs.push(format!("{}/{}", tmp.trim_end_matches('/'), path));
     }
     let mut last_err = String::new();
-    for p in &candidates {
-        match create_at(p, size) {
-            Ok(base) => return Ok((p.clone(), base)),
-            Err(e) => last_err = e,
+    for base_path in &dirs {
+        for n in 0..10 {
+            let p = numbered(base_path, n);
+            match create_at(&p, size, reserve_now.min(size)) {
+                Ok(f) => return Ok(f),
+                Err((e, taken)) => {
+                    last_err = e;
+                    if !taken {
+                        break;
+                    }
+                }
+            }
         }
     }
     Err(last_err)
+}
+
+/// `path` with `.N` before a trailing `.lt` (or at the end); `path` itself for 0.
+fn numbered(path: &str, n: u32) -> String {
+    match (n, path.strip_suffix(".lt")) {
+        (0, _) => path.to_string(),
+        (_, Some(stem)) => format!("{stem}.{n}.lt"),
+        (_, None) => format!("{path}.{n}"),
+    }
+}
+
+impl TraceFile {
+    /// Allocate disk blocks for the whole file; afterwards every byte may be written.
+    pub fn reserve_all(&self) -> Result<(), String> {
+        if self.fully_reserved.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let fd = self.grow_fd.load(Ordering::Acquire);
+        let (fd, reopened) = if fd >= 0 && self.is_ours(fd) { (fd, false) } else { (self.reopen()?, true) };
+        // SAFETY: `fd` is open on our own trace file (checked by device and inode).
+        let rc = unsafe { libc::posix_fallocate(fd, 0, self.size as libc::off_t) };
+        if reopened {
+            // SAFETY: `fd` was opened just above, by us.
+            unsafe { libc::close(fd) };
+        }
+        if rc != 0 {
+            return Err(format!(
+                "cannot reserve {} bytes for {}: {}",
+                self.size,
+                self.path,
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        self.fully_reserved.store(true, Ordering::Release);
+        self.close_grow_fd();
+        Ok(())
+    }
+
+    pub fn is_fully_reserved(&self) -> bool {
+        self.fully_reserved.load(Ordering::Acquire)
+    }
+
+    /// Remove the file, if its path still names it (the file itself stays mapped and usable).
+    pub fn remove(&self) {
+        let Ok(c) = CString::new(self.path.as_str()) else { return };
+        if lstat_id(&c) == Some((self.dev, self.ino)) {
+            // SAFETY: `c` is NUL-terminated and names our own file.
+            unsafe { libc::unlink(c.as_ptr()) };
+        }
+        self.close_grow_fd();
+    }
+
+    /// In a forked child: the parent's kept descriptor is the parent's business.
+    pub fn close_inherited(&self) {
+        self.close_grow_fd();
+    }
+
+    fn close_grow_fd(&self) {
+        let fd = self.grow_fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 && self.is_ours(fd) {
+            // SAFETY: `fd` is our own descriptor on our file (checked just above).
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    fn is_ours(&self, fd: libc::c_int) -> bool {
+        // SAFETY: an all-zero `stat` is a valid out-buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on any descriptor number is harmless; `st` is writable.
+        let rc = unsafe { libc::fstat(fd, &mut st) };
+        rc == 0 && (st.st_dev, st.st_ino) == (self.dev, self.ino)
+    }
+
+    fn reopen(&self) -> Result<libc::c_int, String> {
+        let c = CString::new(self.path.as_str()).map_err(|_| "trace path contains a NUL byte".to_string())?;
+        // SAFETY: `c` is NUL-terminated; the result is checked.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("cannot reopen {} to reserve its disk: {}", self.path, errno_text()));
+        }
+        if !self.is_ours(fd) {
+            // SAFETY: `fd` was opened just above.
+            unsafe { libc::close(fd) };
+            return Err(format!("{} is no longer the trace file", self.path));
+        }
+        Ok(fd)
+    }
+}
+
+fn lstat_id(path: &CString) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is writable.
+    (unsafe { libc::lstat(path.as_ptr(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
 /// libc's getenv: unlike std::env::var it takes no lock, and this runs in forked children,
@@ -46,7 +181,10 @@ fn within_file_size_limit(size: u64) -> Result<(), String> {
         && lim.rlim_cur != libc::RLIM_INFINITY
         && size > lim.rlim_cur
     {
-        return Err(format!("LEAKTRACE_FILE_SIZE={size} exceeds the file size limit (ulimit -f) of {} bytes", lim.rlim_cur));
+        return Err(format!(
+            "LEAKTRACE_FILE_SIZE={size} exceeds the file size limit (ulimit -f) of {} bytes",
+            lim.rlim_cur
+        ));
     }
     Ok(())
 }
@@ -55,12 +193,26 @@ fn errno_text() -> String {
     std::io::Error::last_os_error().to_string()
 }
 
-fn create_at(path: &str, size: u64) -> Result<*mut u8, String> {
-    let c = CString::new(path).map_err(|_| format!("trace path {path:?} contains a NUL byte"))?;
+/// Create one candidate. The error says whether the path was taken by a file we may not
+/// replace (then the next numbered name is worth trying).
+fn create_at(path: &str, size: u64, reserve_now: u64) -> Result<TraceFile, (String, bool)> {
+    let c = CString::new(path).map_err(|_| (format!("trace path {path:?} contains a NUL byte"), false))?;
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: `c` is NUL-terminated; open has no other preconditions.
     let mut fd = unsafe { libc::open(c.as_ptr(), flags, 0o600 as libc::c_uint) };
-    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) && replaceable(&c) {
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+        match replaceable(&c) {
+            Existing::Replace => {}
+            Existing::OtherOwner => {
+                return Err((format!("cannot create trace file {path}: another user's file has the name"), true))
+            }
+            Existing::Refuse => {
+                return Err((
+                    format!("cannot create trace file {path}: something that is not a trace file is there"),
+                    false,
+                ))
+            }
+        }
         // SAFETY: as above.
         unsafe {
             libc::unlink(c.as_ptr());
@@ -68,7 +220,7 @@ fn create_at(path: &str, size: u64) -> Result<*mut u8, String> {
         }
     }
     if fd < 0 {
-        return Err(format!("cannot create trace file {path}: {}", errno_text()));
+        return Err((format!("cannot create trace file {path}: {}", errno_text()), false));
     }
     let fail = |what: &str, err: String| {
         // SAFETY: `fd` is ours; `c` names the file we just created.
@@ -76,12 +228,25 @@ fn create_at(path: &str, size: u64) -> Result<*mut u8, String> {
             libc::close(fd);
             libc::unlink(c.as_ptr());
         }
-        Err(format!("cannot {what} trace file {path}: {err}"))
+        Err((format!("cannot {what} trace file {path}: {err}"), false))
     };
     // SAFETY: `fd` is an open regular file we own.
-    let rc = unsafe { libc::posix_fallocate(fd, 0, size as libc::off_t) };
+    if unsafe { libc::ftruncate(fd, size as libc::off_t) } != 0 {
+        return fail(&format!("size to {size} bytes the"), errno_text());
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::posix_fallocate(fd, 0, reserve_now as libc::off_t) };
     if rc != 0 {
-        return fail(&format!("reserve {size} bytes for the"), std::io::Error::from_raw_os_error(rc).to_string());
+        return fail(
+            &format!("reserve {reserve_now} bytes for the"),
+            std::io::Error::from_raw_os_error(rc).to_string(),
+        );
+    }
+    // SAFETY: an all-zero `stat` is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open; `st` is writable.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return fail("stat the", errno_text());
     }
     // SAFETY: mapping `size` bytes of a file we just sized to `size`; the result is checked.
     let base = unsafe {
@@ -96,20 +261,52 @@ fn create_at(path: &str, size: u64) -> Result<*mut u8, String> {
     // Advice only; failure changes nothing.
     // SAFETY: `base` is the start of the `size`-byte mapping just created.
     unsafe { libc::madvise(base, size as usize, libc::MADV_RANDOM) };
-    // SAFETY: the mapping keeps the file referenced; the descriptor is no longer needed.
+    let fully = reserve_now >= size;
+    let grow_fd = if fully {
+        -1
+    } else {
+        // SAFETY: duplicating our own open descriptor; the result is checked.
+        unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, HIGH_FD) }
+    };
+    // SAFETY: the mapping (and the duplicate, if any) keeps the file referenced.
     unsafe { libc::close(fd) };
-    Ok(base.cast())
+    Ok(TraceFile {
+        path: path.to_string(),
+        base: base.cast(),
+        size,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        grow_fd: AtomicI32::new(grow_fd),
+        fully_reserved: AtomicBool::new(fully),
+    })
 }
 
-/// A leftover trace of ours may be replaced; anything else (a link, a device, another user's
-/// file) may not.
-fn replaceable(path: &CString) -> bool {
+/// A leftover trace of ours may be replaced; another user's regular file may not, but a
+/// numbered name may be taken instead; anything else (a link, a device) stops us.
+fn replaceable(path: &CString) -> Existing {
     // SAFETY: an all-zero `stat` is a valid out-buffer for lstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is NUL-terminated and `st` is writable.
-    let ok = unsafe { libc::lstat(path.as_ptr(), &mut st) } == 0;
+    if unsafe { libc::lstat(path.as_ptr(), &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFREG {
+        return Existing::Refuse;
+    }
     // SAFETY: getuid has no preconditions.
-    ok && (st.st_mode & libc::S_IFMT) == libc::S_IFREG && st.st_uid == unsafe { libc::getuid() }
+    if st.st_uid == unsafe { libc::getuid() } {
+        Existing::Replace
+    } else {
+        Existing::OtherOwner
+    }
+}
+
+/// What to do about a path that exists already.
+enum Existing {
+    /// A regular file of ours: a leftover (recycled pid, or this process before an exec).
+    Replace,
+    /// A regular file of another user (a wrapper that created it as root, then exec'd this
+    /// program as another user under the same pid): take the next numbered name.
+    OtherOwner,
+    /// A link, a device, anything else: never write there; say so.
+    Refuse,
 }
 
 #[cfg(test)]
@@ -121,8 +318,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lt-file-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("t.lt");
-        let (_, base) = create_mapped(p.to_str().unwrap(), 1 << 20).unwrap();
-        assert!(!base.is_null());
+        let f = create_mapped(p.to_str().unwrap(), 1 << 20, 1 << 20).unwrap();
+        assert!(!f.base.is_null() && f.is_fully_reserved());
         let md = std::fs::metadata(&p).unwrap();
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         assert_eq!(md.permissions().mode() & 0o777, 0o600);
@@ -131,8 +328,79 @@ mod tests {
         let target = dir.join("target");
         std::fs::write(&target, b"keep").unwrap();
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(create_at(link.to_str().unwrap(), 1 << 20).is_err());
+        assert!(create_at(link.to_str().unwrap(), 1 << 20, 1 << 20).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lt-file-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_dormant_file_is_small_until_reserved_whole() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = scratch("grow");
+        let p = dir.join("t.lt");
+        let f = create_mapped(p.to_str().unwrap(), 8 << 20, 64 << 10).unwrap();
+        let md = std::fs::metadata(&p).unwrap();
+        assert_eq!(md.len(), 8 << 20, "full size, sparse");
+        assert!(md.blocks() * 512 < 1 << 20, "only the first 64 KiB allocated: {} blocks", md.blocks());
+        assert!(!f.is_fully_reserved());
+        f.reserve_all().unwrap();
+        assert!(f.is_fully_reserved());
+        assert!(std::fs::metadata(&p).unwrap().blocks() * 512 >= 8 << 20);
+        // Growing survives the program closing and reusing the kept descriptor.
+        let g = create_mapped(dir.join("u.lt").to_str().unwrap(), 4 << 20, 64 << 10).unwrap();
+        let fd = g.grow_fd.load(Ordering::Relaxed);
+        assert!(fd >= HIGH_FD);
+        let other = std::fs::File::create(dir.join("other")).unwrap();
+        // SAFETY: test-only: put another file on the kept descriptor number, as a program might.
+        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&other), fd) };
+        g.reserve_all().unwrap();
+        assert_eq!(std::fs::metadata(dir.join("other")).unwrap().len(), 0, "the program's file is untouched");
+        assert!(std::fs::metadata(dir.join("u.lt")).unwrap().blocks() * 512 >= 4 << 20);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remove_only_removes_our_own_file() {
+        let dir = scratch("remove");
+        let p = dir.join("t.lt");
+        let f = create_mapped(p.to_str().unwrap(), 1 << 20, 1 << 20).unwrap();
+        std::fs::rename(&p, dir.join("moved.lt")).unwrap();
+        std::fs::write(&p, b"someone else's").unwrap();
+        f.remove();
+        assert_eq!(std::fs::read(&p).unwrap(), b"someone else's");
+        std::fs::remove_file(&p).unwrap();
+        std::fs::rename(dir.join("moved.lt"), &p).unwrap();
+        f.remove();
+        assert!(!p.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `start-stop-daemon --chuid nobody`: the root wrapper's file holds the name; the service,
+    /// another user under the same pid, takes the next numbered one.
+    #[test]
+    fn a_name_held_by_another_user_gives_the_next_numbered_name() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to make a file of another owner");
+            return;
+        }
+        let dir = scratch("numbered");
+        let p = dir.join("t.42.lt");
+        std::fs::write(&p, b"root wrapper").unwrap();
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        let f = create_mapped(p.to_str().unwrap(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(f.path, dir.join("t.42.1.lt").to_str().unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"root wrapper");
+        assert_eq!(std::fs::metadata(&f.path).unwrap().uid(), 0);
+        assert_eq!(numbered("/x/trace", 2), "/x/trace.2");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

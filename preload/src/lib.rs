@@ -15,6 +15,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod background;
+pub mod budget;
 pub mod cfi;
 pub mod config;
 pub mod file;

@@ -27,6 +27,7 @@ use std::sync::{Mutex, OnceLock};
 use leaktrace_format::layout::{self, hdr, Api, Control, ControlResult, EventKind, TraceState};
 use leaktrace_format::{encode_meta, Event, MetaKind, ProcessInfo, SamplingChange};
 
+use crate::budget::{self, Ledger};
 use crate::config::{Config, Unwinder};
 use crate::mapped::{self, LiveEntry, Mapped};
 use crate::sampler::{Charge, Guard, ThreadState, THREAD};
@@ -110,6 +111,7 @@ const MAX_CAPTURE: usize = 64;
 
 pub struct Tracer {
     pub mapped: Mapped,
+    file: file::TraceFile,
     start_mono_ns: u64,
     /// Which modules this trace has recorded. Only ever `try_lock`ed: its holders are
     /// housekeeping, start-up and exit, and a forked child may find it held forever.
@@ -152,6 +154,18 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: `ts` is a valid out-pointer; both clocks exist on every Linux since 2.6.32.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// 64 random bits from the kernel (a ledger's id); the clock and pid if that fails.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: `b` is writable for its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_NONBLOCK) };
+    if n == 8 {
+        u64::from_le_bytes(b)
+    } else {
+        layout::mix(mono_ns() ^ u64::from(std::process::id()) << 40)
+    }
 }
 
 fn unix_ns() -> u64 {
@@ -363,10 +377,12 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
     let guard = thread.enter();
     let tracer = match current() {
         Some(t) => t,
-        None if enough_stack_left(HOUSEKEEPING_STACK) && START_PENDING.swap(false, Ordering::AcqRel) => match start_pending(&guard) {
-            Some(t) => t,
-            None => return,
-        },
+        None if enough_stack_left(HOUSEKEEPING_STACK) && START_PENDING.swap(false, Ordering::AcqRel) => {
+            match start_pending(&guard) {
+                Some(t) => t,
+                None => return,
+            }
+        }
         None => return,
     };
     let mut frames = [0u64; MAX_CAPTURE];
@@ -637,9 +653,10 @@ pub fn on_load() {
             // Built here, in the constructor, rather than by a thread: the hooks' CFI unwinder.
             crate::cfi::refresh();
         }
+        choose_ledger_path(config);
         // The file exists from the start, dormant or not: it is the channel `ctl` reaches the
         // process through.
-        if start(&guard, config, false).is_none() {
+        if start_or_stop(&guard, config, false, config.start_paused).is_none() {
             return;
         }
         // SAFETY: `after_fork_in_child` is an `extern "C" fn()` that stays valid for the life
@@ -648,26 +665,66 @@ pub fn on_load() {
     });
 }
 
-/// Create and map the trace file, write what is known up front, start the background thread.
-fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static Tracer> {
+/// Why a trace could not start.
+enum NotStarted {
+    /// The process tree's disk budget cannot hold the file's reservation.
+    Budget,
+    /// Anything else (said on stderr).
+    Failed,
+}
+
+/// Create and map the trace file and write what is known up front. A dormant trace reserves
+/// disk for its header and metadata only, a tracing one for all of it; either way, the tree's
+/// ledger first.
+fn start(_guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bool) -> Result<&'static Tracer, NotStarted> {
     let pid = std::process::id();
-    let plan = layout::Plan::for_file_size_and_mean(config.file_size, config.sample_bytes)?;
-    let (_path, base) = match file::create_mapped(&config.path_for(pid, is_child), config.file_size) {
-        Ok(v) => v,
+    let plan = layout::Plan::for_file_size_and_mean(config.file_size, config.sample_bytes).ok_or(NotStarted::Failed)?;
+    let (meta_off, meta_len) = plan.region(layout::Region::Meta);
+    let reserve_now = if dormant { meta_off + meta_len } else { config.file_size };
+    // The first process of a tree to create a trace creates the ledger too, once its trace
+    // exists: a trace that could not be created leaves no ledger behind (a full disk).
+    let existing = existing_ledger();
+    match existing {
+        Some(l) if !l.reserve(reserve_now) => {
+            l.count_refused();
+            return Err(NotStarted::Budget);
+        }
+        None if reserve_now > config.tree_budget_bytes() => return Err(NotStarted::Budget),
+        _ => {}
+    }
+    let file = match file::create_mapped(&config.path_for(pid, is_child), config.file_size, reserve_now) {
+        Ok(f) => f,
         Err(e) => {
+            if let Some(l) = existing {
+                l.release(reserve_now);
+            }
             warn(&format!("{e}; tracing disabled"));
-            return None;
+            return Err(NotStarted::Failed);
         }
     };
-    // SAFETY: `create_mapped` returns a shared writable mapping of exactly `file_size` bytes,
-    // with its blocks allocated, that is never unmapped; `plan` is for that size.
-    let mapped = unsafe { Mapped::new(base, config.file_size as usize, &plan) };
+    let ledger = match existing {
+        Some(l) => l,
+        None => {
+            let l = ledger(config);
+            // Another process may have made it meanwhile and used some: over budget then, by
+            // at most this one file, once.
+            let _ = l.reserve(reserve_now) || l.force_reserve(reserve_now);
+            l
+        }
+    };
+    // SAFETY: `create_mapped` returns a shared writable mapping of exactly `file_size` bytes
+    // that is never unmapped, with blocks allocated for its first `reserve_now` bytes, and
+    // RESERVED_BYTES below tells every writer how far it may store; `plan` is for that size.
+    let mapped = unsafe { Mapped::new(file.base, config.file_size as usize, &plan) };
     let start_mono_ns = PROCESS_START_MONO.load(Ordering::Relaxed);
     let start_unix_ns = PROCESS_START_UNIX.load(Ordering::Relaxed);
     mapped.write_header(pid, start_unix_ns, start_mono_ns, config.sample_bytes, config.rss_ms);
-    mapped.header(hdr::RESERVED_BYTES).store(config.file_size, Ordering::Release);
+    mapped.header(hdr::RESERVED_BYTES).store(reserve_now, Ordering::Release);
+    mapped.header(hdr::TREE_BUDGET).store(ledger.budget(), Ordering::Relaxed);
+    mapped.header(hdr::TREE_ID).store(ledger.id(), Ordering::Relaxed);
     let tracer: &'static Tracer = Box::leak(Box::new(Tracer {
         mapped,
+        file,
         start_mono_ns,
         modules: Mutex::new(ModuleLog::default()),
         ticking: AtomicBool::new(false),
@@ -678,8 +735,8 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     }));
     let info = process_info(pid);
     tracer.append_meta(MetaKind::Process, &info);
-    // The module map goes in at once (a short-lived process may end before the background
-    // thread's first tick): from start-up's walk, or in a forked child from the parent's last one.
+    // The module map goes in at once (a short-lived process may end before the first tick):
+    // from start-up's walk, or in a forked child from the parent's last one.
     if let Ok(last) = LAST_SNAPSHOT.try_lock() {
         tracer.record_modules(&last, None);
     }
@@ -687,12 +744,12 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     let mean_bytes = if is_child { HOOK.mean.load(Ordering::Relaxed) } else { config.sample_bytes };
     tracer.mapped.header(hdr::CURRENT_MEAN_BYTES).store(mean_bytes, Ordering::Relaxed);
     tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes });
-    if config.start_paused {
+    if dormant {
         tracer.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: 0, mean_bytes: 0 });
     }
     HOOK.mean.store(mean_bytes, Ordering::Relaxed);
-    tracer.mapped.set_state(if config.start_paused { TraceState::Paused } else { TraceState::Tracing });
-    HOOK.sampling.store(!config.start_paused, Ordering::Relaxed);
+    tracer.mapped.set_state(if dormant { TraceState::Paused } else { TraceState::Tracing });
+    HOOK.sampling.store(!dormant, Ordering::Relaxed);
     // Pairs with the acquire load in `current`.
     TRACER.store(tracer as *const Tracer as *mut Tracer, Ordering::Release);
     tracer.settle_gate();
@@ -701,26 +758,118 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool) -> Option<&'static
     if tracer.mapped.fully_reserved() {
         sample_rss(tracer);
     }
+    if let Some(parent) = parent() {
+        parent.mapped.header(hdr::CHILDREN_TRACED).fetch_add(1, Ordering::Relaxed);
+    }
     // No thread is started here: a process with one thread must keep it that way (a helper
     // would break privilege drops, and take glibc's malloc off its single-thread path). The
     // helper starts when the program creates a thread of its own (`on_program_thread`).
-    Some(tracer)
+    Ok(tracer)
+}
+
+/// Start a trace; on failure the hooks only forward from now on, and a forked child's parent
+/// counts a child the budget left untraced.
+fn start_or_stop(guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bool) -> Option<&'static Tracer> {
+    match start(guard, config, is_child, dormant) {
+        Ok(t) => Some(t),
+        Err(why) => {
+            stop_sampling();
+            if let (NotStarted::Budget, Some(parent)) = (why, parent()) {
+                parent.mapped.header(hdr::CHILDREN_UNTRACED_BUDGET).fetch_add(1, Ordering::Relaxed);
+            }
+            None
+        }
+    }
 }
 
 /// Start the trace of a forked child at its first sample point ([`START_PENDING`]).
 fn start_pending(guard: &Guard<'_>) -> Option<&'static Tracer> {
     let config = CONFIG.get()?;
-    let started = start(guard, config, IS_FORKED_CHILD.load(Ordering::Relaxed));
-    if started.is_none() {
-        stop_sampling();
-    }
-    started
+    start_or_stop(guard, config, IS_FORKED_CHILD.load(Ordering::Relaxed), false)
 }
 
 /// Stop looking at allocations for good (tracing could not start): the hooks only forward.
 fn stop_sampling() {
     HOOK.sampling.store(false, Ordering::Relaxed);
     set_gate(&GATE_CLOSED);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The process tree's disk budget
+
+/// Where the tree's ledger is: from `LEAKTRACE_TREE` (set by the root for exec'd descendants),
+/// or, in the root, next to its trace. Decided in the constructor, which exports it.
+static LEDGER_PATH: OnceLock<String> = OnceLock::new();
+/// Set when this process was exec'd by a traced process (it found the tree's ledger in its
+/// environment): it is a descendant, not the process the user started.
+static INHERITED_TREE: AtomicBool = AtomicBool::new(false);
+/// The ledger, opened at its first use; a forked child inherits the mapping.
+static LEDGER: OnceLock<&'static Ledger> = OnceLock::new();
+
+/// Decide the ledger's path at start-up, and export it to exec'd descendants. Runs in the
+/// constructor, before the program's `main` (and so its threads): setenv is safe there.
+fn choose_ledger_path(config: &Config) {
+    let inherited = std::env::var(budget::TREE_ENV).ok().filter(|p| p.starts_with('/'));
+    let usable = |p: &str| {
+        let Ok(c) = std::ffi::CString::new(p) else { return false };
+        // SAFETY: `c` is NUL-terminated. A ledger another user made (we changed users at an
+        // exec) is not ours to use: this process starts a tree of its own.
+        unsafe { libc::access(c.as_ptr(), libc::F_OK) != 0 || libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) == 0 }
+    };
+    let path = match inherited {
+        Some(p) if usable(&p) => {
+            INHERITED_TREE.store(true, Ordering::Relaxed);
+            p
+        }
+        _ => {
+            let pid = std::process::id();
+            let trace = config.path_for(pid, false);
+            let mut path = budget::ledger_path_for(&trace, pid);
+            if !dir_writable(&path) {
+                let tmp = std::env::var("TMPDIR").ok().filter(|t| t.starts_with('/')).unwrap_or_else(|| "/tmp".into());
+                path = format!("{}/leaktrace.{pid}.tree", tmp.trim_end_matches('/'));
+            }
+            std::env::set_var(budget::TREE_ENV, &path);
+            path
+        }
+    };
+    let _ = LEDGER_PATH.set(path);
+}
+
+fn dir_writable(path: &str) -> bool {
+    let dir = path.rfind('/').map_or(".", |i| if i == 0 { "/" } else { &path[..i] });
+    let Ok(c) = std::ffi::CString::new(dir) else { return false };
+    // SAFETY: `c` is NUL-terminated.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The tree's ledger, created if no process of the tree has yet. When its file cannot be
+/// used, a ledger of this process alone (in memory, shared with forked children): the bound
+/// then holds for this process and its forks.
+fn ledger(config: &Config) -> &'static Ledger {
+    LEDGER.get_or_init(|| {
+        let path = LEDGER_PATH.get().cloned().unwrap_or_default();
+        let ledger = Ledger::open_or_create(&path, config.tree_budget_bytes())
+            .unwrap_or_else(|_| Ledger::anonymous(config.tree_budget_bytes()));
+        Box::leak(Box::new(ledger))
+    })
+}
+
+/// The tree's ledger if some process of the tree made it already.
+fn existing_ledger() -> Option<&'static Ledger> {
+    if let Some(l) = LEDGER.get() {
+        return Some(l);
+    }
+    let found = Ledger::open(LEDGER_PATH.get()?)?;
+    Some(LEDGER.get_or_init(|| Box::leak(Box::new(found))))
+}
+
+/// The parent's trace, in a forked child (its mapping is inherited, and never unmapped).
+static PARENT: AtomicPtr<Tracer> = AtomicPtr::new(std::ptr::null_mut());
+
+fn parent() -> Option<&'static Tracer> {
+    // SAFETY: PARENT only ever holds null or a leaked tracer inherited from the parent.
+    unsafe { PARENT.load(Ordering::Acquire).as_ref() }
 }
 
 /// The arguments in /proc/self/cmdline: each ends with a NUL, and an empty one is an argument
@@ -837,6 +986,10 @@ impl Tracer {
                 self.append_meta(MetaKind::Sampling, &SamplingChange { t_ns: self.now_ns(), mean_bytes: 0 });
             }
             c if c == Control::Resume as u32 && !is_sampling() => {
+                if let Err(refused) = self.reserve_whole_file() {
+                    self.settle_gate();
+                    return refused;
+                }
                 m.set_state(TraceState::Tracing);
                 HOOK.sampling.store(true, Ordering::Relaxed);
                 let mean_bytes = HOOK.mean.load(Ordering::Relaxed);
@@ -853,6 +1006,29 @@ impl Tracer {
         }
         self.settle_gate();
         ControlResult::Applied
+    }
+
+    /// Allocate the disk for the whole file (a dormant trace has its header and metadata only),
+    /// within the tree's budget, before anything is stored beyond them.
+    fn reserve_whole_file(&self) -> Result<(), ControlResult> {
+        let reserved = self.mapped.header(hdr::RESERVED_BYTES).load(Ordering::Acquire);
+        let rest = self.file.size.saturating_sub(reserved);
+        if rest == 0 {
+            return Ok(());
+        }
+        let Some(config) = CONFIG.get() else { return Err(ControlResult::RefusedStopped) };
+        let ledger = ledger(config);
+        if !ledger.reserve(rest) {
+            warn(&format!("cannot resume {}: the process tree's disk budget is spent", self.file.path));
+            return Err(ControlResult::RefusedBudget);
+        }
+        if let Err(e) = self.file.reserve_all() {
+            ledger.release(rest);
+            warn(&format!("{e}; the trace stays dormant"));
+            return Err(ControlResult::RefusedDiskFull);
+        }
+        self.mapped.header(hdr::RESERVED_BYTES).store(self.file.size, Ordering::Release);
+        Ok(())
     }
 
     /// Set the file's gate word for the state now: the mean (with the epoch kept) while
@@ -913,15 +1089,29 @@ fn rss_bytes() -> Option<u64> {
 /// No thread is started for the child: it has one thread, and keeps it that way until it
 /// creates threads of its own (see `on_program_thread`).
 extern "C" fn after_fork_in_child() {
-    TRACER.store(std::ptr::null_mut(), Ordering::Release);
+    let parent_tracer = TRACER.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    PARENT.store(parent_tracer, Ordering::Release);
     IS_FORKED_CHILD.store(true, Ordering::Relaxed);
     mark_process_start();
     crate::background::forget_after_fork();
+    THREAD.with(|t| t.reset_after_fork());
+    if let Some(parent) = parent() {
+        parent.file.close_inherited();
+    }
     let tracing = HOOK.sampling.load(Ordering::Relaxed);
     START_PENDING.store(tracing, Ordering::Release);
     PENDING_GATE.store(if tracing { gate_word() } else { 0 }, Ordering::Relaxed);
     set_gate(&PENDING_GATE);
-    THREAD.with(|t| t.reset_after_fork());
+    // A dormant parent's child gets its own small dormant trace now, so `ctl --resume` can reach
+    // it (prefork workers). A tracing parent's child starts its trace at its first sample point.
+    if !tracing && parent().is_some() {
+        if let Some(config) = CONFIG.get() {
+            THREAD.with(|t| {
+                let guard = t.enter();
+                start_or_stop(&guard, config, true, true);
+            });
+        }
+    }
 }
 
 /// The program created a thread (our `pthread_create` returned success): the process is
@@ -939,26 +1129,70 @@ pub fn on_program_thread() {
 
 /// The library destructor: runs at a normal `exit`, after `main` returns.
 pub fn on_unload() {
-    if let Some(t) = current() {
-        if !IS_FORKED_CHILD.load(Ordering::Relaxed) {
-            THREAD.with(|thread| {
-                let _guard = thread.enter();
-                t.refresh_modules();
-            });
+    let Some(t) = current() else { return };
+    if !IS_FORKED_CHILD.load(Ordering::Relaxed) {
+        THREAD.with(|thread| {
+            let _guard = thread.enter();
+            t.refresh_modules();
+        });
+    }
+    let m = &t.mapped;
+    // The exiting thread's unflushed counts; other threads' stay unflushed (fewer than
+    // COUNT_BATCH each, as FORMAT.md says).
+    let (allocs, frees) = THREAD.with(|thread| thread.take_unflushed());
+    m.header(hdr::SAMPLED_ALLOCS).fetch_add(allocs, Ordering::Relaxed);
+    m.header(hdr::SAMPLED_FREES).fetch_add(frees, Ordering::Relaxed);
+    m.publish_live_count();
+    publish_unwinder_stats(t);
+    m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
+    if m.fully_reserved() {
+        sample_rss(t);
+    }
+    m.u32_at(hdr::END_REASON).store(layout::EndReason::Exit as u32, Ordering::Release);
+    if let Some(why) = t.nothing_to_keep() {
+        t.file.remove();
+        if let Some(config) = CONFIG.get() {
+            ledger(config).release(m.header(hdr::RESERVED_BYTES).load(Ordering::Acquire));
         }
-        let m = &t.mapped;
-        // The exiting thread's unflushed counts; other threads' stay unflushed (fewer than
-        // COUNT_BATCH each, as FORMAT.md says).
-        let (allocs, frees) = THREAD.with(|thread| thread.take_unflushed());
-        m.header(hdr::SAMPLED_ALLOCS).fetch_add(allocs, Ordering::Relaxed);
-        m.header(hdr::SAMPLED_FREES).fetch_add(frees, Ordering::Relaxed);
-        m.publish_live_count();
-        publish_unwinder_stats(t);
-        m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
-        if m.fully_reserved() {
-            sample_rss(t);
+        if let (Removal::ChildFreedEverything, Some(parent)) = (why, parent()) {
+            parent.mapped.header(hdr::CHILDREN_TRACED).fetch_sub(1, Ordering::Relaxed);
+            parent.mapped.header(hdr::CHILDREN_REMOVED).fetch_add(1, Ordering::Relaxed);
         }
-        m.u32_at(hdr::END_REASON).store(layout::EndReason::Exit as u32, Ordering::Release);
+    }
+}
+
+/// Why a trace is removed at exit.
+#[derive(Clone, Copy)]
+enum Removal {
+    /// A descendant of the traced process sampled nothing: a dormant child never resumed, a
+    /// short program a script ran that never reached a sample point. It would only say so.
+    NothingSampled,
+    /// A forked child freed every block it sampled (a connection's backend that cleaned up):
+    /// with fork per connection, these traces would be most of the disk and none of the news.
+    ChildFreedEverything,
+}
+
+impl Tracer {
+    /// Should the trace be removed at exit, and why? Only when what it holds is certain: in a
+    /// process with one thread, whose counts are all flushed (other threads' batches may not
+    /// be), nothing dropped, nothing unfreed.
+    fn nothing_to_keep(&self) -> Option<Removal> {
+        let m = &self.mapped;
+        let allocs = m.header(hdr::SAMPLED_ALLOCS).load(Ordering::Relaxed);
+        let frees = m.header(hdr::SAMPLED_FREES).load(Ordering::Relaxed);
+        let head = m.header(hdr::RING_HEAD).load(Ordering::Relaxed);
+        let dropped = m.header(hdr::LIVE_DROPPED).load(Ordering::Relaxed)
+            + m.header(hdr::EVENTS_DROPPED).load(Ordering::Relaxed)
+            + m.header(hdr::SKIPPED_NO_STACK).load(Ordering::Relaxed);
+        let exact_counts = crate::real::single_threaded() && dropped == 0;
+        // The process the user started keeps its trace whatever it holds: that is the file
+        // they will look for.
+        let descendant = IS_FORKED_CHILD.load(Ordering::Relaxed) || INHERITED_TREE.load(Ordering::Relaxed);
+        if descendant && exact_counts && head == 0 && allocs == 0 {
+            return Some(Removal::NothingSampled);
+        }
+        let child = IS_FORKED_CHILD.load(Ordering::Relaxed);
+        (child && exact_counts && allocs == frees).then_some(Removal::ChildFreedEverything)
     }
 }
 
