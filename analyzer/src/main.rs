@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 2 error (unreadable or foreign file, bad arguments).
 
 mod analysis;
+mod ctl;
 mod diff;
 mod export;
 mod growth;
@@ -13,14 +14,12 @@ mod watch;
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use leaktrace_format::layout::{self, hdr};
 use leaktrace_format::Trace;
 
 #[derive(Parser)]
@@ -110,9 +109,12 @@ enum Command {
         #[command(flatten)]
         symbols: SymbolArgs,
     },
-    /// Change a running process's tracing through its trace file, without a signal or restart.
+    /// Change running processes' tracing through their trace files, without a signal or
+    /// restart. A directory stands for every trace file in it (a whole service's). Exit status
+    /// 1 if a process refused (the disk or the tree's budget cannot hold a resumed trace).
     Ctl {
-        trace: PathBuf,
+        #[arg(required = true)]
+        trace: Vec<PathBuf>,
         #[arg(long, conflicts_with_all = ["resume", "sample_bytes"])]
         pause: bool,
         #[arg(long, conflicts_with = "sample_bytes")]
@@ -120,6 +122,10 @@ enum Command {
         /// New sampling mean in bytes (1 = record every allocation).
         #[arg(long)]
         sample_bytes: Option<u64>,
+        /// How long to wait for the processes to answer, in milliseconds. A process applies a
+        /// request at its next allocation.
+        #[arg(long, default_value_t = 2000)]
+        wait: u64,
     },
 }
 
@@ -149,43 +155,6 @@ fn write_output(output: Option<&Path>, text: impl AsRef<[u8]>) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn ctl(path: &Path, pause: bool, resume: bool, sample_bytes: Option<u64>) -> Result<String> {
-    let (control, mean) = match (pause, resume, sample_bytes) {
-        (true, _, _) => (layout::Control::Pause, 0),
-        (_, true, _) => (layout::Control::Resume, 0),
-        (_, _, Some(n)) if (1..=u64::from(u32::MAX)).contains(&n) => (layout::Control::SetMeanBytes, n),
-        (_, _, Some(n)) => bail!("--sample-bytes {n} is out of range (1 to 4294967295)"),
-        _ => bail!("say what to change: --pause, --resume or --sample-bytes N"),
-    };
-    // Opening for writing is the permission check: only who can write the trace can steer it.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open {} for writing", path.display()))?;
-    let mut head = vec![0u8; layout::HEADER_SIZE];
-    f.read_exact_at(&mut head, 0).with_context(|| format!("{}: too short for a trace header", path.display()))?;
-    leaktrace_format::Header::parse(&head).with_context(|| format!("{}", path.display()))?;
-    f.write_all_at(&mean.to_le_bytes(), hdr::REQUESTED_MEAN_BYTES as u64)?;
-    f.write_all_at(&(control as u32).to_le_bytes(), hdr::CONTROL as u64)?;
-    let seq = u32::from_le_bytes(head[hdr::CONTROL_SEQ..hdr::CONTROL_SEQ + 4].try_into()?);
-    f.write_all_at(&seq.wrapping_add(1).to_le_bytes(), hdr::CONTROL_SEQ as u64)?;
-    // After the sequence, a new epoch in the gate word: every thread of the process takes its
-    // slow path at its next allocation, and acts on the request there. An atomic add through a
-    // shared mapping, since the process stores to the same word.
-    // SAFETY: a shared mapping of the file's header page, which the check above found to be a
-    // trace header; the process maps the same page, and both sides touch the word atomically.
-    let header = unsafe { memmap2::MmapOptions::new().len(layout::HEADER_SIZE).map_mut(&f) }
-        .with_context(|| format!("cannot map {}", path.display()))?;
-    // SAFETY: GATE is 8-byte aligned within the page-aligned mapping, which outlives the use.
-    let gate = unsafe { std::sync::atomic::AtomicU64::from_ptr(header.as_ptr().add(hdr::GATE) as *mut u64) };
-    gate.fetch_add(layout::GATE_EPOCH, std::sync::atomic::Ordering::SeqCst);
-    Ok(format!(
-        "request sent to pid {}; it applies within 100 ms if the process is running\n",
-        u32::from_le_bytes(head[hdr::PID..hdr::PID + 4].try_into()?)
-    ))
 }
 
 /// A trace, its analysis and its report, for one side of a diff.
@@ -308,8 +277,14 @@ fn run(cli: Cli) -> Result<()> {
             };
             watch::run(|| load(&trace), &opts)
         }
-        Command::Ctl { trace, pause, resume, sample_bytes } => {
-            write_output(None, &ctl(&trace, pause, resume, sample_bytes)?)
+        Command::Ctl { trace, pause, resume, sample_bytes, wait } => {
+            let request = ctl::Request::from_flags(pause, resume, sample_bytes)?;
+            let (text, refused) = ctl::ctl(&trace, request, std::time::Duration::from_millis(wait))?;
+            write_output(None, &text)?;
+            if refused {
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }

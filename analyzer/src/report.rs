@@ -36,6 +36,18 @@ pub struct Process {
     pub start_unix_ns: u64,
     pub duration_ns: u64,
     pub ended: &'static str,
+    pub children: Children,
+}
+
+/// What became of the process's forked children (format 1.1; zeros in older traces).
+#[derive(Serialize)]
+pub struct Children {
+    /// Children that created a trace of their own and kept it.
+    pub traced: u64,
+    /// Children that ran untraced: the process tree's disk budget was spent.
+    pub untraced_budget: u64,
+    /// Children that removed their trace at exit: nothing they sampled was left unfreed.
+    pub removed_empty: u64,
 }
 
 #[derive(Serialize)]
@@ -163,6 +175,11 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
             start_unix_ns: h.start_unix_ns,
             duration_ns: analysis.end_ns,
             ended: if h.ended_cleanly() { "exit" } else { "unknown" },
+            children: Children {
+                traced: h.children_traced,
+                untraced_budget: h.children_untraced_budget,
+                removed_empty: h.children_removed,
+            },
         },
         sampling: Sampling {
             mean_bytes: h.current_mean_bytes.max(1),
@@ -272,6 +289,22 @@ pub fn human_bytes(b: f64) -> String {
     }
 }
 
+/// "children: 3 traced, 312 not traced (disk budget spent), 40 traces removed (nothing
+/// unfreed)", or None for a process without forked children.
+pub fn children_line(c: &Children) -> Option<String> {
+    let mut parts = Vec::new();
+    if c.traced > 0 {
+        parts.push(format!("{} traced", c.traced));
+    }
+    if c.untraced_budget > 0 {
+        parts.push(format!("{} not traced (disk budget spent: LEAKTRACE_TREE_BUDGET)", c.untraced_budget));
+    }
+    if c.removed_empty > 0 {
+        parts.push(format!("{} traces removed (nothing unfreed)", c.removed_empty));
+    }
+    (!parts.is_empty()).then(|| format!("children: {}", parts.join(", ")))
+}
+
 fn secs(ns: u64) -> String {
     format!("{:.1}s", ns as f64 / 1e9)
 }
@@ -289,6 +322,9 @@ pub fn render_text(r: &Report, top: usize) -> String {
         r.totals.sampled_events,
         r.totals.dropped_events
     );
+    if let Some(line) = children_line(&p.children) {
+        let _ = writeln!(o, "{line}");
+    }
     let _ = writeln!(o, "\n{}\n", r.summary);
     if r.partial {
         let _ = writeln!(o, "PARTIAL: the trace is damaged; figures cover what could be read");

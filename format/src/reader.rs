@@ -44,6 +44,17 @@ pub struct Header {
     pub skipped_no_stack: u64,
     pub cfi_stacks: u64,
     pub libgcc_stacks: u64,
+    // Version 1.1 (zero in 1.0 files).
+    pub control_ack_seq: u32,
+    pub control_result: u32,
+    pub reserved_bytes: u64,
+    pub rss_peak_bytes: u64,
+    pub rss_peak_ns: u64,
+    pub children_traced: u64,
+    pub children_untraced_budget: u64,
+    pub children_removed: u64,
+    pub tree_budget: u64,
+    pub tree_id: u64,
 }
 
 /// One record of the event ring. The writer fills every field but `seq`, which the ring assigns.
@@ -433,6 +444,16 @@ impl Header {
             skipped_no_stack: u64_at(bytes, hdr::SKIPPED_NO_STACK),
             cfi_stacks: u64_at(bytes, hdr::CFI_STACKS),
             libgcc_stacks: u64_at(bytes, hdr::LIBGCC_STACKS),
+            control_ack_seq: u32_at(bytes, hdr::CONTROL_ACK_SEQ),
+            control_result: u32_at(bytes, hdr::CONTROL_RESULT),
+            reserved_bytes: u64_at(bytes, hdr::RESERVED_BYTES),
+            rss_peak_bytes: u64_at(bytes, hdr::RSS_PEAK_BYTES),
+            rss_peak_ns: u64_at(bytes, hdr::RSS_PEAK_NS),
+            children_traced: u64_at(bytes, hdr::CHILDREN_TRACED),
+            children_untraced_budget: u64_at(bytes, hdr::CHILDREN_UNTRACED_BUDGET),
+            children_removed: u64_at(bytes, hdr::CHILDREN_REMOVED),
+            tree_budget: u64_at(bytes, hdr::TREE_BUDGET),
+            tree_id: u64_at(bytes, hdr::TREE_ID),
             ..Header::default()
         };
         if h.version_major != layout::VERSION_MAJOR {
