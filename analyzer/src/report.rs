@@ -23,6 +23,8 @@ pub struct Report {
     pub sampling: Sampling,
     pub totals: Totals,
     pub rss: Vec<RssPoint>,
+    /// The highest RSS sampled (the series may have been thinned past it); null without one.
+    pub rss_peak: Option<RssPeak>,
     pub rss_vs_heap: Option<RssVsHeap>,
     pub sites: Vec<SiteOut>,
     pub symbolization_warnings: Vec<String>,
@@ -74,12 +76,30 @@ pub struct Totals {
 pub struct RssPoint {
     pub t_ns: u64,
     pub rss_bytes: u64,
+    /// The part of `rss_bytes` that is leaktrace's own: its trace pages and its heap.
+    pub tracer_bytes: u64,
+}
+
+/// The highest RSS sampled, and when (ns since start).
+#[derive(Serialize, Clone, Copy)]
+pub struct RssPeak {
+    pub rss_bytes: u64,
+    pub t_ns: u64,
 }
 
 /// Does the sampled heap explain the RSS growth, or is memory growing outside malloc?
 #[derive(Serialize)]
 pub struct RssVsHeap {
+    /// The program's RSS growth over the span: leaktrace's own memory excluded.
     pub rss_growth_bytes: f64,
+    /// The RSS growth as the kernel counts it, leaktrace's own included.
+    pub raw_rss_growth_bytes: f64,
+    /// How much of the raw growth was leaktrace's own (its trace pages and heap).
+    pub tracer_growth_bytes: f64,
+    /// The span compared, ns since start: from the first RSS sample since sampling last
+    /// started (the heap is unknown while paused) to the last.
+    pub from_ns: u64,
+    pub to_ns: u64,
     pub heap_growth_bytes: f64,
     /// heap growth / RSS growth, when RSS grew.
     pub explained_fraction: Option<f64>,
@@ -162,7 +182,12 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
         })
         .collect();
     let rss_vs_heap = compare_rss_with_heap(trace, analysis);
-    let summary = summarize(&sites, rss_vs_heap.as_ref());
+    let rss_points: Vec<RssPoint> = trace
+        .rss
+        .iter()
+        .map(|r| RssPoint { t_ns: r.t_ns, rss_bytes: r.rss_bytes, tracer_bytes: r.own_bytes })
+        .collect();
+    let summary = summarize(&sites, rss_vs_heap.as_ref(), &rss_points);
     Report {
         format_version: format!("{}.{}", h.version_major, h.version_minor),
         summary,
@@ -183,7 +208,11 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
         },
         sampling: Sampling {
             mean_bytes: h.current_mean_bytes.max(1),
-            changes: trace.sampling.iter().map(|s| SamplingChangeOut { t_ns: s.t_ns, mean_bytes: s.mean_bytes }).collect(),
+            changes: trace
+                .sampling
+                .iter()
+                .map(|s| SamplingChangeOut { t_ns: s.t_ns, mean_bytes: s.mean_bytes })
+                .collect(),
         },
         totals: Totals {
             // `+ 0.0` turns the -0.0 of an empty float sum into 0.
@@ -192,7 +221,8 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
             sampled_events: h.ring_head,
             dropped_events: h.events_dropped + h.live_dropped + h.skipped_no_stack,
         },
-        rss: trace.rss.iter().map(|r| RssPoint { t_ns: r.t_ns, rss_bytes: r.rss_bytes }).collect(),
+        rss: rss_points,
+        rss_peak: rss_peak(trace),
         rss_vs_heap,
         sites,
         symbolization_warnings: symbolizer.warnings(),
@@ -217,16 +247,53 @@ fn compare_rss_with_heap(trace: &Trace, analysis: &Analysis) -> Option<RssVsHeap
         // The series point at or just before t (0 before the first point).
         times.iter().zip(&heap).take_while(|(&ts, _)| ts <= t).last().map_or(0.0, |(_, &h)| h)
     };
-    let rss_growth = last.rss_bytes as f64 - first.rss_bytes as f64;
+    let raw_growth = last.rss_bytes as f64 - first.rss_bytes as f64;
+    let tracer_growth = last.own_bytes as f64 - first.own_bytes as f64;
+    let rss_growth = raw_growth - tracer_growth;
     let heap_growth = heap_at(last.t_ns) - heap_at(first.t_ns);
     let explained = (rss_growth > 0.0).then(|| (heap_growth / rss_growth).clamp(0.0, 10.0));
     Some(RssVsHeap {
         rss_growth_bytes: rss_growth,
+        raw_rss_growth_bytes: raw_growth,
+        tracer_growth_bytes: tracer_growth,
+        from_ns: first.t_ns,
+        to_ns: last.t_ns,
         heap_growth_bytes: heap_growth.round(),
         explained_fraction: explained.map(|e| (e * 1000.0).round() / 1000.0),
         growth_outside_heap: rss_growth >= OUTSIDE_HEAP_MIN_BYTES
             && explained.is_some_and(|e| e < OUTSIDE_HEAP_MAX_EXPLAINED),
     })
+}
+
+/// The RSS peak: the writer's own record (format 1.1), which halving cannot lose, else the
+/// series' highest sample.
+fn rss_peak(trace: &Trace) -> Option<RssPeak> {
+    let h = &trace.header;
+    let series = trace.rss.iter().max_by_key(|r| r.rss_bytes).map(|r| RssPeak { rss_bytes: r.rss_bytes, t_ns: r.t_ns });
+    match series {
+        Some(s) if h.rss_peak_bytes > s.rss_bytes => Some(RssPeak { rss_bytes: h.rss_peak_bytes, t_ns: h.rss_peak_ns }),
+        other => other,
+    }
+}
+
+/// "over the trace", or, when the comparison starts later than the RSS series (sampling was
+/// paused, or started dormant), the span it covers.
+pub fn rss_span_words(r: &RssVsHeap, rss: &[RssPoint]) -> String {
+    match rss.first() {
+        Some(first) if r.from_ns > first.t_ns => {
+            format!("in the {} since sampling last started (at {})", secs(r.to_ns - r.from_ns), secs(r.from_ns))
+        }
+        _ => format!("over the trace ({})", secs(r.to_ns - r.from_ns)),
+    }
+}
+
+/// ", leaktrace's own 2.3 MiB excluded" when the tracer's memory grew noticeably.
+pub fn tracer_words(r: &RssVsHeap) -> String {
+    if r.tracer_growth_bytes >= 64.0 * 1024.0 {
+        format!(" (leaktrace's own {} excluded)", human_bytes(r.tracer_growth_bytes))
+    } else {
+        String::new()
+    }
 }
 
 /// Where a site allocates, in source terms when its first frame resolved, else as an address
@@ -243,14 +310,23 @@ pub fn site_label(s: &SiteOut) -> String {
     }
 }
 
-fn summarize(sites: &[SiteOut], rss: Option<&RssVsHeap>) -> String {
+fn summarize(sites: &[SiteOut], rss: Option<&RssVsHeap>, rss_series: &[RssPoint]) -> String {
     let rss_part = match rss {
         Some(r) if r.rss_growth_bytes > 0.0 => {
             let explained = r.explained_fraction.map_or(String::new(), |e| {
                 format!(", {:.0}% of it explained by sampled heap growth", (e * 100.0).min(100.0))
             });
-            let outside = if r.growth_outside_heap { " — most of the growth is outside malloc'd memory (fragmentation, mmap, thread stacks)" } else { "" };
-            format!("; RSS grew {} over the trace{explained}{outside}", human_bytes(r.rss_growth_bytes))
+            let outside = if r.growth_outside_heap {
+                " — most of the growth is outside malloc'd memory (fragmentation, mmap, thread stacks)"
+            } else {
+                ""
+            };
+            format!(
+                "; RSS grew {} {}{}{explained}{outside}",
+                human_bytes(r.rss_growth_bytes),
+                rss_span_words(r, rss_series),
+                tracer_words(r)
+            )
         }
         _ => String::new(),
     };
@@ -333,12 +409,20 @@ pub fn render_text(r: &Report, top: usize) -> String {
         let _ = writeln!(o, "  note: {n}");
     }
     if let (Some(first), Some(last)) = (r.rss.first(), r.rss.last()) {
+        let peak = match r.rss_peak {
+            Some(p) if p.rss_bytes > first.rss_bytes.max(last.rss_bytes) => {
+                format!(", peak {} at {}", human_bytes(p.rss_bytes as f64), secs(p.t_ns))
+            }
+            _ => String::new(),
+        };
         let _ = writeln!(
             o,
-            "RSS {} -> {} over {}",
+            "RSS {} -> {} over {} (from {} to {}){peak}",
             human_bytes(first.rss_bytes as f64),
             human_bytes(last.rss_bytes as f64),
-            secs(last.t_ns.saturating_sub(first.t_ns))
+            secs(last.t_ns.saturating_sub(first.t_ns)),
+            secs(first.t_ns),
+            secs(last.t_ns)
         );
     }
     let _ = writeln!(
@@ -349,7 +433,11 @@ pub fn render_text(r: &Report, top: usize) -> String {
         r.sites.len()
     );
     for s in r.sites.iter().take(top) {
-        let ci = if s.unfreed_bytes_ci95 > 0.0 { format!(" ± {}", human_bytes(s.unfreed_bytes_ci95)) } else { String::new() };
+        let ci = if s.unfreed_bytes_ci95 > 0.0 {
+            format!(" ± {}", human_bytes(s.unfreed_bytes_ci95))
+        } else {
+            String::new()
+        };
         let verdict = if s.growing {
             format!("GROWING {}/s (confidence {:.2})", human_bytes(s.growth_bytes_per_sec), s.trend_confidence)
         } else {
@@ -420,17 +508,48 @@ pub fn render_info(t: &Trace) -> String {
     );
     let _ = writeln!(o, "started          {} ns since the epoch", h.start_unix_ns);
     let _ = writeln!(o, "time span        {}", secs(t.end_ns()));
-    let _ = writeln!(o, "ended            {}", if h.ended_cleanly() { "exit" } else { "unknown (still running, or killed)" });
+    let _ = writeln!(
+        o,
+        "ended            {}",
+        if h.ended_cleanly() { "exit" } else { "unknown (still running, or killed)" }
+    );
     let _ = writeln!(o, "state            {state}");
     let _ = writeln!(o, "sampling mean    {} bytes (initially {})", h.current_mean_bytes, h.initial_mean_bytes);
-    let _ = writeln!(o, "file size        {} ({} ring records, {} live slots)", human_bytes(h.file_size as f64), h.ring_capacity, h.live_capacity);
-    let _ = writeln!(o, "events           {} recorded ({} allocations, {} frees sampled)", h.ring_head, h.sampled_allocs, h.sampled_frees);
+    let _ = writeln!(
+        o,
+        "file size        {} ({} ring records, {} live slots)",
+        human_bytes(h.file_size as f64),
+        h.ring_capacity,
+        h.live_capacity
+    );
+    let _ = writeln!(
+        o,
+        "events           {} recorded ({} allocations, {} frees sampled)",
+        h.ring_head, h.sampled_allocs, h.sampled_frees
+    );
     let wraps = h.ring_head / h.ring_capacity.max(1);
-    let _ = writeln!(o, "ring             {} wraps, {} events overwritten, {} readable", wraps, t.health.overwritten_events, t.readable_events);
+    let _ = writeln!(
+        o,
+        "ring             {} wraps, {} events overwritten, {} readable",
+        wraps, t.health.overwritten_events, t.readable_events
+    );
     let _ = writeln!(o, "live             {} sampled allocations unfreed", t.live.len());
-    let _ = writeln!(o, "dropped          {} events, {} allocations (live table full), {} stacks (stack table full)", h.events_dropped, h.live_dropped, h.stacks_dropped);
-    let _ = writeln!(o, "skipped          {} sampled allocations made with too little stack left to unwind", h.skipped_no_stack);
-    let _ = writeln!(o, "stack table      {} of {} used", human_bytes(h.stacks_used as f64), human_bytes(h.region(layout::Region::Stacks).1 as f64));
+    let _ = writeln!(
+        o,
+        "dropped          {} events, {} allocations (live table full), {} stacks (stack table full)",
+        h.events_dropped, h.live_dropped, h.stacks_dropped
+    );
+    let _ = writeln!(
+        o,
+        "skipped          {} sampled allocations made with too little stack left to unwind",
+        h.skipped_no_stack
+    );
+    let _ = writeln!(
+        o,
+        "stack table      {} of {} used",
+        human_bytes(h.stacks_used as f64),
+        human_bytes(h.region(layout::Region::Stacks).1 as f64)
+    );
     let _ = writeln!(o, "modules          {}", t.modules.len());
     let _ = writeln!(o, "RSS samples      {} (every {} ms)", t.rss.len(), h.rss_interval_ms);
     let health = if t.health.is_partial() { "DAMAGED (report will be marked partial)" } else { "ok" };

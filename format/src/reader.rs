@@ -85,7 +85,8 @@ impl Event {
     /// no byte array in between.
     #[inline]
     pub fn encode_words(&self, seq: u64) -> [u64; EVENT_SIZE / 8] {
-        let head = [seq, self.time_ns, self.addr, self.size, u64::from(self.stack_id) | u64::from(self.mean_bytes) << 32];
+        let head =
+            [seq, self.time_ns, self.addr, self.size, u64::from(self.stack_id) | u64::from(self.mean_bytes) << 32];
         // Bytes 40..48: tid, kind, api, then the check (see `layout::ev`).
         let tail = u64::from(self.tid) | u64::from(self.kind as u8) << 32 | u64::from(self.api as u8) << 40;
         let check = layout::record_check_words(&head, tail);
@@ -126,6 +127,8 @@ pub struct LiveAllocation {
 pub struct RssSample {
     pub t_ns: u64,
     pub rss_bytes: u64,
+    /// The part of `rss_bytes` that is leaktrace's own (format 1.1; 0 in older traces).
+    pub own_bytes: u64,
 }
 
 /// What the reader had to step over. All zero and `truncated == false` means a clean file.
@@ -153,10 +156,7 @@ pub struct Health {
 impl Health {
     /// True when something was lost to damage (not to the ring wrapping, which is by design).
     pub fn is_partial(&self) -> bool {
-        self.truncated
-            || self.torn_events > 0
-            || self.torn_meta_records > 0
-            || self.torn_live_slots > 0
+        self.truncated || self.torn_events > 0 || self.torn_meta_records > 0 || self.torn_live_slots > 0
     }
 }
 
@@ -397,9 +397,7 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
     b.get(off..off + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    b.get(off..off + 8).map_or(0, |s| {
-        u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
-    })
+    b.get(off..off + 8).map_or(0, |s| u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
 }
 
 impl Header {
@@ -457,19 +455,13 @@ impl Header {
             ..Header::default()
         };
         if h.version_major != layout::VERSION_MAJOR {
-            return Err(FormatError::UnsupportedVersion {
-                major: h.version_major,
-                minor: h.version_minor,
-            });
+            return Err(FormatError::UnsupportedVersion { major: h.version_major, minor: h.version_minor });
         }
         if u32_at(bytes, hdr::HEADER_SIZE) as usize != HEADER_SIZE {
             return Err(FormatError::BadHeader("header size field is not 4096".into()));
         }
         if !(layout::MIN_FILE_SIZE..=layout::MAX_FILE_SIZE).contains(&h.file_size) {
-            return Err(FormatError::BadHeader(format!(
-                "file size field {} is out of range",
-                h.file_size
-            )));
+            return Err(FormatError::BadHeader(format!("file size field {} is out of range", h.file_size)));
         }
         let mut prev_end = HEADER_SIZE as u64;
         for i in 0..layout::REGION_COUNT {
@@ -478,9 +470,7 @@ impl Header {
             let in_order = i >= 5 || off >= prev_end;
             let end = off.checked_add(len);
             if !in_order || end.is_none_or(|e| e > h.file_size) {
-                return Err(FormatError::BadHeader(format!(
-                    "region {i} ({off:#x}+{len:#x}) lies outside the file"
-                )));
+                return Err(FormatError::BadHeader(format!("region {i} ({off:#x}+{len:#x}) lies outside the file")));
             }
             h.regions[i] = (off, len);
             if i < 5 {
@@ -568,8 +558,13 @@ impl Trace {
             ));
         }
         let region = |r| Window::new(src, region_present(&t.header, r, available));
-        let (mut meta, stacks, mut live, rss) =
-            (region(Region::Meta), region(Region::Stacks), region(Region::Live), region(Region::Rss));
+        let (mut meta, stacks, mut live, rss, own) = (
+            region(Region::Meta),
+            region(Region::Stacks),
+            region(Region::Live),
+            region(Region::Rss),
+            region(Region::RssOwn),
+        );
         t.read_meta(&mut meta);
         t.stacks = stacks.prefix(t.header.stacks_used);
         t.read_live(&mut live);
@@ -579,7 +574,7 @@ impl Trace {
             head: t.header.ring_head,
         };
         t.read_ring(src);
-        t.read_rss(&rss);
+        t.read_rss(&rss, Some(&own));
         Ok(t)
     }
 
@@ -715,21 +710,26 @@ impl Trace {
         self.event_stack_ids.sort_unstable();
         self.health.torn_events = torn;
         if torn > 0 {
-            self.health.notes.push(format!(
-                "{torn} ring records were torn (killed or still being written) and were skipped"
-            ));
+            self.health
+                .notes
+                .push(format!("{torn} ring records were torn (killed or still being written) and were skipped"));
         }
         if late_left_out > 0 {
-            self.health.notes.push(format!(
-                "{late_left_out} ring records committed after the ring head was read were left out"
-            ));
+            self.health
+                .notes
+                .push(format!("{late_left_out} ring records committed after the ring head was read were left out"));
         }
     }
 
-    fn read_rss<S: TraceSource + ?Sized>(&mut self, region: &Window<'_, S>) {
+    fn read_rss<S: TraceSource + ?Sized>(&mut self, region: &Window<'_, S>, own: Option<&Window<'_, S>>) {
         let n = self.header.rss_count.min(self.header.rss_capacity).min(region.len / layout::RSS_SAMPLE_SIZE as u64);
         let region = region.prefix(n * layout::RSS_SAMPLE_SIZE as u64);
         let n = region.len() / layout::RSS_SAMPLE_SIZE;
+        // The own-memory series, where the file has it whole for these samples.
+        let own: Option<Vec<u8>> = own
+            .filter(|o| o.len >= (n * layout::RSS_OWN_SIZE) as u64)
+            .map(|o| o.prefix((n * layout::RSS_OWN_SIZE) as u64))
+            .filter(|v| v.len() >= n * layout::RSS_OWN_SIZE);
         let mut last = 0u64;
         for i in 0..n {
             let t_ns = u64_at(&region, i * 16);
@@ -739,7 +739,9 @@ impl Trace {
                 continue;
             }
             last = t_ns;
-            self.rss.push(RssSample { t_ns, rss_bytes });
+            // Never more than the sample itself (a torn or damaged entry).
+            let own_bytes = own.as_ref().map_or(0, |o| u64_at(o, i * 8)).min(rss_bytes);
+            self.rss.push(RssSample { t_ns, rss_bytes, own_bytes });
         }
     }
 
@@ -778,9 +780,7 @@ impl Trace {
     /// The sampling mean in force at `t_ns`, from the recorded changes (the header's if none;
     /// 0 while paused).
     pub fn mean_bytes_at(&self, t_ns: u64) -> u64 {
-        self.sampling
-            .iter().rfind(|s| s.t_ns <= t_ns)
-            .map_or(self.header.initial_mean_bytes, |s| s.mean_bytes)
+        self.sampling.iter().rfind(|s| s.t_ns <= t_ns).map_or(self.header.initial_mean_bytes, |s| s.mean_bytes)
     }
 
     /// The last moment the trace knows of: the clean exit, else the newest event, RSS sample or
@@ -834,6 +834,33 @@ mod tests {
             put(ring + ((seq - 1) % cap) as usize * EVENT_SIZE, &e.encode(seq));
         }
         f
+    }
+
+    /// Format 1.1's own-memory series pairs with the RSS samples by index; a 1.0 file (region 5
+    /// zero) reads as no own memory; an own entry larger than its sample is clamped.
+    #[test]
+    fn own_memory_series_pairs_with_rss_samples() {
+        let size = layout::MIN_FILE_SIZE;
+        let plan = layout::Plan::for_file_size(size).unwrap();
+        let mut f = synthetic(size, 0, 0);
+        let (rss, _) = plan.region(Region::Rss);
+        let (own, _) = plan.region(Region::RssOwn);
+        for (i, (t, r, o)) in [(10u64, 1000u64, 100u64), (20, 2000, 300), (30, 1500, 9999)].into_iter().enumerate() {
+            f[rss as usize + i * 16..][..8].copy_from_slice(&t.to_le_bytes());
+            f[rss as usize + i * 16 + 8..][..8].copy_from_slice(&r.to_le_bytes());
+            f[own as usize + i * 8..][..8].copy_from_slice(&o.to_le_bytes());
+        }
+        f[hdr::RSS_COUNT..][..8].copy_from_slice(&3u64.to_le_bytes());
+        f[hdr::RSS_PEAK_BYTES..][..8].copy_from_slice(&2500u64.to_le_bytes());
+        f[hdr::RSS_PEAK_NS..][..8].copy_from_slice(&15u64.to_le_bytes());
+        let t = Trace::parse(&f).unwrap();
+        let got: Vec<(u64, u64)> = t.rss.iter().map(|s| (s.rss_bytes, s.own_bytes)).collect();
+        assert_eq!(got, [(1000, 100), (2000, 300), (1500, 1500)]);
+        assert_eq!((t.header.rss_peak_bytes, t.header.rss_peak_ns), (2500, 15));
+        // As a 1.0 writer left it: no region 5.
+        f[hdr::REGIONS + 5 * 16..][..16].fill(0);
+        let t = Trace::parse(&f).unwrap();
+        assert!(t.rss.iter().all(|s| s.own_bytes == 0) && t.rss.len() == 3);
     }
 
     #[test]

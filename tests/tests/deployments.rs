@@ -791,3 +791,31 @@ fn rss_growth_of_a_known_leak_is_explained_by_the_heap() {
         failures.join("\n")
     );
 }
+
+/// 7b. An RSS that peaked and fell back: the report gives the peak and when, beside start and
+/// end, and the peak survives in the text.
+#[test]
+fn rss_peak_is_reported_beside_start_and_end() {
+    let dir = TestDir::new("deploy_rss_peak");
+    let exe = dir.compile("rss_peak.c");
+    let mut settings = Settings::exact();
+    settings.rss_ms = 50;
+    let out = run_command(&mut dir.traced_command(&exe, &["96"], &settings), RUN_TIMEOUT);
+    assert!(out.status.success(), "{}", out.describe());
+    let peak_bytes = get_u64(&out.json_line(), "/peak_bytes");
+    let trace = dir.trace_of(out.pid);
+    let r = report(&dir, &trace);
+    let peak = r.num("/rss_peak/rss_bytes");
+    let last = r.at("/rss").as_array().and_then(|a| a.last()).and_then(|p| p["rss_bytes"].as_f64()).unwrap_or(0.0);
+    if peak < peak_bytes as f64 || peak < last + 0.9 * peak_bytes as f64 {
+        r.fail(format!("rss_peak {peak} does not show the {peak_bytes}-byte peak (last sample {last})"));
+    }
+    let t = r.num("/rss_peak/t_ns");
+    let end = r.num("/process/duration_ns");
+    if !(t > 0.0 && t < end) {
+        r.fail(format!("rss_peak.t_ns {t} is not inside the run (0..{end})"));
+    }
+    let text = analyze(&[std::ffi::OsStr::new("report"), trace.as_os_str()], RUN_TIMEOUT);
+    assert!(text.status.success(), "{}", text.describe());
+    assert!(text.stdout.lines().any(|l| l.starts_with("RSS ") && l.contains(", peak ")), "no peak in the RSS line:\n{}", text.stdout);
+}

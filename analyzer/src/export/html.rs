@@ -193,7 +193,12 @@ fn rss_sentence(report: &Report) -> Option<String> {
     } else {
         ""
     };
-    Some(format!("RSS grew {} over the trace{explained}.{outside}", human_bytes(r.rss_growth_bytes)))
+    Some(format!(
+        "RSS grew {} {}{}{explained}.{outside}",
+        human_bytes(r.rss_growth_bytes),
+        crate::report::rss_span_words(r, &report.rss),
+        crate::report::tracer_words(r)
+    ))
 }
 
 fn verdict_html(report: &Report, trace: &Trace) -> (String, &'static str) {
@@ -779,7 +784,7 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
     let growing = report.sites.iter().filter(|s| s.growing).count();
     let rss_first = report.rss.first().map(|r| r.rss_bytes);
     let rss_last = report.rss.last().map(|r| r.rss_bytes);
-    let rss_peak = report.rss.iter().map(|r| r.rss_bytes).max();
+    let rss_peak = report.rss_peak.map(|p| p.rss_bytes).or_else(|| report.rss.iter().map(|r| r.rss_bytes).max());
     let growth: f64 = report.sites.iter().filter(|s| s.growing).map(|s| fin(s.growth_bytes_per_sec)).sum();
     let _ = write!(
         o,
