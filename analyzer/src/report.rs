@@ -522,18 +522,71 @@ pub fn render_info(t: &Trace) -> String {
         h.ring_capacity,
         h.live_capacity
     );
-    let _ = writeln!(
-        o,
-        "events           {} recorded ({} allocations, {} frees sampled)",
-        h.ring_head, h.sampled_allocs, h.sampled_frees
-    );
+    // Every count from one source where the file has it whole: the ring holds every event
+    // recorded until it wraps, and the live table every sampled allocation not yet freed.
+    let ring_allocs = t.readable_events - t.readable_frees;
+    let whole_ring = t.health.overwritten_events == 0 && t.health.torn_events == 0 && t.readable_events == h.ring_head;
+    if whole_ring {
+        let _ = writeln!(
+            o,
+            "events           {} recorded: {} sampled allocations, {} of them freed since (all in the ring)",
+            h.ring_head, ring_allocs, t.readable_frees
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "events           {} recorded; the ring holds the newest {} ({} allocations, {} frees)",
+            h.ring_head, t.readable_events, ring_allocs, t.readable_frees
+        );
+        let _ = writeln!(
+            o,
+            "                 counted {} allocations, {} frees (each thread adds its counts in batches of 64: \
+             up to 63 per thread short until it exits)",
+            h.sampled_allocs, h.sampled_frees
+        );
+    }
     let wraps = h.ring_head / h.ring_capacity.max(1);
     let _ = writeln!(
         o,
         "ring             {} wraps, {} events overwritten, {} readable",
         wraps, t.health.overwritten_events, t.readable_events
     );
-    let _ = writeln!(o, "live             {} sampled allocations unfreed", t.live.len());
+    let _ = writeln!(
+        o,
+        "live             {} sampled allocations unfreed (the live table: however old, whatever the ring lost)",
+        t.live.len()
+    );
+    if whole_ring && h.live_dropped == 0 && ring_allocs.saturating_sub(t.readable_frees) != t.live.len() as u64 {
+        let _ = writeln!(
+            o,
+            "                 note: the ring's {} allocations less its {} frees is not the live table's {} \
+             (the process is still running, or was killed mid-record)",
+            ring_allocs,
+            t.readable_frees,
+            t.live.len()
+        );
+    }
+    let c = Children {
+        traced: h.children_traced,
+        untraced_budget: h.children_untraced_budget,
+        removed_empty: h.children_removed,
+    };
+    if let Some(line) = children_line(&c) {
+        let _ = writeln!(o, "{line}");
+    }
+    let reserved = if h.reserved_bytes == 0 || h.reserved_bytes >= h.file_size {
+        "all of it".to_string()
+    } else {
+        format!("{} (dormant: the rest is reserved when it is resumed)", human_bytes(h.reserved_bytes as f64))
+    };
+    let _ = writeln!(o, "disk             {reserved} allocated on disk");
+    if h.tree_budget > 0 {
+        let _ = writeln!(
+            o,
+            "tree budget      {} for the traces of this process and its descendants (LEAKTRACE_TREE_BUDGET)",
+            human_bytes(h.tree_budget as f64)
+        );
+    }
     let _ = writeln!(
         o,
         "dropped          {} events, {} allocations (live table full), {} stacks (stack table full)",

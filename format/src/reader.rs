@@ -172,6 +172,8 @@ pub struct Trace {
     /// How many valid ring events the source held when it was parsed: what [`Trace::events`]
     /// yields, unless the file is still being written.
     pub readable_events: u64,
+    /// How many of them are frees (the rest are allocations).
+    pub readable_frees: u64,
     /// The distinct stack ids of those events, sorted, so that a reader can resolve every stack
     /// before it streams the events.
     pub event_stack_ids: Vec<u32>,
@@ -694,8 +696,10 @@ impl Trace {
         let mut ids = std::collections::HashSet::new();
         let mut events = self.events(src);
         let (mut count, mut last_ns, mut last_id) = (0u64, 0u64, None);
+        let mut frees = 0u64;
         for e in &mut events {
             count += 1;
+            frees += u64::from(e.kind == layout::EventKind::Free);
             last_ns = e.time_ns;
             // Runs of one stack are common (a loop allocating): skip the hash for them.
             if last_id != Some(e.stack_id) {
@@ -705,6 +709,7 @@ impl Trace {
         }
         let (torn, late_left_out) = (events.torn(), events.late_left_out());
         self.readable_events = count;
+        self.readable_frees = frees;
         self.last_event_ns = last_ns;
         self.event_stack_ids = ids.into_iter().collect();
         self.event_stack_ids.sort_unstable();
