@@ -487,6 +487,9 @@ pub fn render_info(t: &Trace) -> String {
         Some(layout::TraceState::Initializing) => "initializing",
         Some(layout::TraceState::Tracing) => "tracing",
         Some(layout::TraceState::Paused) => "paused",
+        Some(layout::TraceState::Failed) if h.failure == layout::Failure::NoDisk as u32 => {
+            "stopped: the disk or the tree's budget could not hold the whole file"
+        }
         Some(layout::TraceState::Failed) => "stopped after an internal failure",
         None => "unknown",
     };

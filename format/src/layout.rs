@@ -210,6 +210,9 @@ pub enum Failure {
     None = 0,
     MetaFull = 1,
     Internal = 2,
+    /// The disk, or the process tree's budget, could not hold the whole file at the first
+    /// sample of a trace that started small (format 1.1).
+    NoDisk = 3,
 }
 
 // ---------------------------------------------------------------------------------------------

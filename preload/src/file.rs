@@ -230,6 +230,21 @@ fn create_at(path: &str, size: u64, reserve_now: u64) -> Result<TraceFile, (Stri
         }
         Err((format!("cannot {what} trace file {path}: {err}"), false))
     };
+    // A file that starts small is reserved whole at its first sample: if the file system cannot
+    // hold it whole now, say so now, rather than leave a small file that will never trace.
+    // (A check, not a guarantee: the reservation itself is.)
+    // SAFETY: an all-zero `statvfs` is a valid out-buffer.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open; `vfs` is writable.
+    if unsafe { libc::fstatvfs(fd, &mut vfs) } == 0 {
+        let free = (vfs.f_bavail as u64).saturating_mul(vfs.f_frsize as u64);
+        if free < size {
+            return fail(
+                &format!("reserve {size} bytes for the"),
+                format!("only {free} bytes are free there ({})", std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            );
+        }
+    }
     // SAFETY: `fd` is an open regular file we own.
     if unsafe { libc::ftruncate(fd, size as libc::off_t) } != 0 {
         return fail(&format!("size to {size} bytes the"), errno_text());

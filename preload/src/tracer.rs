@@ -385,6 +385,9 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
         }
         None => return,
     };
+    if !tracer.mapped.fully_reserved() && !tracer.reserve_for_first_sample() {
+        return;
+    }
     let mut frames = [0u64; MAX_CAPTURE];
     let n = capture_stack(&guard, &mut frames);
     let n = drop_inner_own_frames(&mut frames, n);
@@ -680,7 +683,11 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bool) -> 
     let pid = std::process::id();
     let plan = layout::Plan::for_file_size_and_mean(config.file_size, config.sample_bytes).ok_or(NotStarted::Failed)?;
     let (meta_off, meta_len) = plan.region(layout::Region::Meta);
-    let reserve_now = if dormant { meta_off + meta_len } else { config.file_size };
+    // A forked child starts at its first sample point: all of it now. The process the user
+    // started, and any dormant trace, take the header and metadata only until the first sample
+    // (or the resume): a wrapper that execs the service (setpriv, start-stop-daemon) leaves a
+    // small file, not a full one.
+    let reserve_now = if dormant || !is_child { meta_off + meta_len } else { config.file_size };
     // The first process of a tree to create a trace creates the ledger too, once its trace
     // exists: a trace that could not be created leaves no ledger behind (a full disk).
     let existing = existing_ledger();
@@ -1006,6 +1013,31 @@ impl Tracer {
         }
         self.settle_gate();
         ControlResult::Applied
+    }
+
+    /// The first sample of a trace started small: reserve the rest of the file, or stop tracing
+    /// (the budget or the disk said no; said on stderr). Only one thread does it.
+    #[cold]
+    fn reserve_for_first_sample(&self) -> bool {
+        if self.ticking.swap(true, Ordering::Acquire) {
+            // Another thread is housekeeping, or reserving: drop this sample.
+            return false;
+        }
+        let ok = self.reserve_whole_file().is_ok();
+        self.ticking.store(false, Ordering::Release);
+        if ok {
+            sample_rss(self);
+        } else {
+            stop_sampling();
+            self.mapped.set_state(TraceState::Failed);
+            self.mapped.u32_at(hdr::FAILURE).store(layout::Failure::NoDisk as u32, Ordering::Relaxed);
+            // A trace that can never hold a sample says nothing: take its file and disk back.
+            self.file.remove();
+            if let Some(config) = CONFIG.get() {
+                ledger(config).release(self.mapped.header(hdr::RESERVED_BYTES).load(Ordering::Acquire));
+            }
+        }
+        ok
     }
 
     /// Allocate the disk for the whole file (a dormant trace has its header and metadata only),
