@@ -6,7 +6,7 @@
 //! costs.
 //!
 //! [`trace`] runs inside malloc. It returns 0 frames, and the caller falls back to libgcc,
-//! whenever it cannot give a complete answer: no unwinder published yet (before the background
+//! whenever it cannot give a complete answer: no unwinder published yet (before the first
 //! thread's first tick), unknown stack bounds (a fiber, a signal stack), no free cache, a frame
 //! outside every module the unwinder knows (a library loaded since its last rebuild, code without
 //! unwind data: framehop would guess with frame pointers there), or an unwind that ended in an
@@ -18,7 +18,8 @@
 //! the /proc/self/maps read of [`crate::unwind::current_thread_stack`], which the
 //! frame-pointer path does as well):
 //! - the unwinder is immutable and published through an `AtomicPtr` ([`UNWINDER`]); the
-//!   background thread ([`refresh`]) builds a new one when the loader's counters move and swaps
+//!   housekeeping ([`refresh`], from the constructor, the helper thread, or a hook of a
+//!   single-threaded process) builds a new one when the loader's counters move and swaps
 //!   it in; old ones are leaked (see "Memory" below);
 //! - framehop's cache is mutable, so each unwind claims one of [`SLOTS`] preallocated caches with
 //!   a compare-and-swap on its flag, never waiting: if all are busy the unwind gives up (0
@@ -43,7 +44,7 @@
 //!   lock and our next refresh, and even while another thread is in the middle of an unwind
 //!   with an unwinder that still lists it. With copies, that unwind still reads only memory that
 //!   stays valid for the life of the process: the copies, the leaked unwinder and the thread's
-//!   own stack. The worst a stale unwinder can do, for the up to 50 ms until the background
+//!   own stack. The worst a stale unwinder can do, for the up to 50 ms until housekeeping
 //!   thread replaces it, is attribute a frame at an address reused by a newly loaded library
 //!   to the old library's rules: a wrong stack (it reads only bounds-checked stack words), never
 //!   a fault. Code of an unloaded library cannot be on a live stack, so a correct stack never
@@ -60,7 +61,7 @@
 //! [`MAX_PUBLISHED`] unwinders or [`MAX_COPIED_BYTES`] of copies, the unwinder is withdrawn for
 //! good and every stack goes to libgcc, as before this module existed. The caches are fixed:
 //! [`SLOTS`] slots of 4 framehop caches (33 KiB of heap each, measured) and a pair of memos
-//! (12 KiB), 1.15 MiB in all, allocated once by the background thread.
+//! (12 KiB), 1.15 MiB in all, allocated once, at the first refresh.
 
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
@@ -507,10 +508,10 @@ impl StackReader {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The builder side: background thread (and tests) only
+// The builder side: housekeeping (and tests) only
 
 /// What the builder keeps between refreshes. Only ever `try_lock`ed: a forked child whose
-/// parent's background thread held it finds it held forever, and keeps the unwinder it has.
+/// parent's housekeeping held it finds it held forever, and keeps the unwinder it has.
 struct Builder {
     generation: Option<(u64, u64)>,
     /// Copied unwind sections by (base, eh_frame_hdr address): `(hdr, eh_frame)`.
@@ -543,7 +544,8 @@ extern "C" fn after_fork_in_child() {
 
 /// Bring the published unwinder up to date with the loaded modules: a walk of the loader's
 /// counters when nothing changed, a rebuild otherwise. Takes the loader lock and allocates:
-/// call it from the background thread (or a test), never from a hook.
+/// call it from the constructor, the helper thread, a hook of a process that never had a
+/// second thread (the loader lock is recursive: it cannot deadlock on itself there), or a test.
 pub fn refresh() {
     #[cfg(target_arch = "x86_64")]
     {

@@ -1,13 +1,18 @@
 //! libleaktrace.so: an LD_PRELOAD malloc interposer that samples allocations by bytes and
 //! records them, with their stacks and frees, in a fixed-size memory-mapped trace file.
 //!
-//! - [`shim`]: the exported malloc family, a few lines each.
-//! - [`tracer`]: start-up, the record paths, fork and exit.
+//! - [`shim`]: the exported malloc family and `pthread_create`, a few lines each.
+//! - [`tracer`]: start-up, the record paths, housekeeping, runtime control, fork and exit.
 //! - [`sampler`]: the per-thread Poisson sampler and re-entrancy guard.
 //! - [`mapped`]: lock-free writers for each region of the trace file.
-//! - [`real`]: the allocator we forward to, and the bootstrap arena.
-//! - [`unwind`]: the bounds-checked frame-pointer unwinder and the per-process choice between
-//!   it and DWARF unwinding (the `backtrace` crate).
+//! - [`file`]: creating, reserving and removing the trace file.
+//! - [`budget`]: the process tree's disk ledger.
+//! - [`background`]: the helper thread, only in a process that has threads of its own.
+//! - [`real`]: the allocator (and `pthread_create`) we forward to, and the bootstrap arena.
+//! - [`modules`]: the module map with build IDs.
+//! - [`unwind`], [`cfi`]: stack bounds, the frame-pointer walk and its calibration, and the
+//!   caching DWARF-CFI unwinder (framehop) with libgcc as its fallback.
+//! - [`config`]: the `LEAKTRACE_*` settings.
 //!
 //! Any failure stops tracing with one line on stderr; the traced program runs on.
 

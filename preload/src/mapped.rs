@@ -486,7 +486,7 @@ impl Mapped {
     // -----------------------------------------------------------------------------------------
     // Prefaulting
 
-    /// Fault in, from the background thread, pages the hooks are about to write: the tiers of
+    /// Fault in, from the helper thread, pages the hooks are about to write: the tiers of
     /// the live table the live entries will soon reach (see `layout::LIVE_FIRST_TIER`), and the
     /// ring ahead of its head. A first write to a page of a shared file mapping costs a fault
     /// and a `page_mkwrite` (ext4 starts a journal handle), several microseconds that would
@@ -506,7 +506,7 @@ impl Mapped {
         }
         let (live_start, live_len) = self.regions[Region::Live as usize];
         // The tiers that hold twice the live entries there are now: one tier ahead of the hooks.
-        // (The background thread publishes the count just before each step.)
+        // (The helper publishes the count, in its tick, just before each step.)
         let live_count = self.u64_at(hdr::LIVE_COUNT).load(Ordering::Relaxed);
         let live_want = (layout::live_tiers_for(live_count.saturating_mul(2), self.live_capacity)
             * LIVE_SLOT_SIZE as u64)

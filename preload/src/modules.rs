@@ -1,8 +1,9 @@
 //! The module map: which ELF objects are loaded where, with their build IDs, so stacks of raw
 //! addresses can be symbolized offline on another machine.
 //!
-//! Only called from the constructor and the background thread, never from a hook:
-//! `dl_iterate_phdr` takes the loader lock.
+//! Only called from the constructor, the helper thread, exit, and the hooks of a process that
+//! never had a second thread: `dl_iterate_phdr` takes the loader lock, which is recursive, so
+//! with one thread it cannot deadlock on itself.
 
 use std::ffi::{c_int, c_void, CStr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,7 +12,7 @@ use std::sync::Once;
 use leaktrace_format::{ModuleRecord, Segment};
 
 /// The loader's counters of objects ever loaded and unloaded; when both are unchanged, so is
-/// the module map, and the background thread skips the walk.
+/// the module map, and housekeeping skips the walk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Generation {
     pub adds: u64,

@@ -2,12 +2,12 @@
 //!
 //! Cost budget per hook, from `scripts/hookcost` (callgrind, instructions per malloc(64..176)+
 //! free pair above no preload, which takes 150): a bare pass-through interposer 4, leaktrace
-//! dormant 23, tracing at the default mean 42 (a sample every ~4000 such pairs), recording
-//! every allocation 1946 (its stack is 4 frames deep). Wall-clock figures: scripts/bench.
-//! - unsampled malloc: one relaxed load of `HOOK.sampling` and one of `HOOK.mean` (one cache
-//!   line), a subtract-and-compare on the thread's static-TLS block, then a tail call to the
-//!   real malloc: no frame kept, nothing saved across the call. No atomics written, no floating
-//!   point, no `__tls_get_addr`. Dormant, only the `HOOK.sampling` load.
+//! dormant 24, tracing at the default mean 42 (a sample every ~4000 such pairs), recording
+//! every allocation 2069 (its stack is 4 frames deep). Wall-clock figures: scripts/bench.
+//! - unsampled malloc: a load of `HOOK.gate` and of the word it points at (the trace file's
+//!   gate: the mean and an epoch), a subtract-and-compare on the thread's static-TLS block,
+//!   then a tail call to the real malloc: no frame kept, nothing saved across the call. No
+//!   atomics written, no floating point, no `__tls_get_addr`. Dormant, only the two loads.
 //! - free of an unsampled pointer: the real free plus, once anything was sampled, one relaxed
 //!   byte load from the 32 KiB counting filter (`mapped::maybe_sampled`).
 //! - sampled allocation (one per ~512 KiB allocated by default): a stack unwind (frame pointers
@@ -584,7 +584,7 @@ fn frame_pointer_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
 /// Inlined into the sampled path: a frame less for every unwind to step over.
 #[inline(always)]
 fn dwarf_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
-    // The caching CFI unwinder (cfi.rs), once the background thread has built it; it gives 0
+    // The caching CFI unwinder (cfi.rs), once housekeeping has built it; it gives 0
     // frames whenever it cannot finish an unwind, and libgcc takes over. It steps over our own
     // frames itself, so it writes straight into `out`.
     let own_text = TRACER_TEXT.get().copied().unwrap_or((0, 0));
