@@ -21,6 +21,7 @@
 
 use std::collections::HashSet;
 use std::ffi::c_void;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -699,7 +700,11 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bool) -> 
         None if reserve_now > config.tree_budget_bytes() => return Err(NotStarted::Budget),
         _ => {}
     }
-    let file = match file::create_mapped(&config.path_for(pid, is_child), config.file_size, reserve_now) {
+    let path = config.path_for(pid, is_child);
+    if let Some(l) = existing {
+        release_replaced(&path, pid, l);
+    }
+    let file = match file::create_mapped(&path, config.file_size, reserve_now) {
         Ok(f) => f,
         Err(e) => {
             if let Some(l) = existing {
@@ -869,6 +874,26 @@ fn existing_ledger() -> Option<&'static Ledger> {
     }
     let found = Ledger::open(LEDGER_PATH.get()?)?;
     Some(LEDGER.get_or_init(|| Box::leak(Box::new(found))))
+}
+
+/// A trace of this very pid and tree at `path` is this process's own from before an exec (a
+/// forked child's, made at the fork or its first sample): it is about to be replaced, so give
+/// its disk back to the tree. Anything else at the path is left to `create_mapped`.
+fn release_replaced(path: &str, pid: u32, ledger: &Ledger) {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+    else {
+        return;
+    };
+    let mut head = [0u8; layout::HEADER_SIZE];
+    if f.read_exact(&mut head).is_err() {
+        return;
+    }
+    if let Ok(h) = leaktrace_format::Header::parse(&head) {
+        if h.pid == pid && h.tree_id == ledger.id() {
+            ledger.release(h.reserved_bytes);
+        }
+    }
 }
 
 /// The parent's trace, in a forked child (its mapping is inherited, and never unmapped).

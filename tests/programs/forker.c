@@ -4,6 +4,8 @@
  * `forker N leak`:  each child allocates 10 blocks of 1000 bytes in child_work and keeps 3 of
  *                   them (a leak, so a trace of it is worth keeping), then exit(0).
  * `forker N clean`: each child allocates the same 10 blocks and frees all of them, then exit(0).
+ * `forker N exec`:  each child leaks as with `leak`, then execs /bin/true (fork + exec per
+ *                   connection: the exec'd program replaces the child's trace under its pid).
  * The parent prints one JSON line: {"children": N, "failed": K, "sites": {"parent_leak":
  * {"bytes": 100000, "count": 40}}}; K counts children that did not exit with status 0. */
 #include <stdio.h>
@@ -27,11 +29,12 @@ NOINLINE void child_work(int keep) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3 || (strcmp(argv[2], "leak") != 0 && strcmp(argv[2], "clean") != 0)) {
-        fprintf(stderr, "usage: forker N leak|clean\n");
+    if (argc != 3 || (strcmp(argv[2], "leak") != 0 && strcmp(argv[2], "clean") != 0 && strcmp(argv[2], "exec") != 0)) {
+        fprintf(stderr, "usage: forker N leak|clean|exec\n");
         return 1;
     }
-    int n = atoi(argv[1]), keep = strcmp(argv[2], "leak") == 0 ? 3 : 0, failed = 0;
+    int exec_after = strcmp(argv[2], "exec") == 0;
+    int n = atoi(argv[1]), keep = strcmp(argv[2], "clean") == 0 ? 0 : 3, failed = 0;
     parent_leak();
     fflush(stdout);
     for (int i = 0; i < n; i++) {
@@ -39,6 +42,11 @@ int main(int argc, char **argv) {
         if (pid < 0) { perror("fork"); return 1; }
         if (pid == 0) {
             child_work(keep);
+            if (exec_after) {
+                char *args[] = {"true", NULL};
+                execv("/bin/true", args);
+                _exit(127);
+            }
             exit(0);
         }
         int st = 0;

@@ -476,6 +476,21 @@ impl Report {
         sites.iter().fold((0, 0), |(b, n), s| (b + s.exact_bytes(self), n + s.exact_allocations(self)))
     }
 
+    /// In exact mode the sites allocated in `function` hold exactly `bytes` in `count` blocks.
+    pub fn assert_exact(&self, function: &str, bytes: u64, count: u64) {
+        let sites = self.sites_allocated_in(function);
+        if sites.is_empty() {
+            self.fail(format!("no site for {function}, which leaked {bytes} bytes in {count} blocks"));
+        }
+        let got = self.exact_sum(&sites);
+        if got != (bytes, count) {
+            self.fail(format!(
+                "{function}: the report says {} bytes in {} blocks; the program leaked {bytes} in {count}",
+                got.0, got.1
+            ));
+        }
+    }
+
     /// Properties every report must have, whatever the program:
     /// - the documented top-level fields exist;
     /// - every site has an id (unique), a non-empty stack, numbers where numbers are due;

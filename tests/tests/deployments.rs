@@ -73,7 +73,11 @@ fn have(tool: &str) -> bool {
 fn three_modes() -> Vec<(&'static str, Settings)> {
     let mut dormant = Settings::sampled(7).file_size("4M");
     dormant.start = "off".into();
-    vec![("dormant", dormant), ("default", Settings::sampled(7).file_size("4M")), ("exact", Settings::exact().file_size("8M"))]
+    vec![
+        ("dormant", dormant),
+        ("default", Settings::sampled(7).file_size("4M")),
+        ("exact", Settings::exact().file_size("8M")),
+    ]
 }
 
 /// A directory `name` in the test directory that anyone may write (a process that dropped to
@@ -144,7 +148,13 @@ fn listing(dir: &Path) -> Vec<String> {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| match e.metadata() {
-                    Ok(m) => format!("{} (uid {}, size {}, on disk {})", e.file_name().to_string_lossy(), m.uid(), m.len(), m.blocks() * 512),
+                    Ok(m) => format!(
+                        "{} (uid {}, size {}, on disk {})",
+                        e.file_name().to_string_lossy(),
+                        m.uid(),
+                        m.len(),
+                        m.blocks() * 512
+                    ),
                     Err(_) => format!("{} (gone)", e.file_name().to_string_lossy()),
                 })
                 .collect()
@@ -187,18 +197,6 @@ fn assert_like_baseline(traced: &Outcome, baseline: &Outcome, what: &str) {
     assert!(lines.is_empty(), "{what}: unexpected leaktrace: lines {lines:?}\n{}", traced.describe());
 }
 
-/// In exact mode the sites allocated in `function` hold exactly `bytes` in `count` blocks.
-fn assert_exact(report: &Report, function: &str, bytes: u64, count: u64) {
-    let sites = report.sites_allocated_in(function);
-    if sites.is_empty() {
-        report.fail(format!("no site for {function}, which leaked {bytes} bytes in {count} blocks"));
-    }
-    let got = report.exact_sum(&sites);
-    if got != (bytes, count) {
-        report.fail(format!("{function}: the report says {} bytes in {} blocks; the program leaked {bytes} in {count}", got.0, got.1));
-    }
-}
-
 /// `process.children` of a report: (traced, untraced_budget, removed_empty).
 fn children(report: &Report) -> (u64, u64, u64) {
     (
@@ -235,7 +233,11 @@ fn self_made_privilege_drop_survives() {
             let r = report(&dir, &trace);
             assert_eq!(r.int("/process/pid"), u64::from(out.pid), "{}", r.context);
             let json = out.json_line();
-            assert_exact(&r, "drop_leak", get_u64(&json, "/sites/drop_leak/bytes"), get_u64(&json, "/sites/drop_leak/count"));
+            r.assert_exact(
+                "drop_leak",
+                get_u64(&json, "/sites/drop_leak/bytes"),
+                get_u64(&json, "/sites/drop_leak/count"),
+            );
         }
     }
 }
@@ -262,7 +264,8 @@ fn setpriv_started_programs_survive() {
         let baseline = run_command(&mut dir.untraced_command(Path::new("setpriv"), &args), RUN_TIMEOUT);
         assert!(baseline.status.success(), "setpriv ... {what} fails without the preload\n{}", baseline.describe());
         for (mode, settings) in three_modes() {
-            let out = run_command(&mut traced_to(&dir, Path::new("setpriv"), &args, &settings, &traces, &[]), RUN_TIMEOUT);
+            let out =
+                run_command(&mut traced_to(&dir, Path::new("setpriv"), &args, &settings, &traces, &[]), RUN_TIMEOUT);
             assert!(
                 out.status.success() && out.stdout == baseline.stdout,
                 "setpriv ... {what}, {mode}: exit status {} (0 without the preload) or output differs\n--- traced ---\n{}\n--- baseline ---\n{}",
@@ -298,8 +301,8 @@ fn privilege_drop_after_the_program_made_a_thread() {
         assert_like_baseline(&out, &baseline, &format!("privilege drop with a thread, {mode}"));
         if mode == "exact" {
             let r = report(&dir, &the_trace_of(&traces, out.pid, &out.describe()));
-            assert_exact(&r, "drop_leak", 50_000, 50);
-            assert_exact(&r, "thread_leak", 30_000, 20);
+            r.assert_exact("drop_leak", 50_000, 50);
+            r.assert_exact("thread_leak", 30_000, 20);
         }
     }
 }
@@ -322,7 +325,12 @@ fn no_thread_of_ours_in_a_single_threaded_program() {
     let exe = dir.compile("tasks.c");
     let baseline = run_command(&mut dir.untraced_command(&exe, &["run", "1200"]), RUN_TIMEOUT);
     assert!(baseline.status.success(), "{}", baseline.describe());
-    assert_eq!(task_counts(&baseline), vec![1, 1, 1], "without the preload the program has one thread\n{}", baseline.describe());
+    assert_eq!(
+        task_counts(&baseline),
+        vec![1, 1, 1],
+        "without the preload the program has one thread\n{}",
+        baseline.describe()
+    );
 
     let mut dormant = Settings::sampled(3).file_size("4M");
     dormant.start = "off".into();
@@ -367,7 +375,8 @@ fn ctl_pause_reaches_a_single_threaded_program() {
     let flag = dir.path.join("flag");
     let mut settings = Settings::sampled(5).file_size("8M");
     settings.sample_bytes = "65536".into();
-    let mut bg = Background::spawn(&mut dir.traced_command(&exe, &[OsString::from("wait"), flag.clone().into()], &settings));
+    let mut bg =
+        Background::spawn(&mut dir.traced_command(&exe, &[OsString::from("wait"), flag.clone().into()], &settings));
     bg.wait_for_stdout("running", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(200));
     let trace = dir.trace_of(bg.pid);
@@ -468,7 +477,8 @@ fn fork_per_connection(name: &str, mode: &str) -> (TestDir, Outcome, PathBuf, Re
     let settings = Settings::exact().file_size(FORK_FILE_SIZE);
     let budget = TREE_BUDGET.to_string();
     let n = CHILDREN.to_string();
-    let mut cmd = traced_to(&dir, &exe, &[n.as_str(), mode], &settings, &traces, &[("LEAKTRACE_TREE_BUDGET", budget.as_str())]);
+    let mut cmd =
+        traced_to(&dir, &exe, &[n.as_str(), mode], &settings, &traces, &[("LEAKTRACE_TREE_BUDGET", budget.as_str())]);
     let bg = Background::spawn(&mut cmd);
     let watcher = DiskWatcher::start(&traces, bg.pid, TREE_BUDGET + LEDGER_SLACK);
     let out = bg.wait(RUN_TIMEOUT);
@@ -497,7 +507,11 @@ fn fork_per_connection(name: &str, mode: &str) -> (TestDir, Outcome, PathBuf, Re
     let parent = the_trace_of(&traces, out.pid, &out.describe());
     let r = report(&dir, &parent);
     assert_eq!(r.int("/process/pid"), u64::from(out.pid), "{}", r.context);
-    assert_exact(&r, "parent_leak", get_u64(&json, "/sites/parent_leak/bytes"), get_u64(&json, "/sites/parent_leak/count"));
+    r.assert_exact(
+        "parent_leak",
+        get_u64(&json, "/sites/parent_leak/bytes"),
+        get_u64(&json, "/sites/parent_leak/count"),
+    );
     (dir, out, traces, r)
 }
 
@@ -510,19 +524,26 @@ fn fork_per_connection_stays_within_the_tree_budget() {
     let (dir, out, traces, r) = fork_per_connection("deploy_fork_budget", "leak");
     let (traced, untraced, removed) = children(&r);
     if untraced == 0 {
-        r.fail(format!("process.children.untraced_budget is 0, but {CHILDREN} children of 2 MiB traces cannot fit an 8 MiB budget"));
+        r.fail(format!(
+            "process.children.untraced_budget is 0, but {CHILDREN} children of 2 MiB traces cannot fit an 8 MiB budget"
+        ));
     }
     if traced + untraced + removed != CHILDREN {
         r.fail(format!("process.children: traced {traced} + untraced_budget {untraced} + removed_empty {removed} != {CHILDREN} children forked"));
     }
     // The children's traces kept are the ones counted as traced, and each holds its child's leak.
-    let child_files: Vec<PathBuf> = trace_files_in(&traces).into_iter().filter(|f| !trace_files_of(&traces, out.pid).contains(f)).collect();
+    let child_files: Vec<PathBuf> =
+        trace_files_in(&traces).into_iter().filter(|f| !trace_files_of(&traces, out.pid).contains(f)).collect();
     if child_files.len() as u64 != traced {
-        r.fail(format!("{} children's trace files are left ({:?}), process.children.traced says {traced}", child_files.len(), listing(&traces)));
+        r.fail(format!(
+            "{} children's trace files are left ({:?}), process.children.traced says {traced}",
+            child_files.len(),
+            listing(&traces)
+        ));
     }
     for f in &child_files {
         let cr = report(&dir, f);
-        assert_exact(&cr, "child_work", 3000, 3);
+        cr.assert_exact("child_work", 3000, 3);
         if !cr.sites_through("parent_leak").is_empty() {
             cr.fail("a child's trace holds the parent's leak");
         }
@@ -534,9 +555,14 @@ fn fork_per_connection_stays_within_the_tree_budget() {
 #[test]
 fn fork_per_connection_children_with_nothing_unfreed_leave_no_file() {
     let (_dir, out, traces, r) = fork_per_connection("deploy_fork_clean", "clean");
-    let left: Vec<PathBuf> = trace_files_in(&traces).into_iter().filter(|f| !trace_files_of(&traces, out.pid).contains(f)).collect();
+    let left: Vec<PathBuf> =
+        trace_files_in(&traces).into_iter().filter(|f| !trace_files_of(&traces, out.pid).contains(f)).collect();
     if !left.is_empty() {
-        r.fail(format!("children that ended with nothing unfreed left {} trace files: {:?}", left.len(), listing(&traces)));
+        r.fail(format!(
+            "children that ended with nothing unfreed left {} trace files: {:?}",
+            left.len(),
+            listing(&traces)
+        ));
     }
     let (traced, untraced, removed) = children(&r);
     if removed != CHILDREN || untraced != 0 {
@@ -592,7 +618,12 @@ fn dormant_prefork_workers_can_be_resumed() {
         );
     }
     let c = ctl(&[&traces], &["--resume"]);
-    assert!(c.status.success(), "ctl {} --resume (a directory of a whole tree's traces)\n{}", traces.display(), c.describe());
+    assert!(
+        c.status.success(),
+        "ctl {} --resume (a directory of a whole tree's traces)\n{}",
+        traces.display(),
+        c.describe()
+    );
     std::thread::sleep(CTL_SETTLE);
     std::fs::write(&flag, b"").unwrap();
     let out = bg.wait(RUN_TIMEOUT);
@@ -608,7 +639,9 @@ fn dormant_prefork_workers_can_be_resumed() {
             r.fail(format!("worker {w}: no site through worker_leak after the resume"));
         }
         if !sites.iter().any(|s| s.json["growing"].as_bool() == Some(true)) {
-            r.fail(format!("worker {w}: worker_leak leaked steadily for 1.5 s after the resume but is not reported growing"));
+            r.fail(format!(
+                "worker {w}: worker_leak leaked steadily for 1.5 s after the resume but is not reported growing"
+            ));
         }
     }
 }
@@ -621,7 +654,11 @@ fn child_forked_after_ctl_sample_bytes_keeps_the_mean() {
     let exe = dir.compile("prefork.c");
     let flag = dir.path.join("changed");
     let settings = Settings::sampled(11).file_size("4M");
-    let mut bg = Background::spawn(&mut dir.traced_command(&exe, &[OsString::from("late-fork"), flag.clone().into()], &settings));
+    let mut bg = Background::spawn(&mut dir.traced_command(
+        &exe,
+        &[OsString::from("late-fork"), flag.clone().into()],
+        &settings,
+    ));
     bg.wait_for_stdout("ready", Duration::from_secs(20));
     let parent_trace = dir.trace_of(bg.pid);
     let c = ctl(&[&parent_trace], &["--sample-bytes", "65536"]);
@@ -640,7 +677,10 @@ fn child_forked_after_ctl_sample_bytes_keeps_the_mean() {
     let child = get_u64(&json, "/child_pid") as u32;
     let r = report(&dir, &dir.trace_of(child));
     if r.num("/sampling/mean_bytes") != 65536.0 {
-        r.fail(format!("the child forked after `ctl --sample-bytes 65536` samples at {}", r.at("/sampling/mean_bytes")));
+        r.fail(format!(
+            "the child forked after `ctl --sample-bytes 65536` samples at {}",
+            r.at("/sampling/mean_bytes")
+        ));
     }
     let changes = r.at("/sampling/changes").as_array().cloned().unwrap_or_default();
     if changes.iter().any(|c| c["mean_bytes"].as_u64() != Some(65536)) {
@@ -673,7 +713,11 @@ fn services_started_as_nobody_are_traced() {
     let mut launchers: Vec<(&str, PathBuf, Vec<String>)> = Vec::new();
     if have("start-stop-daemon") {
         let args = ["--start", "--chuid", "nobody", "--exec", &service_s, "--"];
-        launchers.push(("start-stop-daemon", PathBuf::from("start-stop-daemon"), args.iter().map(|s| s.to_string()).collect()));
+        launchers.push((
+            "start-stop-daemon",
+            PathBuf::from("start-stop-daemon"),
+            args.iter().map(|s| s.to_string()).collect(),
+        ));
     } else {
         eprintln!("NOTE: no start-stop-daemon here; that launcher is skipped");
     }
@@ -685,7 +729,8 @@ fn services_started_as_nobody_are_traced() {
     let mut failures = Vec::new();
     for (name, exe, args) in &launchers {
         let traces = world_writable(&dir, &format!("traces-{name}"));
-        let out = run_command(&mut traced_to(&dir, exe, args, &Settings::exact().file_size("4M"), &traces, &[]), RUN_TIMEOUT);
+        let out =
+            run_command(&mut traced_to(&dir, exe, args, &Settings::exact().file_size("4M"), &traces, &[]), RUN_TIMEOUT);
         if let Err(e) = check_service_run(&dir, &traces, &out) {
             failures.push(format!("=== {name}: {e}\nfiles: {:?}\n{}", listing(&traces), out.describe()));
         }
@@ -817,5 +862,37 @@ fn rss_peak_is_reported_beside_start_and_end() {
     }
     let text = analyze(&[std::ffi::OsStr::new("report"), trace.as_os_str()], RUN_TIMEOUT);
     assert!(text.status.success(), "{}", text.describe());
-    assert!(text.stdout.lines().any(|l| l.starts_with("RSS ") && l.contains(", peak ")), "no peak in the RSS line:\n{}", text.stdout);
+    assert!(
+        text.stdout.lines().any(|l| l.starts_with("RSS ") && l.contains(", peak ")),
+        "no peak in the RSS line:\n{}",
+        text.stdout
+    );
+}
+
+/// 4c. Fork + exec per connection: each child samples (so its trace takes its full size), then
+/// execs a program that samples nothing. The exec'd program replaces the child's trace under the
+/// same pid and gives its disk back to the tree, and removes its own at exit: 20 children fit a
+/// budget of four files, and only the parent's trace is left.
+#[test]
+fn fork_exec_children_give_their_disk_back() {
+    let dir = TestDir::new("deploy_fork_exec");
+    let exe = dir.compile("forker.c");
+    let traces = dir.path.join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
+    let settings = Settings::exact().file_size(FORK_FILE_SIZE);
+    let budget = TREE_BUDGET.to_string();
+    let mut cmd =
+        traced_to(&dir, &exe, &["20", "exec"], &settings, &traces, &[("LEAKTRACE_TREE_BUDGET", budget.as_str())]);
+    let out = run_command(&mut cmd, RUN_TIMEOUT);
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(get_u64(&out.json_line(), "/failed"), 0, "every child must exit with 0\n{}", out.describe());
+    let r = report(&dir, &the_trace_of(&traces, out.pid, &out.describe()));
+    let (_, untraced, _) = children(&r);
+    assert_eq!(
+        untraced, 0,
+        "the exec'd children gave their disk back, yet {untraced} ran untraced for want of budget\n{}",
+        r.context
+    );
+    let files = trace_files_in(&traces);
+    assert_eq!(files.len(), 1, "only the parent's trace is left: {:?}", listing(&traces));
 }

@@ -75,18 +75,6 @@ fn assert_one_leaktrace_line(out: &Outcome, needles: &[&str], what: &str) {
     );
 }
 
-/// In exact mode the sites allocated in `function` hold exactly `bytes` in `count` blocks.
-fn assert_exact(report: &Report, function: &str, bytes: u64, count: u64) {
-    let sites = report.sites_allocated_in(function);
-    if sites.is_empty() {
-        report.fail(format!("no site for {function}, which leaked {bytes} bytes in {count} blocks"));
-    }
-    let got = report.exact_sum(&sites);
-    if got != (bytes, count) {
-        report.fail(format!("{function}: the report says {} bytes in {} blocks; the program leaked {bytes} in {count}", got.0, got.1));
-    }
-}
-
 fn assert_absent(report: &Report, function: &str, why: &str) {
     if !report.sites_through(function).is_empty() {
         report.fail(format!("{function} must not appear: {why}"));
@@ -170,13 +158,13 @@ fn fork_case(name: &str, mode: &str) {
 
     let parent = report_for(&dir, &parent_trace);
     assert_eq!(parent.int("/process/pid"), u64::from(out.pid));
-    assert_exact(&parent, "parent_leak", get_u64(&json, "/sites/parent_leak/bytes"), 7);
+    parent.assert_exact("parent_leak", get_u64(&json, "/sites/parent_leak/bytes"), 7);
     assert_absent(&parent, "child_leak", "the child's allocations belong to the child's trace");
     assert_eq!(parent.str("/process/ended"), "exit", "{}", parent.context);
 
     let child_r = report_for(&dir, &child_trace);
     assert_eq!(child_r.int("/process/pid"), u64::from(child), "{}", child_r.context);
-    assert_exact(&child_r, "child_leak", get_u64(&json, "/sites/child_leak/bytes"), 5);
+    child_r.assert_exact("child_leak", get_u64(&json, "/sites/child_leak/bytes"), 5);
     assert_eq!(child_r.str("/process/ended"), "exit", "the child exited normally\n{}", child_r.context);
 }
 
@@ -280,7 +268,7 @@ fn thirty_two_threads_free_across_threads() {
     let cross = get_u64(&json, "/cross_thread_frees");
     assert!(cross > 1000, "blocks must be freed by other threads than their allocator: {json}");
     let report = report_for(&dir, &dir.trace_of(out.pid));
-    assert_exact(&report, "final_leak", get_u64(&json, "/sites/final_leak/bytes"), get_u64(&json, "/sites/final_leak/count"));
+    report.assert_exact("final_leak", get_u64(&json, "/sites/final_leak/bytes"), get_u64(&json, "/sites/final_leak/count"));
     report.assert_not_leaking(&not_leaking(&json));
     if report.int("/totals/dropped_events") != 0 {
         report.fail("nothing may be dropped: the counts would not be exact");
@@ -354,7 +342,7 @@ fn thread_exit_with_tls_destructors() {
     let threads = get_u64(&json, "/threads");
     assert_eq!(get_u64(&json, "/destructor_calls"), 3 * threads, "every destructor ran: {json}");
     let report = report_for(&dir, &dir.trace_of(out.pid));
-    assert_exact(&report, "tls_marker_leak", get_u64(&json, "/sites/tls_marker_leak/bytes"), 3);
+    report.assert_exact("tls_marker_leak", get_u64(&json, "/sites/tls_marker_leak/bytes"), 3);
     report.assert_not_leaking(&not_leaking(&json));
 }
 
@@ -377,7 +365,7 @@ fn blocks_from_before_the_tracer_started_are_left_alone() {
     let report = report_for(&dir, &dir.trace_of(out.pid));
     for site in ["leak_after_start", "main"] {
         let (bytes, count) = (get_u64(&json, &format!("/sites/{site}/bytes")), get_u64(&json, &format!("/sites/{site}/count")));
-        assert_exact(&report, site, bytes, count);
+        report.assert_exact(site, bytes, count);
     }
     assert_absent(&report, "early_init", "allocated before tracing started");
 }
@@ -449,7 +437,7 @@ fn dlopen_case(name: &str, mode: &str, wait_ms: &str) {
     let json = out.json_line();
     assert_eq!(json["closed"], Value::Bool(mode == "close"));
     let report = report_for(&dir, &dir.trace_of(out.pid));
-    assert_exact(&report, "plugin_leak", get_u64(&json, "/sites/plugin_leak/bytes"), 6);
+    report.assert_exact("plugin_leak", get_u64(&json, "/sites/plugin_leak/bytes"), 6);
     for site in report.sites_allocated_in("plugin_leak") {
         let f0 = &site.frames()[0];
         let file = f0["file"].as_str().unwrap_or("");
@@ -804,7 +792,7 @@ fn file_and_rss_series_stay_bounded() {
 
     let json = out.json_line();
     let report = report_for(&dir, &trace);
-    assert_exact(&report, "early_leak", get_u64(&json, "/sites/early_leak/bytes"), 4);
+    report.assert_exact("early_leak", get_u64(&json, "/sites/early_leak/bytes"), 4);
     report.assert_not_leaking(&not_leaking(&json));
     let rss = report.at("/rss").as_array().cloned().unwrap_or_default();
     let t: Vec<u64> = rss.iter().filter_map(|s| s["t_ns"].as_u64()).collect();
@@ -876,8 +864,8 @@ fn ctl_resume_after_dormant_start() {
     assert_no_leaktrace_line(&out);
     let report = report_for(&dir, &trace);
     assert_absent(&report, "phase_one", "it ran while tracing was dormant (LEAKTRACE_START=off)");
-    assert_exact(&report, "phase_two", 100_000, 1000);
-    assert_exact(&report, "phase_three", 100_000, 1000);
+    report.assert_exact("phase_two", 100_000, 1000);
+    report.assert_exact("phase_three", 100_000, 1000);
 }
 
 /// `ctl --pause` stops recording; `ctl --resume` starts it again, exactly.
@@ -902,9 +890,9 @@ fn ctl_pause_and_resume() {
     assert_success(&out);
     assert_no_leaktrace_line(&out);
     let report = report_for(&dir, &trace);
-    assert_exact(&report, "phase_one", 100_000, 1000);
+    report.assert_exact("phase_one", 100_000, 1000);
     assert_absent(&report, "phase_two", "it ran after ctl --pause");
-    assert_exact(&report, "phase_three", 100_000, 1000);
+    report.assert_exact("phase_three", 100_000, 1000);
 }
 
 /// Started with a mean of 64 MiB: `ctl --sample-bytes 1` makes the next phase exact within the
@@ -929,8 +917,8 @@ fn ctl_sample_bytes_applies_at_once() {
     assert_success(&out);
     assert_no_leaktrace_line(&out);
     let report = report_for(&dir, &trace);
-    assert_exact(&report, "phase_two", 100_000, 1000);
-    assert_exact(&report, "phase_three", 100_000, 1000);
+    report.assert_exact("phase_two", 100_000, 1000);
+    report.assert_exact("phase_three", 100_000, 1000);
     let changes = report.at("/sampling/changes").as_array().cloned().unwrap_or_default();
     if !changes.iter().any(|c| c["mean_bytes"].as_u64() == Some(1) && c["t_ns"].as_u64().is_some_and(|t| t > 0)) {
         report.fail(format!("sampling.changes does not record the switch to 1 byte: {changes:?}"));
