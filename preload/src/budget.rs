@@ -245,6 +245,13 @@ mod tests {
         // A second opener sees the same ledger, budget and id.
         let again = Ledger::open_or_create(&path, 5).unwrap();
         assert_eq!((again.budget(), again.id()), (1000, ledger.id()));
+        remove_scratch(&path);
+    }
+
+    fn remove_scratch(ledger_path: &str) {
+        if let Some(dir) = std::path::Path::new(ledger_path).parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     #[test]
@@ -264,6 +271,7 @@ mod tests {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(status, 0);
         assert_eq!(ledger.reserved(), 80);
+        remove_scratch(&path);
     }
 
     #[test]
@@ -273,5 +281,6 @@ mod tests {
         assert!(Ledger::open_or_create(&path, 100).is_err());
         assert_eq!(ledger_path_for("/a/b/trace.%p.lt", 9), "/a/b/leaktrace.9.tree");
         assert_eq!(ledger_path_for("/t.lt", 9), "/leaktrace.9.tree");
+        remove_scratch(&path);
     }
 }

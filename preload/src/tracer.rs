@@ -987,8 +987,11 @@ impl Tracer {
         // disk behind its RSS region yet, and a dormant process does nothing it need not.
         if m.fully_reserved() && now >= self.next_rss_ns.load(Ordering::Relaxed) {
             sample_rss(self);
-            let interval_ms = m.header(hdr::RSS_INTERVAL_MS).load(Ordering::Relaxed).max(self.rss_ms);
-            let next_rss = now + interval_ms * 1_000_000;
+            let interval_ns = m.header(hdr::RSS_INTERVAL_MS).load(Ordering::Relaxed).max(self.rss_ms) * 1_000_000;
+            // On the schedule, not from now: the ticks come late by up to the clock's 4 ms tick,
+            // and that must not add up over the run.
+            let scheduled = self.next_rss_ns.load(Ordering::Relaxed).saturating_add(interval_ns);
+            let next_rss = if scheduled > now { scheduled } else { now + interval_ns };
             self.next_rss_ns.store(next_rss, Ordering::Relaxed);
             self.next_tick_ns.store(next_rss.min(now + TICK_NS), Ordering::Relaxed);
         }
