@@ -395,6 +395,35 @@ pub(crate) fn single_threaded() -> bool {
     !p.is_null() && unsafe { std::ptr::read_volatile(p) } != 0
 }
 
+// ---------------------------------------------------------------------------------------------
+// dlclose
+
+type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> libc::c_int;
+
+/// The next `dlclose`, looked up at its first call (never inside an allocation hook).
+static DLCLOSE: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The real `dlclose`. Unlike `dlopen`, it does not depend on who calls it, so passing it
+/// through our own symbol changes nothing for the program.
+pub(crate) unsafe fn dlclose(handle: *mut c_void) -> libc::c_int {
+    let mut f = DLCLOSE.load(Ordering::Acquire);
+    if f.is_null() {
+        // SAFETY: NUL-terminated names; RTLD_NEXT is valid from a shared object.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) }.cast();
+        if f.is_null() {
+            // SAFETY: as above.
+            f = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"dlclose".as_ptr(), c"GLIBC_2.2.5".as_ptr()) }.cast();
+        }
+        if f.is_null() {
+            // Nothing to forward to: leave the library loaded, as a failed dlclose would.
+            return -1;
+        }
+        DLCLOSE.store(f, Ordering::Release);
+    }
+    // SAFETY: `f` is the next object's dlclose, of exactly this signature.
+    unsafe { std::mem::transmute::<*mut (), DlcloseFn>(f)(handle) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

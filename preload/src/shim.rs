@@ -161,3 +161,13 @@ pub unsafe extern "C" fn pthread_create(
     }
     rc
 }
+
+/// The program unloading a library: record the module map first, so that blocks the library
+/// allocated (and leaked) are symbolized from its path and build ID like any other, however
+/// soon after its dlopen it goes.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> libc::c_int {
+    crate::tracer::before_dlclose();
+    // SAFETY: same contract as the C function we forward to.
+    unsafe { real::dlclose(handle) }
+}

@@ -1179,6 +1179,18 @@ extern "C" fn after_fork_in_child() {
     }
 }
 
+/// The program is about to `dlclose` a library: walk the module map now (not inside an
+/// allocation, so the loader lock is free to take), or a library loaded and unloaded between
+/// two housekeeping ticks would never be recorded and its leaks would have no name.
+pub fn before_dlclose() {
+    if let Some(t) = current() {
+        THREAD.with(|thread| {
+            let _guard = thread.enter();
+            t.refresh_modules();
+        });
+    }
+}
+
 /// The program created a thread (our `pthread_create` returned success): the process is
 /// multithreaded now whatever we do, so the helper thread may start. It keeps the RSS series
 /// and `ctl` going while the program does not allocate, follows module changes (taking the
