@@ -7,6 +7,7 @@ mod ctl;
 mod diff;
 mod export;
 mod growth;
+mod launch;
 mod progress;
 mod report;
 mod symbolize;
@@ -108,6 +109,34 @@ enum Command {
         top: usize,
         #[command(flatten)]
         symbols: SymbolArgs,
+    },
+    /// Run CMD under the preload (LD_PRELOAD and the settings set for you); its exit status is
+    /// passed through. The trace goes to leaktrace.<pid>.lt unless -o says otherwise.
+    Run {
+        /// Trace path; %p is the pid (default as LEAKTRACE_FILE, else leaktrace.%p.lt).
+        #[arg(short, long)]
+        output: Option<String>,
+        /// Mean bytes between samples (1 = every allocation).
+        #[arg(long)]
+        sample_bytes: Option<String>,
+        /// Trace file size (e.g. 64M).
+        #[arg(long)]
+        file_size: Option<String>,
+        /// RSS sampling interval in milliseconds.
+        #[arg(long)]
+        rss_ms: Option<u64>,
+        /// on, or off to start dormant (resume with ctl).
+        #[arg(long)]
+        start: Option<String>,
+        /// auto, dwarf or fp.
+        #[arg(long)]
+        unwinder: Option<String>,
+        /// Disk budget of the process tree's traces (e.g. 1G).
+        #[arg(long)]
+        tree_budget: Option<String>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
     },
     /// Change running processes' tracing through their trace files, without a signal or
     /// restart. A directory stands for every trace file in it (a whole service's). Exit status
@@ -276,6 +305,11 @@ fn run(cli: Cli) -> Result<()> {
                 symbolize: symbols.into(),
             };
             watch::run(|| load(&trace), &opts)
+        }
+        Command::Run { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget, command } => {
+            let settings =
+                launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget };
+            launch::run(&command, &settings)
         }
         Command::Ctl { trace, pause, resume, sample_bytes, wait } => {
             let request = ctl::Request::from_flags(pause, resume, sample_bytes)?;

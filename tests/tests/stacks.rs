@@ -68,3 +68,52 @@ fn library_callers_are_named() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `leak-analyze run -- CMD`: the program runs under the preload without LD_PRELOAD typed by
+/// hand, its exit status passes through, and its trace (named with its pid, which `run` keeps
+/// by exec'ing it) reports its leaks.
+#[test]
+fn run_traces_a_command_and_passes_its_exit_status() {
+    use leaktrace_tests::{analyze, report_of};
+    let dir = TestDir::new("stacks_run");
+    let exe = dir.compile_c_with("library_callers.c", "library_callers", &["-O2"]);
+    let pattern = dir.path.join("t.%p.lt");
+    let timeout = std::time::Duration::from_secs(60);
+    let out = analyze(
+        &[
+            std::ffi::OsStr::new("run"),
+            "--sample-bytes".as_ref(),
+            "1".as_ref(),
+            "-o".as_ref(),
+            pattern.as_os_str(),
+            "--".as_ref(),
+            exe.as_os_str(),
+        ],
+        timeout,
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    let json = out.json_line();
+    let line =
+        out.stderr_lines_starting("leak-analyze run: tracing").first().map(|l| l.to_string()).unwrap_or_default();
+    let trace = std::path::PathBuf::from(line.rsplit(" into ").next().unwrap_or(""));
+    assert!(trace.is_file(), "run named {} as the trace, which does not exist\n{}", trace.display(), out.describe());
+    let report = report_of(&trace, &dir.path.join("run.report.json"));
+    report.assert_exact(
+        "leaky_compare",
+        get_u64(&json, "/sites/leaky_compare/bytes"),
+        get_u64(&json, "/sites/leaky_compare/count"),
+    );
+    let status = analyze(
+        &[
+            std::ffi::OsStr::new("run"),
+            "-o".as_ref(),
+            pattern.as_os_str(),
+            "--".as_ref(),
+            "/bin/sh".as_ref(),
+            "-c".as_ref(),
+            "exit 7".as_ref(),
+        ],
+        timeout,
+    );
+    assert_eq!(status.status.code(), Some(7), "{}", status.describe());
+}
