@@ -119,10 +119,21 @@ struct Published {
     /// library loaded since this unwinder was built, or code without unwind data, is never
     /// walked with a guess.
     known: Vec<(u64, u64)>,
+    /// Functions proven to keep frame pointers ([`frame_pointer_functions`]), `[lo, hi)`, sorted:
+    /// frames in them are stepped by their frame record, without a rule look-up.
+    frame_pointer_functions: Vec<(u64, u64)>,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Published {
+    /// Does the function holding `lookup` keep its frame pointer (so that at any call it makes,
+    /// [rbp] is its caller's rbp and [rbp + 8] its return address)?
+    #[inline]
+    fn keeps_frame_pointer(&self, lookup: u64) -> bool {
+        let i = self.frame_pointer_functions.partition_point(|&(lo, _)| lo <= lookup);
+        i.checked_sub(1).and_then(|i| self.frame_pointer_functions.get(i)).is_some_and(|&(_, hi)| lookup < hi)
+    }
+
     /// The known module range holding `lookup`, if any.
     fn known_range(&self, lookup: u64) -> Option<(u64, u64)> {
         let i = self.known.partition_point(|&(lo, _)| lo <= lookup);
@@ -422,8 +433,12 @@ fn unwind_remembering(
                 read_count = read_count.saturating_add(1);
                 Ok(value)
             };
-            let way = (lookup.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 62) as usize % CACHE_WAYS;
-            p.unwinder.unwind_frame(address, &mut regs, &mut caches[way], &mut read)
+            if address.is_return_address() && FRAME_RECORDS.load(Ordering::Relaxed) && p.keeps_frame_pointer(lookup) {
+                frame_pointer_step(&mut regs, &mut read)
+            } else {
+                let way = (lookup.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 62) as usize % CACHE_WAYS;
+                p.unwinder.unwind_frame(address, &mut regs, &mut caches[way], &mut read)
+            }
         };
         if n < MEMO_FRAMES {
             new.frames[n] = MemoFrame { reads, read_count, ..frame };
@@ -507,6 +522,87 @@ impl StackReader {
     }
 }
 
+/// Whether frames in functions proven to keep frame pointers are stepped by their frame record
+/// (`LEAKTRACE_UNWINDER` auto or fp) or by their CFI rule like every other (dwarf).
+static FRAME_RECORDS: AtomicBool = AtomicBool::new(true);
+
+pub fn use_frame_records(on: bool) {
+    FRAME_RECORDS.store(on, Ordering::Relaxed);
+}
+
+/// One step by the frame record of a function that keeps its frame pointer: its return address
+/// is at [rbp + 8], its caller's rbp at [rbp], its caller's stack starts at rbp + 16. What a
+/// rule look-up would find for such a function, without the look-up.
+#[cfg(target_arch = "x86_64")]
+fn frame_pointer_step(
+    regs: &mut arch::Regs,
+    read: &mut impl FnMut(u64) -> Result<u64, ()>,
+) -> Result<Option<u64>, framehop::Error> {
+    let bp = regs.bp();
+    // The frame record lies above the stack pointer; anything else is not one.
+    if bp < regs.sp() {
+        return Err(framehop::Error::FramepointerUnwindingMovedBackwards);
+    }
+    let ret_at = bp.checked_add(8).ok_or(framehop::Error::IntegerOverflow)?;
+    let ret = read(ret_at).map_err(|()| framehop::Error::CouldNotReadStack(ret_at))?;
+    let caller_bp = read(bp).map_err(|()| framehop::Error::CouldNotReadStack(bp))?;
+    if ret == 0 {
+        return Err(framehop::Error::ReturnAddressIsNull);
+    }
+    regs.set_sp(bp + 16);
+    regs.set_bp(caller_bp);
+    regs.set_ip(ret);
+    Ok(Some(ret))
+}
+
+/// How many of a module's first FDEs are looked at before deciding it was built without frame
+/// pointers (then none of its functions is taken as keeping them).
+const FRAME_POINTER_PROBE: usize = 64;
+
+/// The functions of a module's `.eh_frame` (its bytes, and the address it is mapped at) whose
+/// canonical frame address becomes rbp + 16: they push rbp and point rbp at it after their
+/// prologue, so every call they make has a valid frame record. Empty for a module most of whose
+/// first [`FRAME_POINTER_PROBE`] functions do not (glibc and libstdc++ on Debian): scanning all
+/// of a library for its few such functions would cost start-up time and save little.
+#[cfg(target_arch = "x86_64")]
+fn frame_pointer_functions(eh_frame: &[u8], eh_frame_avma: u64, text_avma: u64) -> Vec<(u64, u64)> {
+    use gimli::{BaseAddresses, CfaRule, CieOrFde, EhFrame, LittleEndian, UnwindContext, UnwindSection};
+    let section = EhFrame::new(eh_frame, LittleEndian);
+    let bases = BaseAddresses::default().set_eh_frame(eh_frame_avma).set_text(text_avma);
+    let mut ctx = Box::new(UnwindContext::new());
+    let mut entries = section.entries(&bases);
+    let (mut seen, mut kept) = (0usize, Vec::new());
+    while let Ok(Some(entry)) = entries.next() {
+        let CieOrFde::Fde(partial) = entry else { continue };
+        let Ok(fde) = partial.parse(|section, bases, offset| section.cie_from_offset(bases, offset)) else {
+            continue;
+        };
+        seen += 1;
+        let Ok(mut table) = fde.rows(&section, &bases, &mut ctx) else { continue };
+        let keeps = loop {
+            match table.next_row() {
+                Ok(Some(row)) => {
+                    if matches!(row.cfa(), CfaRule::RegisterAndOffset { register, offset: 16 } if *register == gimli::X86_64::RBP)
+                    {
+                        break true;
+                    }
+                }
+                _ => break false,
+            }
+        };
+        if keeps {
+            kept.push((fde.initial_address(), fde.initial_address().saturating_add(fde.len())));
+        }
+        if seen == FRAME_POINTER_PROBE && kept.len() * 2 < seen {
+            return Vec::new();
+        }
+    }
+    if kept.len() * 2 < seen {
+        return Vec::new();
+    }
+    kept
+}
+
 // ---------------------------------------------------------------------------------------------
 // The builder side: housekeeping (and tests) only
 
@@ -582,6 +678,7 @@ pub fn refresh() {
         };
         let mut unwinder = FhUnwinder::new();
         let mut known = Vec::with_capacity(sections.len());
+        let mut fp_functions = Vec::new();
         for s in &mut sections {
             let (hdr, eh_frame) = match s.copy {
                 // SAFETY: the main program is never unloaded, so its sections, found mapped
@@ -614,6 +711,12 @@ pub fn refresh() {
                 ..Default::default()
             };
             known.push(s.text);
+            // Our own frames are stepped over before the unwind starts (`step_over_own_frames`):
+            // scanning this library's 700-odd functions would only cost start-up time.
+            let ours = (s.text.0..s.text.1).contains(&(frame_pointer_functions as *const () as usize as u64));
+            if !ours {
+                fp_functions.extend(frame_pointer_functions(eh_frame, s.eh_frame_avma, s.text.0));
+            }
             unwinder.add_module(framehop::Module::new(String::new(), s.text.0..s.text.1, s.base, info));
         }
         b.generation = Some(generation);
@@ -625,7 +728,8 @@ pub fn refresh() {
             return;
         }
         known.sort_unstable();
-        let p = Box::into_raw(Box::new(Published { unwinder, known }));
+        fp_functions.sort_unstable();
+        let p = Box::into_raw(Box::new(Published { unwinder, known, frame_pointer_functions: fp_functions }));
         // The previous unwinder is leaked: a hook thread may still be walking it.
         UNWINDER.store(p, Ordering::Release);
     }

@@ -642,17 +642,14 @@ pub fn on_load() {
         modules::install_fork_fence();
         let (mods, _) = modules::snapshot(0).unwrap_or_default();
         let _ = TRACER_TEXT.set(modules::tracer_text_range(&mods));
-        // `auto` is the CFI unwinder (which steps over leaktrace's own frames by their frame
-        // pointers). A frame-pointer walk is only right through code that keeps frame pointers,
-        // and a program built with them still calls a libc and libstdc++ built without: the
-        // walk then skips the caller of strdup or operator new, and no calibration on the
-        // first stacks can prove that later stacks stay in such code. What it costs, per
-        // recorded allocation on a 4-frame stack of a program built with frame pointers
-        // (scripts/hookcost --unwinders): 1,858 instructions against the walk's 1,537.
-        match config.unwinder {
-            Unwinder::Auto | Unwinder::Dwarf => UNWIND.force(Choice::Dwarf),
-            Unwinder::FramePointers => UNWIND.force(Choice::FramePointers),
-        }
+        // Every choice unwinds by CFI, stepping by frame record through the functions proven to
+        // keep frame pointers (cfi.rs): a pure frame-pointer walk is only right through code
+        // that keeps them, and a program built with them still calls a libc and libstdc++
+        // built without, where the walk skips the caller of strdup or operator new. No
+        // calibration on the first stacks can prove that later stacks stay in such code.
+        // `dwarf` uses no frame record at all (a reference to compare with).
+        UNWIND.force(Choice::Dwarf);
+        crate::cfi::use_frame_records(config.unwinder != Unwinder::Dwarf);
         if let Ok(mut last) = LAST_SNAPSHOT.try_lock() {
             *last = mods;
         }

@@ -18,7 +18,7 @@ fn program_functions(site: &Site<'_>, exe_name: &str) -> Vec<String> {
 
 /// Leaks through strdup, asprintf, getline and a qsort comparator, after 3,000 deep direct
 /// allocations that make frame pointers look usable: built with and without frame pointers,
-/// under `auto` and `dwarf`, each leak is counted exactly under the function that called libc,
+/// under `auto`, `fp` and `dwarf`, each leak is counted exactly under the function that called libc,
 /// and that function's caller comes next.
 #[test]
 fn library_callers_are_named() {
@@ -29,7 +29,7 @@ fn library_callers_are_named() {
     for (build, flags) in &builds {
         let exe_name = format!("library_callers_{build}");
         let exe = dir.compile_c_with("library_callers.c", &exe_name, flags);
-        for unwinder in ["auto", "dwarf"] {
+        for unwinder in ["auto", "fp", "dwarf"] {
             let run = dir.run(&exe, &[], &Settings::exact().unwinder(unwinder));
             let json = run.program_json();
             let report = run.report();
