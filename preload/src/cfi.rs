@@ -1139,7 +1139,13 @@ mod tests {
 
     #[test]
     fn addresses_outside_every_module_are_refused() {
-        let p = Published { unwinder: FhUnwinder::new(), known: vec![(0x1000, 0x2000), (0x5000, 0x6000)] };
+        let p = Published {
+            unwinder: FhUnwinder::new(),
+            known: vec![(0x1000, 0x2000), (0x5000, 0x6000)],
+            frame_pointer_functions: vec![(0x1100, 0x1180), (0x1200, 0x1300)],
+        };
+        assert!(p.keeps_frame_pointer(0x1100) && p.keeps_frame_pointer(0x12ff));
+        assert!(!p.keeps_frame_pointer(0x1180) && !p.keeps_frame_pointer(0x10ff) && !p.keeps_frame_pointer(0x1300));
         let knows = |a| p.known_range(a).is_some();
         assert!(!knows(0xfff) && knows(0x1000) && knows(0x1fff) && !knows(0x2000));
         assert!(!knows(0x4fff) && knows(0x5800) && !knows(0x6000) && !knows(0));
