@@ -32,7 +32,7 @@ use crate::budget::{self, Ledger};
 use crate::config::{Config, Unwinder};
 use crate::mapped::{self, LiveEntry, Mapped};
 use crate::sampler::{Charge, Guard, ThreadState, THREAD};
-use crate::unwind::{self, Choice};
+use crate::unwind;
 use crate::{file, modules, warn};
 
 /// What the allocation hook reads on every call, kept on one cache line of its own: a program
@@ -446,46 +446,10 @@ fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
     }
 }
 
-/// Which unwinder this process uses; decided on its first samples (see `unwind::Calibration`).
-pub static UNWIND: unwind::Calibration = unwind::Calibration::new();
-/// While on frame pointers, one sample in this many is also unwound with DWARF and compared.
-const AUDIT_EVERY: u32 = 256;
-static AUDIT_COUNTER: AtomicU32 = AtomicU32::new(0);
-
 /// Capture the current stack into `out`, innermost first, without leaktrace's own frames, so the
 /// first frame is the caller of the allocation function. Returns the number of frames.
 fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE]) -> usize {
-    match UNWIND.choice() {
-        Choice::Dwarf => dwarf_stack(out),
-        Choice::FramePointers => {
-            let n = frame_pointer_stack(out);
-            if n == 0 {
-                // Unknown stack bounds on this thread (a fiber, a signal stack): DWARF it is.
-                return dwarf_stack(out);
-            }
-            if AUDIT_COUNTER.fetch_add(1, Ordering::Relaxed).is_multiple_of(AUDIT_EVERY) {
-                let mut dwarf = [0u64; MAX_CAPTURE];
-                let nd = dwarf_stack(&mut dwarf);
-                if telling(nd) {
-                    UNWIND.record(&out[..n], &dwarf[..nd]);
-                }
-            }
-            n
-        }
-        Choice::Undecided => {
-            let n = dwarf_stack(out);
-            // A program whose stacks are all shallow never decides; it must not pay for a
-            // frame-pointer walk it cannot use on every sample.
-            if telling(n) {
-                let mut fp = [0u64; MAX_CAPTURE];
-                let nf = frame_pointer_stack(&mut fp);
-                if nf > 0 {
-                    UNWIND.record(&fp[..nf], &out[..n]);
-                }
-            }
-            n
-        }
-    }
+    dwarf_stack(out)
 }
 
 /// Stack the sampled path may use: our buffers (~3 KiB) plus libgcc's unwinder. Measured: a
@@ -518,16 +482,9 @@ fn enough_stack_left(needed: u64) -> bool {
 /// Copy the unwinder in use and its counters into the header, for `leak-analyze info`.
 pub fn publish_unwinder_stats(tracer: &Tracer) {
     let m = &tracer.mapped;
-    m.u32_at(hdr::UNWINDER).store(UNWIND.choice() as u32, Ordering::Relaxed);
+    m.u32_at(hdr::UNWINDER).store(layout::UnwinderInUse::Dwarf as u32, Ordering::Relaxed);
     m.header(hdr::CFI_STACKS).store(crate::cfi::traced(), Ordering::Relaxed);
     m.header(hdr::LIBGCC_STACKS).store(crate::cfi::FAILED.load(Ordering::Relaxed), Ordering::Relaxed);
-}
-
-/// Does a DWARF stack this deep say anything about frame pointers? Below the outermost
-/// start-up frames, which are allowed to differ, a stack of one frame (`main` calling malloc)
-/// agrees with any walk; only deeper stacks show whether the program's code keeps frame pointers.
-fn telling(dwarf_frames: usize) -> bool {
-    dwarf_frames >= unwind::OUTER_SLACK + 2
 }
 
 /// The part of an unwound stack to keep: past the leading frames inside leaktrace, up to the
@@ -570,16 +527,6 @@ fn trim_in_place(out: &mut [u64; MAX_CAPTURE], n: usize) -> usize {
     let len = kept.len();
     out.copy_within(kept, 0);
     len
-}
-
-fn frame_pointer_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
-    let Some(stack) = unwind::current_thread_stack() else {
-        return 0;
-    };
-    // Room for leaktrace's own frames on top of the ones we keep.
-    let mut raw = [0u64; MAX_CAPTURE + 16];
-    let n = unwind::frame_pointer_walk(&mut raw, stack);
-    trim_into(&raw[..n], out)
 }
 
 /// Inlined into the sampled path: a frame less for every unwind to step over.
@@ -648,7 +595,6 @@ pub fn on_load() {
         // built without, where the walk skips the caller of strdup or operator new. No
         // calibration on the first stacks can prove that later stacks stay in such code.
         // `dwarf` uses no frame record at all (a reference to compare with).
-        UNWIND.force(Choice::Dwarf);
         crate::cfi::use_frame_records(config.unwinder != Unwinder::Dwarf);
         if let Ok(mut last) = LAST_SNAPSHOT.try_lock() {
             *last = mods;

@@ -1,6 +1,6 @@
-//! Frame-pointer stack walking for the sampled-allocation path: ~25-40 ns for 15 frames, against
-//! ~4-7 µs for DWARF unwinding (`backtrace::trace_unsynchronized`) on the development machine
-//! (`bench_walk_against_dwarf` below prints both).
+//! Thread stack bounds without locks, and a bounds-checked frame-pointer walk: ~25-40 ns for 15
+//! frames, against ~4-7 µs for DWARF unwinding (`backtrace::trace_unsynchronized`) on the
+//! development machine (`bench_walk_against_dwarf` below prints both).
 //!
 //! # Why a walk cannot fault
 //!
@@ -55,19 +55,18 @@
 //! rlimit reservation, which the kernel's own placement avoids), runs a fiber on it, and has a
 //! frame-pointer chain from that fiber pointing into an unmapped gap above it, could fault.
 //!
-//! # Choosing the unwinder per process
+//! # Where the walk is used
 //!
-//! Whether frame pointers give the same stacks as DWARF depends on every frame between the
-//! allocation and `main`: the program's own code, but also `operator new` in libstdc++ and
-//! glibc's `strdup` or `fopen`, which Debian builds without frame pointers. No static check at
-//! start-up sees all of those, so the choice is made on the stacks that matter: see
-//! [`Calibration`], which compares both unwinders on the first sampled allocations (when the
-//! DWARF stack is being taken anyway, the frame-pointer walk costs almost nothing more).
+//! Sampled stacks are unwound by CFI (cfi.rs), never by this walk alone: whether frame pointers
+//! give the right stack depends on every frame between the allocation and `main`, the program's
+//! own but also `operator new` in libstdc++ and glibc's `strdup` or `fopen`, which Debian builds
+//! without frame pointers, and no check on some stacks proves it for the next. What stays is
+//! the check that *our* frames keep frame pointers ([`frame_pointers_usable`]): cfi.rs steps
+//! over them by their frame records.
 
+use crate::sampler::{ThreadState, THREAD};
 use std::ffi::c_long;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use crate::sampler::{ThreadState, THREAD};
 
 /// Architectures with a frame-pointer walk; elsewhere [`frame_pointer_walk`] returns 0 and
 /// [`frame_pointers_usable`] false.
@@ -483,7 +482,7 @@ fn strip_return_address(ret: u64) -> u64 {
 /// thread's stack bounds are known, and a walk through a chain of this crate's functions gives
 /// the same return addresses as `backtrace::trace`. False when the crate was built without
 /// `-C force-frame-pointers=yes` (the walk then skips frames). Says nothing about the host
-/// program's frames: that is [`Calibration`]'s job.
+/// program's frames.
 pub fn frame_pointers_usable() -> bool {
     if !SUPPORTED {
         return false;
@@ -538,134 +537,6 @@ fn check_probe(stack: StackBounds, fp: &mut [u64; 8], dwarf: &mut [(u64, u64); 4
         nd < dwarf.len()
     });
     (std::hint::black_box(nf), nd)
-}
-
-/// Frames compared by [`stacks_agree`], from the innermost.
-pub const COMPARE_DEPTH: usize = 16;
-/// Outermost DWARF frames a frame-pointer walk may miss or get wrong: process and thread
-/// start-up (`__libc_start_call_main`, `__libc_start_main`, `_start`; `start_thread`, `clone3`)
-/// is built without frame pointers.
-pub const OUTER_SLACK: usize = 3;
-
-/// Whether a frame-pointer stack reproduces a DWARF stack of the same allocation, both with
-/// leaktrace's own frames trimmed (innermost first): the first `min(dwarf.len() - OUTER_SLACK,
-/// COMPARE_DEPTH)` frames (at least one) must be equal. A frame without a frame pointer in
-/// between shows up as a skipped frame or an early end, so as a disagreement.
-pub fn stacks_agree(fp: &[u64], dwarf: &[u64]) -> bool {
-    if dwarf.is_empty() {
-        return false;
-    }
-    let need = dwarf.len().saturating_sub(OUTER_SLACK).clamp(1, COMPARE_DEPTH);
-    fp.len() >= need && fp[..need] == dwarf[..need]
-}
-
-/// The unwinder a process should use, as decided by a [`Calibration`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Choice {
-    /// Use DWARF, and compare every sample with a frame-pointer walk (cheap next to DWARF).
-    Undecided = 0,
-    /// Use frame pointers; audit an occasional sample (say 1 in 256) with DWARF.
-    FramePointers = 1,
-    /// Use DWARF and stop comparing. Final.
-    Dwarf = 2,
-}
-
-/// Comparisons in a window.
-pub const WINDOW: u32 = 64;
-/// Agreements in a window needed to use, or keep using, frame pointers.
-pub const MIN_AGREE: u32 = 60;
-/// Failed windows after which an undecided process settles on DWARF.
-pub const MAX_FAILED_WINDOWS: u32 = 4;
-
-/// Per-process choice between the unwinders, made on the stacks of the first sampled
-/// allocations. Lock-free, allocation-free, usable from any hook:
-///
-/// - `Undecided` (the start): capture with DWARF, also walk with frame pointers, and
-///   [`record`](Self::record) both. At the end of each window of [`WINDOW`] comparisons, if at
-///   least [`MIN_AGREE`] agreed ([`stacks_agree`]) the choice becomes `FramePointers`; after
-///   [`MAX_FAILED_WINDOWS`] failed windows it becomes `Dwarf`.
-/// - `FramePointers`: capture with frame pointers (falling back to DWARF when a walk gives 0
-///   frames); optionally record an occasional audited sample; a failed window makes it `Dwarf`.
-/// - `Dwarf`: final.
-///
-/// Start it as `Dwarf` ([`force`](Self::force)) when [`frame_pointers_usable`] is false.
-pub struct Calibration {
-    choice: AtomicU8,
-    /// Low 32 bits: comparisons in the current window; high 32 bits: how many agreed.
-    window: AtomicU64,
-    failed_windows: AtomicU32,
-}
-
-impl Default for Calibration {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Calibration {
-    pub const fn new() -> Calibration {
-        Calibration {
-            choice: AtomicU8::new(Choice::Undecided as u8),
-            window: AtomicU64::new(0),
-            failed_windows: AtomicU32::new(0),
-        }
-    }
-
-    #[inline]
-    pub fn choice(&self) -> Choice {
-        match self.choice.load(Ordering::Relaxed) {
-            0 => Choice::Undecided,
-            1 => Choice::FramePointers,
-            _ => Choice::Dwarf,
-        }
-    }
-
-    /// Set the choice outright (an override from the environment, or `Dwarf` when
-    /// [`frame_pointers_usable`] is false).
-    pub fn force(&self, choice: Choice) {
-        self.choice.store(choice as u8, Ordering::Relaxed);
-    }
-
-    /// Windows that failed so far (for the trace's metadata).
-    pub fn failed_windows(&self) -> u32 {
-        self.failed_windows.load(Ordering::Relaxed)
-    }
-
-    /// Compare one sample's stacks (leaktrace's frames trimmed from both). Record only samples
-    /// whose walk ran (bounds known, at least one frame); returns the choice afterwards.
-    pub fn record(&self, fp: &[u64], dwarf: &[u64]) -> Choice {
-        if self.choice() == Choice::Dwarf {
-            return Choice::Dwarf;
-        }
-        let add = 1 | (u64::from(stacks_agree(fp, dwarf)) << 32);
-        let now = self.window.fetch_add(add, Ordering::Relaxed).wrapping_add(add);
-        // Exactly one comparison brings the count to WINDOW; it closes the window, taking away
-        // exactly the counts it saw, so comparisons made meanwhile carry into the next one.
-        if now as u32 == WINDOW {
-            self.window.fetch_sub(now, Ordering::Relaxed);
-            self.close_window((now >> 32) as u32 >= MIN_AGREE);
-        }
-        self.choice()
-    }
-
-    fn close_window(&self, passed: bool) {
-        let (from, to) = match (self.choice(), passed) {
-            (Choice::Undecided, true) => (Choice::Undecided, Choice::FramePointers),
-            (Choice::Undecided, false) => {
-                if self.failed_windows.fetch_add(1, Ordering::Relaxed) + 1 < MAX_FAILED_WINDOWS {
-                    return;
-                }
-                (Choice::Undecided, Choice::Dwarf)
-            }
-            (Choice::FramePointers, false) => {
-                self.failed_windows.fetch_add(1, Ordering::Relaxed);
-                (Choice::FramePointers, Choice::Dwarf)
-            }
-            _ => return,
-        };
-        let _ = self.choice.compare_exchange(from as u8, to as u8, Ordering::Relaxed, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
@@ -1089,73 +960,6 @@ mod tests {
         let _ = current_thread_stack();
         // SAFETY: as above.
         assert_eq!(unsafe { *libc::__errno_location() }, 1234);
-    }
-
-    #[test]
-    fn agreement_rules() {
-        let d: Vec<u64> = (1..=30).collect();
-        assert!(stacks_agree(&d, &d));
-        assert!(stacks_agree(&d[..16], &d), "only the first 16 count");
-        assert!(!stacks_agree(&d[..15], &d));
-        let mut skipped = d.clone();
-        skipped.remove(5);
-        assert!(!stacks_agree(&skipped, &d), "a frame without a frame pointer");
-        let short: Vec<u64> = (1..=6).collect();
-        assert!(stacks_agree(&short[..3], &short), "the outer 3 may be missing");
-        assert!(!stacks_agree(&short[..2], &short));
-        assert!(stacks_agree(&[1, 9, 9], &[1, 2, 3]), "at least the first frame");
-        assert!(!stacks_agree(&[], &[1, 2]));
-        assert!(!stacks_agree(&[1], &[]));
-    }
-
-    #[test]
-    fn calibration_decides_by_windows() {
-        let good: Vec<u64> = (1..=10).collect();
-        let bad: Vec<u64> = vec![1, 3];
-        let c = Calibration::new();
-        for i in 0..WINDOW {
-            let fp = if i < WINDOW - MIN_AGREE { &bad } else { &good };
-            assert_eq!(c.record(fp, &good), if i + 1 < WINDOW { Choice::Undecided } else { Choice::FramePointers });
-        }
-        // An audit window with too many disagreements ends it.
-        for i in 0..WINDOW {
-            let fp = if i <= WINDOW - MIN_AGREE { &bad } else { &good };
-            c.record(fp, &good);
-        }
-        assert_eq!(c.choice(), Choice::Dwarf);
-        assert_eq!(c.record(&good, &good), Choice::Dwarf);
-
-        let c = Calibration::new();
-        for _ in 0..WINDOW * (MAX_FAILED_WINDOWS - 1) {
-            c.record(&bad, &good);
-        }
-        assert_eq!(c.choice(), Choice::Undecided);
-        for _ in 0..WINDOW {
-            c.record(&bad, &good);
-        }
-        assert_eq!(c.choice(), Choice::Dwarf);
-        assert_eq!(c.failed_windows(), MAX_FAILED_WINDOWS);
-    }
-
-    #[test]
-    fn calibration_counts_across_threads() {
-        let c = std::sync::Arc::new(Calibration::new());
-        let good: Vec<u64> = (1..=10).collect();
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (c, good) = (c.clone(), good.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..WINDOW {
-                        c.record(&good, &good);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(c.choice(), Choice::FramePointers);
-        assert_eq!(c.window.load(Ordering::Relaxed), 0, "8 full windows, each closed exactly once");
     }
 
     // (5) Cost, printed rather than asserted: `cargo test --release -p leaktrace-preload unwind
