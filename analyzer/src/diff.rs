@@ -29,7 +29,9 @@ pub struct Side<'a> {
 pub struct Diff {
     pub old: String,
     pub new: String,
+    #[serde(serialize_with = "crate::report::as_integer")]
     pub old_unfreed_bytes: f64,
+    #[serde(serialize_with = "crate::report::as_integer")]
     pub new_unfreed_bytes: f64,
     /// Sites ordered by growth, largest first.
     pub sites: Vec<SiteDiff>,
@@ -37,8 +39,11 @@ pub struct Diff {
 
 #[derive(Serialize)]
 pub struct SiteDiff {
+    #[serde(serialize_with = "crate::report::as_integer")]
     pub old_unfreed_bytes: f64,
+    #[serde(serialize_with = "crate::report::as_integer")]
     pub new_unfreed_bytes: f64,
+    #[serde(serialize_with = "crate::report::as_integer")]
     pub delta_bytes: f64,
     /// The site's growth verdict in the newer trace (false if it is not there).
     pub growing_in_new: bool,

@@ -66,7 +66,9 @@ pub struct SamplingChangeOut {
 
 #[derive(Serialize)]
 pub struct Totals {
+    #[serde(serialize_with = "as_integer")]
     pub unfreed_bytes: f64,
+    #[serde(serialize_with = "as_integer")]
     pub unfreed_allocations: f64,
     pub sampled_events: u64,
     pub dropped_events: u64,
@@ -91,15 +93,19 @@ pub struct RssPeak {
 #[derive(Serialize)]
 pub struct RssVsHeap {
     /// The program's RSS growth over the span: leaktrace's own memory excluded.
+    #[serde(serialize_with = "as_integer")]
     pub rss_growth_bytes: f64,
     /// The RSS growth as the kernel counts it, leaktrace's own included.
+    #[serde(serialize_with = "as_integer")]
     pub raw_rss_growth_bytes: f64,
     /// How much of the raw growth was leaktrace's own (its trace pages and heap).
+    #[serde(serialize_with = "as_integer")]
     pub tracer_growth_bytes: f64,
     /// The span compared, ns since start: from the first RSS sample since sampling last
     /// started (the heap is unknown while paused) to the last.
     pub from_ns: u64,
     pub to_ns: u64,
+    #[serde(serialize_with = "as_integer")]
     pub heap_growth_bytes: f64,
     /// heap growth / RSS growth, when RSS grew.
     pub explained_fraction: Option<f64>,
@@ -110,9 +116,12 @@ pub struct RssVsHeap {
 #[derive(Serialize)]
 pub struct SiteOut {
     pub id: usize,
+    #[serde(serialize_with = "as_integer")]
     pub unfreed_bytes: f64,
     /// Half-width of the 95% confidence interval of `unfreed_bytes` (0 in exact mode).
+    #[serde(serialize_with = "as_integer")]
     pub unfreed_bytes_ci95: f64,
+    #[serde(serialize_with = "as_integer")]
     pub unfreed_allocations: f64,
     pub sampled_unfreed: u64,
     pub growing: bool,
@@ -130,6 +139,13 @@ pub struct FrameOut {
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
+}
+
+/// Counts and byte figures go out as integers (estimates rounded): a consumer in jq or Go should
+/// not have to cast, and pprof, heaptrack and memray do the same. Rates and confidences stay
+/// fractional.
+pub fn as_integer<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_i64(if v.is_finite() { v.round() as i64 } else { 0 })
 }
 
 fn module_name(path: &str) -> String {

@@ -60,7 +60,8 @@ pub fn repo() -> &'static Repo {
         }
         // `cargo test -p leaktrace-tests` does not rebuild them: refuse to test stale ones.
         if std::env::var_os("LEAKTRACE_TESTS_ALLOW_STALE").is_none() {
-            for (artifact, crates) in [(&preload, &["preload", "format"][..]), (&analyzer, &["analyzer", "format"][..])] {
+            for (artifact, crates) in [(&preload, &["preload", "format"][..]), (&analyzer, &["analyzer", "format"][..])]
+            {
                 let built = mtime(artifact);
                 for c in crates {
                     if let Some((newer, t)) = newest_source(&root.join(c)) {
@@ -229,12 +230,26 @@ pub struct Settings {
 impl Settings {
     /// Record every allocation (`LEAKTRACE_SAMPLE_BYTES=1`): estimates are exact.
     pub fn exact() -> Settings {
-        Settings { file_size: "32M".into(), sample_bytes: "1".into(), seed: 1, rss_ms: 100, start: "on".into(), unwinder: "auto".into() }
+        Settings {
+            file_size: "32M".into(),
+            sample_bytes: "1".into(),
+            seed: 1,
+            rss_ms: 100,
+            start: "on".into(),
+            unwinder: "auto".into(),
+        }
     }
 
     /// Sample with the default mean of 512 KiB and the given seed.
     pub fn sampled(seed: u64) -> Settings {
-        Settings { file_size: "16M".into(), sample_bytes: "524288".into(), seed, rss_ms: 100, start: "on".into(), unwinder: "auto".into() }
+        Settings {
+            file_size: "16M".into(),
+            sample_bytes: "524288".into(),
+            seed,
+            rss_ms: 100,
+            start: "on".into(),
+            unwinder: "auto".into(),
+        }
     }
 
     pub fn unwinder(mut self, u: &str) -> Settings {
@@ -274,13 +289,7 @@ impl TestDir {
     /// status 0 and leave exactly one trace file.
     pub fn run(&self, exe: &Path, args: &[&str], settings: &Settings) -> Run {
         let run = self.run_any_status(exe, args, settings);
-        assert!(
-            run.status.success(),
-            "{} exited with {}\n{}",
-            exe.display(),
-            run.status,
-            run.describe()
-        );
+        assert!(run.status.success(), "{} exited with {}\n{}", exe.display(), run.status, run.describe());
         run
     }
 
@@ -516,6 +525,27 @@ impl Report {
         ] {
             self.at(p);
         }
+        // Counts and byte figures are integers in the JSON (README); rates may be fractional.
+        let integral = |v: &Value| v.is_u64() || v.is_i64();
+        for p in ["/totals/unfreed_bytes", "/totals/unfreed_allocations"] {
+            if !integral(self.at(p)) {
+                self.fail(format!("{p} is {}, not an integer", self.at(p)));
+            }
+        }
+        if let Some(r) = self.json.pointer("/rss_vs_heap").filter(|v| !v.is_null()) {
+            for key in ["rss_growth_bytes", "raw_rss_growth_bytes", "tracer_growth_bytes", "heap_growth_bytes"] {
+                if !r.get(key).is_some_and(integral) {
+                    self.fail(format!("rss_vs_heap.{key} is {:?}, not an integer", r.get(key)));
+                }
+            }
+        }
+        for site in self.sites() {
+            for key in ["unfreed_bytes", "unfreed_bytes_ci95", "unfreed_allocations", "sampled_unfreed"] {
+                if !site.json.get(key).is_some_and(integral) {
+                    self.fail(format!("site {}: {key} is {:?}, not an integer", site.json["id"], site.json.get(key)));
+                }
+            }
+        }
         let mut ids = std::collections::HashSet::new();
         let sites = self.sites();
         for site in &sites {
@@ -537,7 +567,8 @@ impl Report {
             }
             for f in site.frames() {
                 let addr = f.get("address").and_then(|a| a.as_str()).unwrap_or("");
-                let hex_ok = addr.strip_prefix("0x").is_some_and(|h| !h.is_empty() && u64::from_str_radix(h, 16).is_ok());
+                let hex_ok =
+                    addr.strip_prefix("0x").is_some_and(|h| !h.is_empty() && u64::from_str_radix(h, 16).is_ok());
                 if !hex_ok {
                     self.fail(format!("site {id}: frame address {addr:?} is not 0x-prefixed hex"));
                 }
@@ -830,7 +861,8 @@ fn last_json_line(stdout: &str, describe: impl Fn() -> String) -> Value {
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .unwrap_or_else(|| panic!("no JSON line on stdout\n{}", describe()));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout's JSON line does not parse ({e}): {line}\n{}", describe()))
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("stdout's JSON line does not parse ({e}): {line}\n{}", describe()))
 }
 
 /// Run `cmd` to completion, stdin from /dev/null, output captured; a process still running
@@ -867,7 +899,8 @@ pub fn analyze_peak_rss<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration
     let mut cmd = Command::new(&repo().analyzer);
     cmd.args(args);
     let mut peak_kib = 0;
-    let outcome = run_command_watching(&mut cmd, timeout, &mut |pid| peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0)));
+    let outcome =
+        run_command_watching(&mut cmd, timeout, &mut |pid| peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0)));
     (outcome, peak_kib)
 }
 
