@@ -194,7 +194,7 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
             trend_confidence: (s.trend.confidence * 1000.0).round() / 1000.0,
             first_alloc_ns: s.first_alloc_ns,
             last_alloc_ns: s.last_alloc_ns,
-            frames: s.frames.iter().flat_map(|&a| frames_out(a)).collect(),
+            frames: without_allocator_entries(s.frames.iter().flat_map(|&a| frames_out(a)).collect()),
         })
         .collect();
     let rss_vs_heap = compare_rss_with_heap(trace, analysis);
@@ -312,10 +312,46 @@ pub fn tracer_words(r: &RssVsHeap) -> String {
     }
 }
 
-/// Where a site allocates, in source terms when its first frame resolved, else as an address
+/// Allocator entry points: what malloc is to C, `operator new` (every variant: array, nothrow,
+/// sized, aligned; libstdc++ and libc++) is to C++ and the `__rust_alloc` shims are to Rust.
+/// Leading frames in them are stripped from every site, as the preload strips malloc's own, so
+/// that frames[0] is the code that asked for memory.
+pub fn is_allocator_entry(function: &str) -> bool {
+    const ENTRIES: &[&str] = &[
+        "operator new",
+        "operator new[]",
+        "__rust_alloc",
+        "__rust_alloc_zeroed",
+        "__rust_realloc",
+        "__rdl_alloc",
+        "__rdl_alloc_zeroed",
+        "__rdl_realloc",
+        "__rg_alloc",
+        "__rg_alloc_zeroed",
+        "__rg_realloc",
+    ];
+    let base = function.split('(').next().unwrap_or(function).trim_end();
+    ENTRIES.contains(&base)
+}
+
+/// A site's frames without the leading allocator entry points (one frame is always kept).
+fn without_allocator_entries(mut frames: Vec<FrameOut>) -> Vec<FrameOut> {
+    let entries = frames.iter().take_while(|f| f.function.as_deref().is_some_and(is_allocator_entry)).count();
+    frames.drain(..entries.min(frames.len().saturating_sub(1)));
+    frames
+}
+
+/// The frame a site is named by, in every output: the first past any allocator entry point,
+/// resolved or not (an unresolved frame is named by module + address rather than skipped, so a
+/// site is never named after a distant caller).
+pub fn naming_frame(frames: &[FrameOut]) -> Option<&FrameOut> {
+    frames.iter().find(|f| !f.function.as_deref().is_some_and(is_allocator_entry)).or_else(|| frames.first())
+}
+
+/// Where a site allocates, in source terms when its naming frame resolved, else as an address
 /// in its module (never a caller further out, which would name the wrong place).
 pub fn site_label(s: &SiteOut) -> String {
-    let Some(f) = s.frames.first() else { return "an unknown call stack".into() };
+    let Some(f) = naming_frame(&s.frames) else { return "an unknown call stack".into() };
     match (&f.function, &f.file, f.line) {
         (Some(func), Some(file), Some(line)) => {
             let short = Path::new(file).file_name().and_then(|n| n.to_str()).unwrap_or(file);

@@ -15,7 +15,7 @@ use leaktrace_format::Trace;
 
 use super::{base_name, frame_label, stack_outermost_first, whole};
 use crate::analysis::Analysis;
-use crate::report::{human_bytes, FrameOut, Report, SiteOut};
+use crate::report::{human_bytes, naming_frame, FrameOut, Report, SiteOut};
 
 // ---------------------------------------------------------------------------------------------
 // Text helpers
@@ -105,36 +105,6 @@ fn loc_html(f: &FrameOut) -> String {
             _ => String::new(),
         },
     }
-}
-
-/// Allocation wrappers between malloc and the code that asked for memory (C++ `operator new`,
-/// Rust's allocator shims and collections, libc's string duplicators).
-const ALLOCATOR_PREFIXES: &[&str] = &[
-    "operator new",
-    "__rust_alloc",
-    "__rust_realloc",
-    "__rdl_",
-    "__rg_",
-    "alloc::",
-    "<alloc::",
-    "std::alloc::",
-    "<std::alloc::",
-    "std::sys::",
-    "strdup",
-    "strndup",
-    "__strdup",
-    "__strndup",
-];
-
-fn is_allocator(f: &FrameOut) -> bool {
-    f.function.as_deref().is_some_and(|n| ALLOCATOR_PREFIXES.iter().any(|p| n.starts_with(p)))
-}
-
-/// The frame a site is named by: the innermost one past allocation wrappers, resolved or not
-/// (an unresolved frame is named by module+offset rather than skipped, so a site is never named
-/// after a distant caller).
-fn naming_frame(frames: &[FrameOut]) -> Option<&FrameOut> {
-    frames.iter().find(|f| !is_allocator(f)).or_else(|| frames.first())
 }
 
 /// How a site is named in one line: its naming frame, at file:line.
@@ -920,7 +890,7 @@ mod tests {
     }
 
     #[test]
-    fn sites_are_named_past_allocator_wrappers_but_not_past_unresolved_frames() {
+    fn sites_are_named_past_allocator_entries_but_not_past_unresolved_frames() {
         let f = |addr: &str, func: Option<&str>| FrameOut {
             address: addr.into(),
             module: Some("app".into()),
@@ -934,6 +904,9 @@ mod tests {
         assert_eq!(naming_frame(&s).map(|f| f.address.as_str()), Some("0x1"));
         let s = [f("0x1", Some("__rust_alloc"))];
         assert_eq!(naming_frame(&s).map(|f| f.address.as_str()), Some("0x1"));
+        // A libc function that allocates is the code that asked: the site is named by it.
+        let s = [f("0x1", Some("__GI___strdup")), f("0x2", Some("leak_strdup"))];
+        assert_eq!(naming_frame(&s).and_then(|f| f.function.as_deref()), Some("__GI___strdup"));
         assert!(naming_frame(&[]).is_none());
     }
 
