@@ -28,6 +28,14 @@ pub struct Site {
     /// Estimated live bytes of this site at each of the probe times given to [`analyze`], as far
     /// as the trace knows (allocations freed before the ring's window are not known).
     pub live_at_probes: Vec<f64>,
+    /// What the verdict was drawn from, kept so that sites can be merged and judged again
+    /// ([`merge_sites`]): the live sampled allocations, the freed ones' variance at each series
+    /// point, and when the site first held memory.
+    pub live: Vec<Lifetime>,
+    pub freed_variance: Vec<f64>,
+    pub active_from: u64,
+    /// The raw stacks (their frames) this site stands for: one, or several merged.
+    pub stacks: Vec<Vec<u64>>,
 }
 
 pub struct Analysis {
@@ -232,7 +240,8 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
     // A process that switched from DWARF to frame-pointer unwinding has stacks of the same call
     // path with and without the outermost start-up frames (which have no frame pointers): map
     // each stack to the longest stack that extends it by at most `STARTUP_FRAMES` frames.
-    let mut ids: Vec<u32> = trace.live.iter().map(|a| a.stack_id).chain(trace.event_stack_ids.iter().copied()).collect();
+    let mut ids: Vec<u32> =
+        trace.live.iter().map(|a| a.stack_id).chain(trace.event_stack_ids.iter().copied()).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut longest_extension: HashMap<Vec<u64>, Vec<u64>> = HashMap::new();
@@ -269,6 +278,10 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
                 trend: Trend::default(),
                 series: Vec::new(),
                 live_at_probes: Vec::new(),
+                live: Vec::new(),
+                freed_variance: Vec::new(),
+                active_from: 0,
+                stacks: Vec::new(),
             });
             sites.len() - 1
         });
@@ -338,9 +351,24 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
         });
         site.series = series;
         site.live_at_probes = h.at_probes(probe_times);
+        site.active_from = h.active_from.unwrap_or(0);
+        site.freed_variance = freed_variance;
+        site.stacks = vec![site.frames.clone()];
+        site.live = h.live;
     }
 
     sites.retain(|s| s.sampled_unfreed > 0);
+    sort_sites(&mut sites);
+    Analysis {
+        unfreed_bytes: sites.iter().map(|s| s.unfreed_bytes).sum(),
+        unfreed_allocations: sites.iter().map(|s| s.unfreed_allocations).sum(),
+        sites,
+        end_ns,
+    }
+}
+
+/// Growing sites first, then by unfreed bytes, then by stack: the order of every report.
+fn sort_sites(sites: &mut [Site]) {
     sites.sort_by(|a, b| {
         b.trend
             .growing
@@ -348,12 +376,70 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
             .then(b.unfreed_bytes.total_cmp(&a.unfreed_bytes))
             .then(a.frames.cmp(&b.frames))
     });
-    Analysis {
-        unfreed_bytes: sites.iter().map(|s| s.unfreed_bytes).sum(),
-        unfreed_allocations: sites.iter().map(|s| s.unfreed_allocations).sum(),
-        sites,
-        end_ns,
+}
+
+/// Merge the sites that `key` says are one (the same source location: two call instructions on
+/// one line, an unrolled loop, both arms of a conditional) into one site each, summing their
+/// figures and judging the merged site's growth on its summed series, as if its allocations
+/// had come from one stack. The merged site keeps the frames of its largest part and the list
+/// of every raw stack.
+pub fn merge_sites<K: Eq + std::hash::Hash>(analysis: &mut Analysis, key: impl Fn(&Site) -> K) {
+    let mut groups: HashMap<K, usize> = HashMap::new();
+    let mut merged: Vec<Site> = Vec::with_capacity(analysis.sites.len());
+    let mut changed = false;
+    for site in analysis.sites.drain(..) {
+        match groups.entry(key(&site)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                absorb(&mut merged[*e.get()], site);
+                changed = true;
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(merged.len());
+                merged.push(site);
+            }
+        }
     }
+    if changed {
+        let times = series_times(analysis.end_ns);
+        for site in merged.iter_mut().filter(|s| s.stacks.len() > 1) {
+            site.trend = growth::assess(&growth::Evidence {
+                times_ns: &times,
+                live_bytes: &site.series,
+                end_ns: analysis.end_ns,
+                unfreed_bytes: site.unfreed_bytes,
+                active_from: site.active_from,
+                live: &site.live,
+                freed_variance: &site.freed_variance,
+            });
+        }
+        sort_sites(&mut merged);
+    }
+    analysis.sites = merged;
+}
+
+/// Add `other`'s figures, series and evidence to `into` (sites are sorted by size, so `into`,
+/// met first, is the larger part: its frames stand for both).
+fn absorb(into: &mut Site, other: Site) {
+    let add = |a: &mut Vec<f64>, b: &[f64]| {
+        if a.len() < b.len() {
+            a.resize(b.len(), 0.0);
+        }
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+    };
+    into.unfreed_bytes += other.unfreed_bytes;
+    into.unfreed_allocations += other.unfreed_allocations;
+    into.sampled_unfreed += other.sampled_unfreed;
+    into.bytes_variance += other.bytes_variance;
+    into.first_alloc_ns = into.first_alloc_ns.min(other.first_alloc_ns);
+    into.last_alloc_ns = into.last_alloc_ns.max(other.last_alloc_ns);
+    add(&mut into.series, &other.series);
+    add(&mut into.live_at_probes, &other.live_at_probes);
+    add(&mut into.freed_variance, &other.freed_variance);
+    into.live.extend(other.live);
+    into.active_from = into.active_from.min(other.active_from);
+    into.stacks.extend(other.stacks);
 }
 
 #[cfg(test)]
@@ -378,10 +464,7 @@ mod tests {
             }
         }
         deltas.sort_by_key(|&(t, _)| t);
-        times
-            .iter()
-            .map(|&t| deltas.iter().filter(|d| d.0 <= t).map(|d| d.1).sum::<f64>().max(0.0))
-            .collect()
+        times.iter().map(|&t| deltas.iter().filter(|d| d.0 <= t).map(|d| d.1).sum::<f64>().max(0.0)).collect()
     }
 
     #[test]
@@ -420,20 +503,14 @@ mod tests {
         let crossing: Vec<f64> = times
             .iter()
             .map(|&t| {
-                kept.iter()
-                    .filter(|k| k.free_ns.is_some_and(|f| k.alloc_ns <= t && f > t))
-                    .map(|k| k.variance)
-                    .sum()
+                kept.iter().filter(|k| k.free_ns.is_some_and(|f| k.alloc_ns <= t && f > t)).map(|k| k.variance).sum()
             })
             .collect();
         assert_eq!(freed_variance, crossing);
         let at: Vec<f64> = probes
             .iter()
             .map(|&p| {
-                kept.iter()
-                    .filter(|k| k.alloc_ns <= p && k.free_ns.is_none_or(|f| f > p))
-                    .map(|k| k.weight)
-                    .sum()
+                kept.iter().filter(|k| k.alloc_ns <= p && k.free_ns.is_none_or(|f| f > p)).map(|k| k.weight).sum()
             })
             .collect();
         assert_eq!(h.at_probes(&probes), at);

@@ -201,10 +201,10 @@ fn report_on(
     progress: &progress::Progress,
 ) -> Loaded {
     progress.stage(format!("analyzing {} events and {} live allocations", trace.readable_events, trace.live.len()));
-    let analysis = analysis::analyze(&trace, &file, probe_times);
+    let mut analysis = analysis::analyze(&trace, &file, probe_times);
     progress.stage(format!("symbolizing {} call sites", analysis.sites.len()));
     let symbolizer = symbolize::Symbolizer::new(&trace.modules, opts);
-    let report = report::build(&trace, &analysis, &symbolizer);
+    let report = report::build(&trace, &mut analysis, &symbolizer);
     Loaded { trace, analysis, report }
 }
 

@@ -130,6 +130,10 @@ pub struct SiteOut {
     pub first_alloc_ns: u64,
     pub last_alloc_ns: u64,
     pub frames: Vec<FrameOut>,
+    /// When the site merges several raw call stacks (one source location reached by several
+    /// call instructions), their return addresses, innermost first; empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<Vec<String>>,
 }
 
 #[derive(Serialize, Clone)]
@@ -152,7 +156,7 @@ fn module_name(path: &str) -> String {
     Path::new(path).file_name().map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Report {
+pub fn build(trace: &Trace, analysis: &mut Analysis, symbolizer: &Symbolizer) -> Report {
     let mut addrs: Vec<u64> = analysis.sites.iter().flat_map(|s| s.frames.iter().copied()).collect();
     addrs.sort_unstable();
     addrs.dedup();
@@ -177,6 +181,20 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
         }
     };
 
+    // Sites are source locations: stacks whose symbolized frames are the same (function, file,
+    // line, inlined frames included; unresolved frames by module and address) are one site.
+    let site_frames =
+        |raw: &[u64]| -> Vec<FrameOut> { without_allocator_entries(raw.iter().flat_map(|&a| frames_out(a)).collect()) };
+    crate::analysis::merge_sites(analysis, |site| {
+        site_frames(&site.frames)
+            .into_iter()
+            .map(|f| match f.function {
+                Some(_) => (f.module, f.function, f.file, f.line, None),
+                None => (f.module, None, None, None, Some(f.address)),
+            })
+            .collect::<Vec<_>>()
+    });
+
     let h = &trace.header;
     let process = trace.process.clone().unwrap_or_default();
     let sites: Vec<SiteOut> = analysis
@@ -194,7 +212,12 @@ pub fn build(trace: &Trace, analysis: &Analysis, symbolizer: &Symbolizer) -> Rep
             trend_confidence: (s.trend.confidence * 1000.0).round() / 1000.0,
             first_alloc_ns: s.first_alloc_ns,
             last_alloc_ns: s.last_alloc_ns,
-            frames: without_allocator_entries(s.frames.iter().flat_map(|&a| frames_out(a)).collect()),
+            frames: site_frames(&s.frames),
+            stacks: if s.stacks.len() > 1 {
+                s.stacks.iter().map(|st| st.iter().map(|a| format!("{a:#x}")).collect()).collect()
+            } else {
+                Vec::new()
+            },
         })
         .collect();
     let rss_vs_heap = compare_rss_with_heap(trace, analysis);

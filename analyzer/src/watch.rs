@@ -32,12 +32,12 @@ pub fn run<S: TraceSource>(load: impl Fn() -> Result<(Trace, S)>, opts: &Options
     let mut refreshes = 0u64;
     loop {
         let (trace, source) = load()?;
-        let analysis = analysis::analyze(&trace, &source, &[]);
+        let mut analysis = analysis::analyze(&trace, &source, &[]);
         if symbolizer.as_ref().is_none_or(|(n, _)| *n != trace.modules.len()) {
             symbolizer = Some((trace.modules.len(), Symbolizer::new(&trace.modules, &opts.symbolize)));
         }
         let sym = &symbolizer.as_ref().expect("set just above").1;
-        let r = report::build(&trace, &analysis, sym);
+        let r = report::build(&trace, &mut analysis, sym);
         let mut out = std::io::stdout().lock();
         if tty {
             out.write_all(CLEAR.as_bytes())?;

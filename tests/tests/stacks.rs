@@ -117,3 +117,43 @@ fn run_traces_a_command_and_passes_its_exit_status() {
     );
     assert_eq!(status.status.code(), Some(7), "{}", status.describe());
 }
+
+/// Sites are source locations: both arms of a conditional on one line, and a loop unrolled into
+/// several call instructions, are one site each, with all of their bytes (exact mode, -O0 and
+/// -O2). The raw stacks a site merges stay listed in the JSON.
+#[test]
+fn one_source_line_is_one_site() {
+    let dir = TestDir::new("stacks_same_line");
+    let mut failures = Vec::new();
+    for opt in ["-O0", "-O2"] {
+        let exe = dir.compile_c_with("same_line.c", &format!("same_line{opt}"), &[opt]);
+        let run = dir.run(&exe, &[], &Settings::exact());
+        let json = run.program_json();
+        let report = run.report();
+        report.check_invariants();
+        for function in ["leak_both_arms", "leak_unrolled"] {
+            let sites = report.sites_allocated_in(function);
+            let want = (
+                get_u64(&json, &format!("/sites/{function}/bytes")),
+                get_u64(&json, &format!("/sites/{function}/count")),
+            );
+            let got = report.exact_sum(&sites);
+            if sites.len() != 1 || got != want {
+                failures.push(format!(
+                    "{opt}: {function}: {} site(s) holding {got:?} (bytes, blocks); expected one holding {want:?}\n{}",
+                    sites.len(),
+                    report.site_summary()
+                ));
+            }
+        }
+        let merged = report.sites_allocated_in("leak_both_arms");
+        if let Some(s) = merged.first() {
+            let stacks = s.json["stacks"].as_array().map_or(0, Vec::len);
+            if stacks < 2 {
+                failures
+                    .push(format!("{opt}: leak_both_arms merges two call instructions but lists {stacks} raw stacks"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
