@@ -10,6 +10,7 @@ mod growth;
 mod launch;
 mod progress;
 mod report;
+mod suppress;
 mod symbolize;
 mod watch;
 
@@ -74,6 +75,14 @@ enum Command {
         /// Sites to show in text output.
         #[arg(long, default_value_t = 20)]
         top: usize,
+        /// A suppression file (fun:/obj:/src:/leak: PATTERN lines): matching sites are left out
+        /// of the list, and counted under `suppressed`. May be given several times.
+        #[arg(long, value_name = "FILE")]
+        suppressions: Vec<PathBuf>,
+        /// Show the runtime's own one-time allocations too (the loader, stdio buffers, locale
+        /// data, libstdc++'s emergency pool), which a built-in list leaves out by default.
+        #[arg(long)]
+        no_default_suppressions: bool,
     },
     /// Process identity, settings, time span, event counts and file health.
     Info { trace: PathBuf },
@@ -197,6 +206,7 @@ struct Loaded {
 fn report_on(
     (trace, file): (Trace, File),
     opts: &symbolize::SymbolizeOptions,
+    suppressions: &suppress::Suppressions,
     probe_times: &[u64],
     progress: &progress::Progress,
 ) -> Loaded {
@@ -204,14 +214,18 @@ fn report_on(
     let mut analysis = analysis::analyze(&trace, &file, probe_times);
     progress.stage(format!("symbolizing {} call sites", analysis.sites.len()));
     let symbolizer = symbolize::Symbolizer::new(&trace.modules, opts);
-    let report = report::build(&trace, &mut analysis, &symbolizer);
+    let report = report::build(&trace, &mut analysis, &symbolizer, suppressions);
     Loaded { trace, analysis, report }
 }
 
-fn load_and_report(path: &Path, opts: &symbolize::SymbolizeOptions) -> Result<Loaded> {
+fn load_and_report(
+    path: &Path,
+    opts: &symbolize::SymbolizeOptions,
+    suppressions: &suppress::Suppressions,
+) -> Result<Loaded> {
     let progress = progress::Progress::new();
     progress.stage(format!("reading {}", path.display()));
-    Ok(report_on(load(path)?, opts, &[], &progress))
+    Ok(report_on(load(path)?, opts, suppressions, &[], &progress))
 }
 
 fn run_diff(
@@ -230,11 +244,11 @@ fn run_diff(
     let (from_ns, to_ns) = (time(from, "from")?, time(to, "to")?);
     let d = match new {
         Some(new_path) => {
-            let a = load_and_report(old, opts)?;
+            let a = load_and_report(old, opts, &suppress::Suppressions::builtin())?;
             if from_ns.is_some() || to_ns.is_some() {
                 bail!("--from and --to compare two moments of one trace; give one trace with them");
             }
-            let b = load_and_report(new_path, opts)?;
+            let b = load_and_report(new_path, opts, &suppress::Suppressions::builtin())?;
             fn side<'a>(l: &'a Loaded, p: &Path) -> diff::Side<'a> {
                 diff::Side {
                     label: format!("{} (pid {})", p.display(), l.trace.header.pid),
@@ -256,7 +270,7 @@ fn run_diff(
             if t1 >= t2 {
                 bail!("--from must come before --to (the trace spans {:.1}s)", end as f64 / 1e9);
             }
-            let a = report_on(loaded, opts, &[t1, t2], &progress);
+            let a = report_on(loaded, opts, &suppress::Suppressions::builtin(), &[t1, t2], &progress);
             let side = |t: u64, probe: usize| diff::Side {
                 label: format!("{:.1}s", t as f64 / 1e9),
                 trace: &a.trace,
@@ -276,9 +290,14 @@ fn run_diff(
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Report { trace, format, output, symbols, top } => {
+        Command::Report { trace, format, output, symbols, top, suppressions, no_default_suppressions } => {
             let opts = symbols.into();
-            let Loaded { trace: t, analysis, report: r } = load_and_report(&trace, &opts)?;
+            let mut rules =
+                if no_default_suppressions { suppress::Suppressions::default() } else { suppress::Suppressions::builtin() };
+            for f in &suppressions {
+                rules.extend(suppress::Suppressions::load(f)?);
+            }
+            let Loaded { trace: t, analysis, report: r } = load_and_report(&trace, &opts, &rules)?;
             let text: Vec<u8> = match format {
                 Format::Json => (serde_json::to_string_pretty(&r)? + "\n").into_bytes(),
                 Format::Text => report::render_text(&r, top).into_bytes(),

@@ -9,6 +9,7 @@ use serde::Serialize;
 use leaktrace_format::{layout, Trace};
 
 use crate::analysis::Analysis;
+use crate::suppress::Suppressions;
 use crate::symbolize::{SourceFrame, Symbolizer};
 
 #[derive(Serialize)]
@@ -27,7 +28,19 @@ pub struct Report {
     pub rss_peak: Option<RssPeak>,
     pub rss_vs_heap: Option<RssVsHeap>,
     pub sites: Vec<SiteOut>,
+    /// Sites left out of `sites` by a suppression rule (still counted in `totals`).
+    pub suppressed: Suppressed,
     pub symbolization_warnings: Vec<String>,
+}
+
+/// What the suppression rules left out of the list of sites.
+#[derive(Serialize, Default)]
+pub struct Suppressed {
+    #[serde(serialize_with = "as_integer")]
+    pub bytes: f64,
+    #[serde(serialize_with = "as_integer")]
+    pub allocations: f64,
+    pub sites: usize,
 }
 
 #[derive(Serialize)]
@@ -156,7 +169,7 @@ fn module_name(path: &str) -> String {
     Path::new(path).file_name().map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-pub fn build(trace: &Trace, analysis: &mut Analysis, symbolizer: &Symbolizer) -> Report {
+pub fn build(trace: &Trace, analysis: &mut Analysis, symbolizer: &Symbolizer, suppressions: &Suppressions) -> Report {
     let mut addrs: Vec<u64> = analysis.sites.iter().flat_map(|s| s.frames.iter().copied()).collect();
     addrs.sort_unstable();
     addrs.dedup();
@@ -220,6 +233,13 @@ pub fn build(trace: &Trace, analysis: &mut Analysis, symbolizer: &Symbolizer) ->
             },
         })
         .collect();
+    let (sites, suppressed_sites): (Vec<SiteOut>, Vec<SiteOut>) =
+        sites.into_iter().partition(|s| !suppressions.matches(&s.frames));
+    let suppressed = Suppressed {
+        bytes: suppressed_sites.iter().map(|s| s.unfreed_bytes).sum::<f64>() + 0.0,
+        allocations: suppressed_sites.iter().map(|s| s.unfreed_allocations).sum::<f64>() + 0.0,
+        sites: suppressed_sites.len(),
+    };
     let rss_vs_heap = compare_rss_with_heap(trace, analysis);
     let rss_points: Vec<RssPoint> = trace
         .rss
@@ -264,6 +284,7 @@ pub fn build(trace: &Trace, analysis: &mut Analysis, symbolizer: &Symbolizer) ->
         rss_peak: rss_peak(trace),
         rss_vs_heap,
         sites,
+        suppressed,
         symbolization_warnings: symbolizer.warnings(),
     }
 }
@@ -502,10 +523,19 @@ pub fn render_text(r: &Report, top: usize) -> String {
     }
     let _ = writeln!(
         o,
-        "unfreed at end: {} in {:.0} allocations, {} call sites\n",
+        "unfreed at end: {} in {:.0} allocations, {} call sites{}\n",
         human_bytes(r.totals.unfreed_bytes),
         r.totals.unfreed_allocations,
-        r.sites.len()
+        r.sites.len(),
+        if r.suppressed.sites > 0 {
+            format!(
+                "; {} of it in {} suppressed sites (runtime allocations; --no-default-suppressions shows them)",
+                human_bytes(r.suppressed.bytes),
+                r.suppressed.sites
+            )
+        } else {
+            String::new()
+        }
     );
     for s in r.sites.iter().take(top) {
         let ci = if s.unfreed_bytes_ci95 > 0.0 {

@@ -37,7 +37,7 @@ pub fn run<S: TraceSource>(load: impl Fn() -> Result<(Trace, S)>, opts: &Options
             symbolizer = Some((trace.modules.len(), Symbolizer::new(&trace.modules, &opts.symbolize)));
         }
         let sym = &symbolizer.as_ref().expect("set just above").1;
-        let r = report::build(&trace, &mut analysis, sym);
+        let r = report::build(&trace, &mut analysis, sym, &crate::suppress::Suppressions::builtin());
         let mut out = std::io::stdout().lock();
         if tty {
             out.write_all(CLEAR.as_bytes())?;

@@ -434,6 +434,13 @@ pub fn function_is(function: &str, name: &str) -> bool {
 }
 
 impl Report {
+    /// A report from the analyzer's JSON output; `what` says where it came from in failures.
+    pub fn from_json(text: &str, what: &str) -> Report {
+        let json: Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: not JSON ({e})\n{}", clip(text.as_bytes())));
+        Report { json, context: what.to_string() }
+    }
+
     /// Panic with `msg` and the report's context.
     pub fn fail(&self, msg: impl std::fmt::Display) -> ! {
         panic!("{msg}\n--- sites ---\n{}\n{}", self.site_summary(), self.context)

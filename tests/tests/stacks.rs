@@ -157,3 +157,53 @@ fn one_source_line_is_one_site() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Suppressions: the runtime's one-time allocations (stdio's buffer here) are left out of the
+/// list by a built-in rule and counted under `suppressed`, never out of the totals;
+/// `--no-default-suppressions` lists them; `--suppressions FILE` leaves out the user's own.
+#[test]
+fn suppressed_sites_are_counted_apart() {
+    use leaktrace_tests::{analyze, Report};
+    let dir = TestDir::new("stacks_suppressions");
+    let exe = dir.compile("entry_points.c");
+    let run = dir.run(&exe, &[], &Settings::exact());
+    let report = run.report();
+    let timeout = std::time::Duration::from_secs(60);
+    let json_of = |extra: &[&str]| -> Report {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["report".into(), run.trace.clone().into(), "--format".into(), "json".into()];
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        let out = analyze(&args, timeout);
+        assert!(out.status.success(), "{}", out.describe());
+        Report::from_json(&out.stdout, &format!("report {extra:?}"))
+    };
+    let stdio = |r: &Report| {
+        r.sites_allocated_in("_IO_file_doallocate").len() + r.sites_allocated_in("__GI__IO_file_doallocate").len()
+    };
+    assert_eq!(stdio(&report), 0, "stdio's buffer is suppressed by default\n{}", report.site_summary());
+    let suppressed = (report.int("/suppressed/bytes"), report.int("/suppressed/sites"));
+    assert!(suppressed.0 >= 1024 && suppressed.1 >= 1, "suppressed: {suppressed:?}");
+    let listed = report.exact_sum(&report.sites()).0;
+    assert_eq!(listed + suppressed.0, report.int("/totals/unfreed_bytes"), "totals keep suppressed memory");
+
+    let everything = json_of(&["--no-default-suppressions"]);
+    assert!(stdio(&everything) >= 1, "--no-default-suppressions lists stdio's buffer\n{}", everything.site_summary());
+    assert_eq!(everything.int("/suppressed/sites"), 0);
+
+    let file = dir.path.join("mine.supp");
+    std::fs::write(&file, "# the program's own, known and accepted\nfun:leak_valloc\nleak:leak_pvalloc\n").unwrap();
+    let mine = json_of(&["--suppressions", file.to_str().unwrap()]);
+    for f in ["leak_valloc", "leak_pvalloc"] {
+        assert!(mine.sites_allocated_in(f).is_empty(), "{f} is suppressed by the file\n{}", mine.site_summary());
+    }
+    assert!(!mine.sites_allocated_in("leak_malloc").is_empty(), "leak_malloc is not\n{}", mine.site_summary());
+    assert_eq!(mine.int("/totals/unfreed_bytes"), report.int("/totals/unfreed_bytes"));
+
+    std::fs::write(&file, "nonsense\n").unwrap();
+    let bad = analyze(
+        &[std::ffi::OsStr::new("report"), run.trace.as_os_str(), "--suppressions".as_ref(), file.as_os_str()],
+        timeout,
+    );
+    assert_eq!(bad.status.code(), Some(2), "{}", bad.describe());
+    assert!(bad.stderr.contains("line 1"), "{}", bad.describe());
+}

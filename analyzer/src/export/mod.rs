@@ -55,6 +55,12 @@ pub fn group_by_address<'a>(analysis: &Analysis, s: &'a SiteOut) -> Vec<AddrFram
 fn group_with_raw<'a>(raw: &[u64], frames: &'a [FrameOut]) -> Option<Vec<AddrFrames<'a>>> {
     let mut out = Vec::with_capacity(raw.len());
     let (mut i, mut k) = (0usize, 0usize);
+    // Leading allocator entry points (operator new) are stripped from the report's frames but
+    // not from the raw stack: start at the raw address of the first frame kept.
+    let first = frames.first().map(|f| parse_addr(&f.address));
+    while k < raw.len() && Some(raw[k]) != first {
+        k += 1;
+    }
     while k < raw.len() {
         let addr = raw[k];
         let repeats = raw[k..].iter().take_while(|&&a| a == addr).count();
