@@ -18,28 +18,61 @@ fn program_functions(site: &Site<'_>, exe_name: &str) -> Vec<String> {
 
 /// Leaks through strdup, asprintf, getline and a qsort comparator, after 3,000 deep direct
 /// allocations that make frame pointers look usable: built with and without frame pointers,
-/// under `auto`, `fp` and `dwarf`, each leak is counted exactly under the function that called libc,
-/// and that function's caller comes next.
+/// under `auto`, `fp` and `dwarf`, each leak is counted exactly under the function that called
+/// libc, and that function's caller comes next.
 #[test]
 fn library_callers_are_named() {
-    let dir = TestDir::new("stacks_library_callers");
+    callers_are_named(
+        "stacks_library_callers",
+        "library_callers.c",
+        &[("leak_strdup", "main"), ("leak_asprintf", "main"), ("leak_getline", "main"), ("leaky_compare", "leak_in_compare")],
+    );
+}
+
+/// The same through libstdc++ (built without frame pointers): `new Obj`, `new std::string(200,
+/// 'x')`, `std::vector<int>::reserve` and `std::map` inserts, each from its own function: exact
+/// counts per function (operator new and libstdc++ frames before it), main next.
+#[test]
+fn cxx_library_callers_are_named() {
+    callers_are_named(
+        "stacks_cxx_callers",
+        "cxx_callers.cpp",
+        &[("leak_new_obj", "main"), ("leak_string", "main"), ("leak_vector_reserve", "main"), ("leak_map", "main")],
+    );
+}
+
+/// Build `source` at -O2 with and without frame pointers; under every unwinder, in exact mode,
+/// each (function, caller) leak must be counted exactly through `function`, and in each of its
+/// sites the first program frame is `function`, the next `caller`.
+fn callers_are_named(name: &str, source: &str, leaks: &[(&str, &str)]) {
+    let dir = TestDir::new(name);
     let builds =
         [("with_fp", vec!["-O2", "-fno-omit-frame-pointer"]), ("without_fp", vec!["-O2", "-fomit-frame-pointer"])];
     let mut failures = Vec::new();
     for (build, flags) in &builds {
-        let exe_name = format!("library_callers_{build}");
-        let exe = dir.compile_c_with("library_callers.c", &exe_name, flags);
+        let exe_name = format!("{}_{build}", source.split('.').next().unwrap_or(source));
+        let exe = if source.ends_with(".cpp") {
+            let exe = dir.path.join(&exe_name);
+            let src = leaktrace_tests::repo().programs.join(source);
+            let out = std::process::Command::new("c++")
+                .args(["-g", "-Wall"])
+                .args(flags)
+                .arg("-o")
+                .arg(&exe)
+                .arg(&src)
+                .output()
+                .expect("run c++");
+            assert!(out.status.success(), "c++ {source}: {}", String::from_utf8_lossy(&out.stderr));
+            exe
+        } else {
+            dir.compile_c_with(source, &exe_name, flags)
+        };
         for unwinder in ["auto", "fp", "dwarf"] {
             let run = dir.run(&exe, &[], &Settings::exact().unwinder(unwinder));
             let json = run.program_json();
             let report = run.report();
             report.check_invariants();
-            for (function, caller) in [
-                ("leak_strdup", "main"),
-                ("leak_asprintf", "main"),
-                ("leak_getline", "main"),
-                ("leaky_compare", "leak_in_compare"),
-            ] {
+            for &(function, caller) in leaks {
                 let want = (
                     get_u64(&json, &format!("/sites/{function}/bytes")),
                     get_u64(&json, &format!("/sites/{function}/count")),
