@@ -292,8 +292,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Report { trace, format, output, symbols, top, suppressions, no_default_suppressions } => {
             let opts = symbols.into();
-            let mut rules =
-                if no_default_suppressions { suppress::Suppressions::default() } else { suppress::Suppressions::builtin() };
+            let mut rules = if no_default_suppressions {
+                suppress::Suppressions::default()
+            } else {
+                suppress::Suppressions::builtin()
+            };
             for f in &suppressions {
                 rules.extend(suppress::Suppressions::load(f)?);
             }
@@ -326,8 +329,7 @@ fn run(cli: Cli) -> Result<()> {
             watch::run(|| load(&trace), &opts)
         }
         Command::Run { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget, command } => {
-            let settings =
-                launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget };
+            let settings = launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget };
             launch::run(&command, &settings)
         }
         Command::Ctl { trace, pause, resume, sample_bytes, wait } => {

@@ -128,30 +128,17 @@ impl Symbolizer {
                 base: m.base,
                 build_id: m.build_id.clone(),
                 layout,
-                inner: Mutex::new(ModuleInner {
-                    state: LoadState::Pending,
-                    warnings: Vec::new(),
-                }),
+                inner: Mutex::new(ModuleInner { state: LoadState::Pending, warnings: Vec::new() }),
             });
         }
         ranges.sort_unstable();
         let mut debug_dirs: Vec<PathBuf> = Vec::new();
-        for d in opts
-            .debug_dirs
-            .iter()
-            .cloned()
-            .chain(std::iter::once(PathBuf::from(DEFAULT_DEBUG_DIR)))
-        {
+        for d in opts.debug_dirs.iter().cloned().chain(std::iter::once(PathBuf::from(DEFAULT_DEBUG_DIR))) {
             if !debug_dirs.contains(&d) {
                 debug_dirs.push(d);
             }
         }
-        Symbolizer {
-            modules: states,
-            ranges,
-            binaries: opts.binaries.clone(),
-            debug_dirs,
-        }
+        Symbolizer { modules: states, ranges, binaries: opts.binaries.clone(), debug_dirs }
     }
 
     /// Which module holds this runtime address (by base+segments), if any.
@@ -159,12 +146,7 @@ impl Symbolizer {
         let idx = self.ranges.partition_point(|&(start, _, _)| start <= addr);
         // Ranges of different modules do not overlap in a sane trace; look a
         // little further back in case a corrupt record made them overlap.
-        self.ranges[..idx]
-            .iter()
-            .rev()
-            .take(16)
-            .find(|&&(_, end, _)| addr < end)
-            .map(|&(_, _, m)| m)
+        self.ranges[..idx].iter().rev().take(16).find(|&&(_, end, _)| addr < end).map(|&(_, _, m)| m)
     }
 
     /// Symbolize many return addresses at once. The result maps every given
@@ -190,10 +172,8 @@ impl Symbolizer {
         }
 
         let groups: Vec<(usize, Vec<u64>)> = groups.into_iter().collect();
-        let results: Vec<Vec<(u64, Vec<SourceFrame>)>> = groups
-            .par_iter()
-            .map(|(m, addrs)| self.symbolize_module(*m, addrs))
-            .collect();
+        let results: Vec<Vec<(u64, Vec<SourceFrame>)>> =
+            groups.par_iter().map(|(m, addrs)| self.symbolize_module(*m, addrs)).collect();
         for (addr, frames) in results.into_iter().flatten() {
             out.insert(addr, frames);
         }
@@ -223,12 +203,10 @@ impl Symbolizer {
         let mut inner = lock(&module.inner);
         if matches!(inner.state, LoadState::Pending) {
             let mut warnings = Vec::new();
-            let state = catch_unwind(AssertUnwindSafe(|| self.load_module(module, &mut warnings)))
-                .unwrap_or_else(|_| {
-                    warnings.push(format!(
-                        "{}: internal error while reading its files; left unsymbolized",
-                        module.path
-                    ));
+            let state =
+                catch_unwind(AssertUnwindSafe(|| self.load_module(module, &mut warnings))).unwrap_or_else(|_| {
+                    warnings
+                        .push(format!("{}: internal error while reading its files; left unsymbolized", module.path));
                     LoadState::Unusable
                 });
             for w in warnings {
@@ -301,11 +279,7 @@ impl Symbolizer {
     }
 
     fn load_module(&self, module: &ModuleState, warnings: &mut Vec<String>) -> LoadState {
-        let name: &str = if module.path.is_empty() {
-            "<unnamed module>"
-        } else {
-            &module.path
-        };
+        let name: &str = if module.path.is_empty() { "<unnamed module>" } else { &module.path };
         let expected = (!module.build_id.is_empty()).then_some(module.build_id.as_slice());
 
         // 1. The binary.
@@ -332,10 +306,7 @@ impl Symbolizer {
                         "{name}: build ID mismatch in {} (trace {}, file {}); file ignored",
                         desc(name, cand),
                         hex(exp),
-                        found_id
-                            .as_deref()
-                            .map(hex)
-                            .unwrap_or_else(|| "none".into())
+                        found_id.as_deref().map(hex).unwrap_or_else(|| "none".into())
                     ));
                     continue;
                 }
@@ -354,10 +325,7 @@ impl Symbolizer {
         // The build ID the debug file must have.
         let wanted_id: Option<Vec<u8>> = match expected {
             Some(id) => Some(id.to_vec()),
-            None => binary
-                .as_ref()
-                .and_then(|b| b.parse_quiet())
-                .and_then(|o| build_id_of(&o)),
+            None => binary.as_ref().and_then(|b| b.parse_quiet()).and_then(|o| build_id_of(&o)),
         };
 
         // 2. A separate debug file: by build ID, then by .gnu_debuglink.
@@ -382,8 +350,7 @@ impl Symbolizer {
         }
 
         if binary.is_none() && debug.is_none() {
-            let mut looked: Vec<String> =
-                candidates.iter().map(|p| p.display().to_string()).collect();
+            let mut looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
             if let Some(id) = wanted_id.as_deref().filter(|id| id.len() >= 2) {
                 looked.push(format!("build ID {} under the debug dirs", hex(id)));
             }
@@ -430,14 +397,10 @@ impl Symbolizer {
                 None => "no debug info".to_string(),
             };
             if symbols.is_empty() {
-                warnings.push(format!(
-                    "{name}: {what} and no symbol table; its frames are left as module+offset"
-                ));
+                warnings.push(format!("{name}: {what} and no symbol table; its frames are left as module+offset"));
                 return LoadState::Unusable;
             }
-            warnings.push(format!(
-                "{name}: {what}; function names from the symbol table only, without file:line"
-            ));
+            warnings.push(format!("{name}: {what}; function names from the symbol table only, without file:line"));
         }
         LoadState::Ready(Box::new(Resolved { dwarf, symbols }))
     }
@@ -608,11 +571,7 @@ impl Resolved {
                         Some(loc) => (loc.file.map(str::to_string), loc.line),
                         None => (None, None),
                     };
-                    frames.push(SourceFrame {
-                        function: function.filter(|f| !f.is_empty()),
-                        file,
-                        line,
-                    });
+                    frames.push(SourceFrame { function: function.filter(|f| !f.is_empty()), file, line });
                 }
             }
         }
@@ -626,11 +585,7 @@ impl Resolved {
                 let name = demangle(sym, None);
                 match frames.last_mut() {
                     Some(last) => last.function = Some(name),
-                    None => frames.push(SourceFrame {
-                        function: Some(name),
-                        file: None,
-                        line: None,
-                    }),
+                    None => frames.push(SourceFrame { function: Some(name), file: None, line: None }),
                 }
             }
         }
@@ -650,10 +605,7 @@ impl MappedFile {
         // SAFETY: the file is only read; a concurrent truncation by another
         // process is outside what an offline analyzer can guard against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| e.to_string())?;
-        Ok(MappedFile {
-            path: path.to_path_buf(),
-            map,
-        })
+        Ok(MappedFile { path: path.to_path_buf(), map })
     }
 
     fn parse(&self, warnings: &mut Vec<String>, name: &str) -> Option<object::File<'_>> {
@@ -739,11 +691,7 @@ fn crc32(data: &[u8]) -> u32 {
     for (i, slot) in table.iter_mut().enumerate() {
         let mut c = i as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
         }
         *slot = c;
     }
@@ -794,12 +742,7 @@ impl SymbolTable {
     /// neighbour's name.
     fn lookup(&self, addr: u64) -> Option<&str> {
         let idx = self.syms.partition_point(|(start, _, _)| *start <= addr);
-        self.syms[..idx]
-            .iter()
-            .rev()
-            .take(64)
-            .find(|(_, end, _)| addr < *end)
-            .map(|(_, _, name)| &**name)
+        self.syms[..idx].iter().rev().take(64).find(|(_, end, _)| addr < *end).map(|(_, _, name)| &**name)
     }
 }
 
@@ -887,33 +830,16 @@ int main(int argc, char **) {
     }
 
     fn run(cmd: &mut Command) {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Compiles `source` (written as `src_name` in `dir`) into `dir/out`.
-    fn compile(
-        dir: &Path,
-        compiler: &str,
-        src_name: &str,
-        source: &str,
-        out: &str,
-        flags: &[&str],
-    ) -> PathBuf {
+    fn compile(dir: &Path, compiler: &str, src_name: &str, source: &str, out: &str, flags: &[&str]) -> PathBuf {
         let src = dir.join(src_name);
         std::fs::write(&src, source).expect("write source");
         let exe = dir.join(out);
-        run(Command::new(compiler)
-            .args(flags)
-            .arg(&src)
-            .arg("-o")
-            .arg(&exe));
+        run(Command::new(compiler).args(flags).arg(&src).arg("-o").arg(&exe));
         exe
     }
 
@@ -923,21 +849,14 @@ int main(int argc, char **) {
 
     /// 1-based line of the source line holding `marker`.
     fn line_of(source: &str, marker: &str) -> u32 {
-        let idx = source
-            .lines()
-            .position(|l| l.contains(marker))
-            .expect("marker in source");
+        let idx = source.lines().position(|l| l.contains(marker)).expect("marker in source");
         idx as u32 + 1
     }
 
     /// The return address (file vaddr) of the call to malloc inside `func`,
     /// read from objdump's disassembly.
     fn ret_addr_after_malloc_call(exe: &Path, func: &str) -> u64 {
-        let out = Command::new("objdump")
-            .args(["-d", "--no-show-raw-insn"])
-            .arg(exe)
-            .output()
-            .expect("run objdump");
+        let out = Command::new("objdump").args(["-d", "--no-show-raw-insn"]).arg(exe).output().expect("run objdump");
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
         let header = format!("<{func}>:");
@@ -967,30 +886,20 @@ int main(int argc, char **) {
                 saw_call = true;
             }
         }
-        panic!(
-            "no call to malloc followed by an instruction in {func} of {}",
-            exe.display()
-        );
+        panic!("no call to malloc followed by an instruction in {func} of {}", exe.display());
     }
 
     fn symbol_addr(exe: &Path, name: &str) -> u64 {
         let data = std::fs::read(exe).expect("read exe");
         let obj = object::File::parse(&*data).expect("parse exe");
-        obj.symbols()
-            .find(|s| s.name() == Ok(name))
-            .map(|s| s.address())
-            .expect("symbol present")
+        obj.symbols().find(|s| s.name() == Ok(name)).map(|s| s.address()).expect("symbol present")
     }
 
     /// The module record the preload library would write for `exe` loaded at BASE.
     fn record_for(exe: &Path, recorded_path: &str) -> ModuleRecord {
         let data = std::fs::read(exe).expect("read exe");
         let obj = object::File::parse(&*data).expect("parse exe");
-        let build_id = obj
-            .build_id()
-            .expect("notes")
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
+        let build_id = obj.build_id().expect("notes").map(<[u8]>::to_vec).unwrap_or_default();
         let segments = obj
             .segments()
             .map(|s| Segment {
@@ -1002,13 +911,7 @@ int main(int argc, char **) {
                 },
             })
             .collect();
-        ModuleRecord {
-            path: recorded_path.to_string(),
-            base: BASE,
-            build_id,
-            segments,
-            ..Default::default()
-        }
+        ModuleRecord { path: recorded_path.to_string(), base: BASE, build_id, segments, ..Default::default() }
     }
 
     fn opts(binaries: &[&Path], debug_dirs: &[&Path]) -> SymbolizeOptions {
@@ -1020,10 +923,7 @@ int main(int argc, char **) {
 
     fn frame(function: &str, file_suffix: &str, line: u32, f: &SourceFrame) {
         assert_eq!(f.function.as_deref(), Some(function), "{f:?}");
-        let file = f
-            .file
-            .as_deref()
-            .unwrap_or_else(|| panic!("file missing in {f:?}"));
+        let file = f.file.as_deref().unwrap_or_else(|| panic!("file missing in {f:?}"));
         assert!(file.ends_with(file_suffix), "{f:?}");
         assert_eq!(f.line, Some(line), "{f:?}");
     }
@@ -1044,11 +944,7 @@ int main(int argc, char **) {
     #[test]
     fn resolves_function_file_and_line_at_o0() {
         let tmp = TempDir::new();
-        let exe = build_c(
-            tmp.path(),
-            "leaktest",
-            &["-g", "-O0", "-fno-omit-frame-pointer"],
-        );
+        let exe = build_c(tmp.path(), "leaktest", &["-g", "-O0", "-fno-omit-frame-pointer"]);
         let rec = record_for(&exe, exe.to_str().expect("utf-8 path"));
         let s = Symbolizer::new(&[rec], &SymbolizeOptions::default());
 
@@ -1064,76 +960,44 @@ int main(int argc, char **) {
         let map = s.symbolize_all(&[ret, early, ret, outside, 0, 1, u64::MAX]);
         assert_eq!(map.len(), 6);
         assert_eq!(map[&ret].len(), 1, "{:?}", map[&ret]);
-        frame(
-            "leak_here",
-            "leaktest.c",
-            line_of(C_SOURCE, "LINE_LEAK"),
-            &map[&ret][0],
-        );
+        frame("leak_here", "leaktest.c", line_of(C_SOURCE, "LINE_LEAK"), &map[&ret][0]);
         assert_eq!(map[&early].len(), 1);
         assert_eq!(map[&early][0].function.as_deref(), Some("leak_here"));
-        assert!(map[&early][0]
-            .file
-            .as_deref()
-            .is_some_and(|f| f.ends_with("leaktest.c")));
+        assert!(map[&early][0].file.as_deref().is_some_and(|f| f.ends_with("leaktest.c")));
         for a in [outside, 0, 1, u64::MAX] {
             assert!(map[&a].is_empty());
         }
         // main's call to leak_here resolves to main.
         let main_ret = BASE + {
-            let out = Command::new("objdump")
-                .args(["-d", "--no-show-raw-insn"])
-                .arg(&exe)
-                .output()
-                .expect("objdump");
+            let out = Command::new("objdump").args(["-d", "--no-show-raw-insn"]).arg(&exe).output().expect("objdump");
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             let mut lines = text.lines().skip_while(|l| !l.ends_with("<main>:"));
             let mut found = None;
             while let Some(l) = lines.next() {
                 if l.contains("call") && l.contains("<leak_here>") {
                     let next = lines.next().expect("instruction after call");
-                    found =
-                        u64::from_str_radix(next.split(':').next().expect("addr").trim(), 16).ok();
+                    found = u64::from_str_radix(next.split(':').next().expect("addr").trim(), 16).ok();
                     break;
                 }
             }
             found.expect("call to leak_here in main")
         };
         let f = one(&s, main_ret);
-        frame(
-            "main",
-            "leaktest.c",
-            line_of(C_SOURCE, "sink = leak_here"),
-            &f[0],
-        );
+        frame("main", "leaktest.c", line_of(C_SOURCE, "sink = leak_here"), &f[0]);
         assert!(s.warnings().is_empty(), "{:?}", s.warnings());
     }
 
     #[test]
     fn inlined_frames_expand_inner_first() {
         let tmp = TempDir::new();
-        let exe = build_c(
-            tmp.path(),
-            "leaktest-o2",
-            &["-g", "-O2", "-fno-omit-frame-pointer"],
-        );
+        let exe = build_c(tmp.path(), "leaktest-o2", &["-g", "-O2", "-fno-omit-frame-pointer"]);
         let rec = record_for(&exe, exe.to_str().expect("utf-8 path"));
         let s = Symbolizer::new(&[rec], &SymbolizeOptions::default());
         let addr = BASE + ret_addr_after_malloc_call(&exe, "outer_fn");
         let frames = one(&s, addr);
         assert_eq!(frames.len(), 2, "{frames:?}");
-        frame(
-            "inner_alloc",
-            "leaktest.c",
-            line_of(C_SOURCE, "LINE_INNER"),
-            &frames[0],
-        );
-        frame(
-            "outer_fn",
-            "leaktest.c",
-            line_of(C_SOURCE, "LINE_OUTER"),
-            &frames[1],
-        );
+        frame("inner_alloc", "leaktest.c", line_of(C_SOURCE, "LINE_INNER"), &frames[0]);
+        frame("outer_fn", "leaktest.c", line_of(C_SOURCE, "LINE_OUTER"), &frames[1]);
         assert!(s.warnings().is_empty(), "{:?}", s.warnings());
     }
 
@@ -1148,11 +1012,7 @@ int main(int argc, char **) {
         let addr = BASE + ret_addr_after_malloc_call(&exe, "leak_here");
         assert!(one(&s, addr).is_empty());
         let w = s.warnings();
-        assert!(
-            w.iter()
-                .any(|w| w.contains("build ID mismatch") && w.contains("deadbeef01020304")),
-            "{w:?}"
-        );
+        assert!(w.iter().any(|w| w.contains("build ID mismatch") && w.contains("deadbeef01020304")), "{w:?}");
         assert!(w.iter().any(|w| w.contains("no usable binary")), "{w:?}");
         // Said once, however many addresses.
         let n = s.warnings().len();
@@ -1172,10 +1032,7 @@ int main(int argc, char **) {
         assert!(one(&s, addr).is_empty());
         let w = s.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(
-            w[0].contains("/nonexistent-leaktrace/bin/leaktest"),
-            "{w:?}"
-        );
+        assert!(w[0].contains("/nonexistent-leaktrace/bin/leaktest"), "{w:?}");
         assert!(w[0].contains("no usable binary"), "{w:?}");
     }
 
@@ -1222,23 +1079,14 @@ int main(int argc, char **) {
         let id_dir = debug_dir.join(".build-id").join(hex(&rec_id[..1]));
         std::fs::create_dir_all(&id_dir).expect("mkdir");
         let debug_file = id_dir.join(format!("{}.debug", hex(&rec_id[1..])));
-        run(Command::new("objcopy")
-            .arg("--only-keep-debug")
-            .arg(&exe)
-            .arg(&debug_file));
+        run(Command::new("objcopy").arg("--only-keep-debug").arg(&exe).arg(&debug_file));
         // ... and a fully stripped binary at the recorded path.
         let stripped = tmp.path().join("leaktest-stripped");
-        run(Command::new("objcopy")
-            .arg("--strip-all")
-            .arg(&exe)
-            .arg(&stripped));
+        run(Command::new("objcopy").arg("--strip-all").arg(&exe).arg(&stripped));
         let stripped_str = stripped.to_str().expect("utf-8 path");
 
         // Without the debug dir, the stripped binary names nothing.
-        let s = Symbolizer::new(
-            &[record_for(&exe, stripped_str)],
-            &SymbolizeOptions::default(),
-        );
+        let s = Symbolizer::new(&[record_for(&exe, stripped_str)], &SymbolizeOptions::default());
         assert_unresolved_with_warning(&s, addr, "no debug info");
 
         // With it, full file:line.
@@ -1249,24 +1097,15 @@ int main(int argc, char **) {
         assert!(s.warnings().is_empty(), "{:?}", s.warnings());
 
         // The debug file alone is enough when the binary is gone.
-        let s = Symbolizer::new(
-            &[record_for(&exe, "/nonexistent-leaktrace/leaktest")],
-            &opts(&[], &[&debug_dir]),
-        );
+        let s = Symbolizer::new(&[record_for(&exe, "/nonexistent-leaktrace/leaktest")], &opts(&[], &[&debug_dir]));
         let f = one(&s, addr);
         assert_eq!(f.len(), 1, "{f:?}");
         frame("leak_here", "leaktest.c", line, &f[0]);
 
         // A debug file under the right name but of another build is refused.
         let other = build_c(tmp.path(), "leaktest-o2", &["-g", "-O2"]);
-        run(Command::new("objcopy")
-            .arg("--only-keep-debug")
-            .arg(&other)
-            .arg(&debug_file));
-        let s = Symbolizer::new(
-            &[record_for(&exe, "/nonexistent-leaktrace/leaktest")],
-            &opts(&[], &[&debug_dir]),
-        );
+        run(Command::new("objcopy").arg("--only-keep-debug").arg(&other).arg(&debug_file));
+        let s = Symbolizer::new(&[record_for(&exe, "/nonexistent-leaktrace/leaktest")], &opts(&[], &[&debug_dir]));
         assert_unresolved_with_warning(&s, addr, "build ID mismatch in debug file");
     }
 
@@ -1279,10 +1118,7 @@ int main(int argc, char **) {
         let bin_dir = tmp.path().join("bin");
         std::fs::create_dir_all(bin_dir.join(".debug")).expect("mkdir");
         let debug_file = bin_dir.join(".debug").join("leaktest.dbg");
-        run(Command::new("objcopy")
-            .arg("--only-keep-debug")
-            .arg(&exe)
-            .arg(&debug_file));
+        run(Command::new("objcopy").arg("--only-keep-debug").arg(&exe).arg(&debug_file));
         let stripped = bin_dir.join("leaktest");
         run(Command::new("objcopy")
             .arg("--strip-all")
@@ -1292,10 +1128,7 @@ int main(int argc, char **) {
         let stripped_str = stripped.to_str().expect("utf-8 path");
 
         // With a build ID.
-        let s = Symbolizer::new(
-            &[record_for(&exe, stripped_str)],
-            &SymbolizeOptions::default(),
-        );
+        let s = Symbolizer::new(&[record_for(&exe, stripped_str)], &SymbolizeOptions::default());
         let f = one(&s, addr);
         assert_eq!(f.len(), 1, "{f:?}");
         frame("leak_here", "leaktest.c", line, &f[0]);
@@ -1312,19 +1145,12 @@ int main(int argc, char **) {
     #[test]
     fn gnu_debuglink_crc_decides_without_any_build_id() {
         let tmp = TempDir::new();
-        let exe = build_c(
-            tmp.path(),
-            "leaktest",
-            &["-g", "-O0", "-Wl,--build-id=none"],
-        );
+        let exe = build_c(tmp.path(), "leaktest", &["-g", "-O0", "-Wl,--build-id=none"]);
         let addr = BASE + ret_addr_after_malloc_call(&exe, "leak_here");
         let bin_dir = tmp.path().join("bin");
         std::fs::create_dir_all(&bin_dir).expect("mkdir");
         let debug_file = bin_dir.join("leaktest.debug");
-        run(Command::new("objcopy")
-            .arg("--only-keep-debug")
-            .arg(&exe)
-            .arg(&debug_file));
+        run(Command::new("objcopy").arg("--only-keep-debug").arg(&exe).arg(&debug_file));
         let stripped = bin_dir.join("leaktest");
         run(Command::new("objcopy")
             .arg("--strip-all")
@@ -1338,24 +1164,12 @@ int main(int argc, char **) {
         let s = Symbolizer::new(&[rec], &SymbolizeOptions::default());
         let f = one(&s, addr);
         assert_eq!(f.len(), 1, "{f:?}");
-        frame(
-            "leak_here",
-            "leaktest.c",
-            line_of(C_SOURCE, "LINE_LEAK"),
-            &f[0],
-        );
+        frame("leak_here", "leaktest.c", line_of(C_SOURCE, "LINE_LEAK"), &f[0]);
         assert!(s.warnings().is_empty(), "{:?}", s.warnings());
 
         // A debug file of another build under the linked name fails the CRC.
-        let other = build_c(
-            tmp.path(),
-            "leaktest-o2",
-            &["-g", "-O2", "-Wl,--build-id=none"],
-        );
-        run(Command::new("objcopy")
-            .arg("--only-keep-debug")
-            .arg(&other)
-            .arg(&debug_file));
+        let other = build_c(tmp.path(), "leaktest-o2", &["-g", "-O2", "-Wl,--build-id=none"]);
+        run(Command::new("objcopy").arg("--only-keep-debug").arg(&other).arg(&debug_file));
         let rec = ModuleRecord {
             path: stripped.to_str().expect("utf-8 path").to_string(),
             base: BASE,
@@ -1370,22 +1184,11 @@ int main(int argc, char **) {
     #[test]
     fn symbol_table_names_without_dwarf() {
         let tmp = TempDir::new();
-        let exe = build_c(
-            tmp.path(),
-            "leaktest-nodebug",
-            &["-O0", "-fno-omit-frame-pointer"],
-        );
+        let exe = build_c(tmp.path(), "leaktest-nodebug", &["-O0", "-fno-omit-frame-pointer"]);
         let rec = record_for(&exe, exe.to_str().expect("utf-8 path"));
         let s = Symbolizer::new(&[rec], &SymbolizeOptions::default());
         let addr = BASE + ret_addr_after_malloc_call(&exe, "leak_here");
-        assert_eq!(
-            one(&s, addr),
-            vec![SourceFrame {
-                function: Some("leak_here".into()),
-                file: None,
-                line: None
-            }]
-        );
+        assert_eq!(one(&s, addr), vec![SourceFrame { function: Some("leak_here".into()), file: None, line: None }]);
         let w = s.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("no debug info"), "{w:?}");
@@ -1407,30 +1210,15 @@ int main(int argc, char **) {
     fn cpp_names_are_demangled() {
         let tmp = TempDir::new();
         let line = line_of(CPP_SOURCE, "LINE_MAKE");
-        for (out, flags) in [
-            ("widget", &["-g", "-O0"][..]),
-            ("widget-nodebug", &["-O0"][..]),
-        ] {
+        for (out, flags) in [("widget", &["-g", "-O0"][..]), ("widget-nodebug", &["-O0"][..])] {
             let exe = compile(tmp.path(), "c++", "widget.cpp", CPP_SOURCE, out, flags);
             let rec = record_for(&exe, exe.to_str().expect("utf-8 path"));
             let s = Symbolizer::new(&[rec], &SymbolizeOptions::default());
-            let f = one(
-                &s,
-                BASE + ret_addr_after_malloc_call(&exe, "_ZN4demo6Widget4makeEm"),
-            );
+            let f = one(&s, BASE + ret_addr_after_malloc_call(&exe, "_ZN4demo6Widget4makeEm"));
             assert_eq!(f.len(), 1, "{f:?}");
-            assert_eq!(
-                f[0].function.as_deref(),
-                Some("demo::Widget::make(unsigned long)"),
-                "{f:?}"
-            );
+            assert_eq!(f[0].function.as_deref(), Some("demo::Widget::make(unsigned long)"), "{f:?}");
             if flags.contains(&"-g") {
-                frame(
-                    "demo::Widget::make(unsigned long)",
-                    "widget.cpp",
-                    line,
-                    &f[0],
-                );
+                frame("demo::Widget::make(unsigned long)", "widget.cpp", line, &f[0]);
             } else {
                 assert_eq!((f[0].file.as_deref(), f[0].line), (None, None));
             }
@@ -1440,21 +1228,12 @@ int main(int argc, char **) {
     #[test]
     fn demangles_rust_and_cpp_symbols() {
         assert_eq!(demangle("_ZN3foo3barEv", None), "foo::bar()");
-        assert_eq!(
-            demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE", None),
-            "core::ptr::drop_in_place"
-        );
+        assert_eq!(demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE", None), "core::ptr::drop_in_place");
         assert_eq!(demangle("_RNvCs1234_7mycrate3foo", None), "mycrate::foo");
         assert_eq!(demangle("leak_here", None), "leak_here");
         assert_eq!(demangle("_Z", None), "_Z");
         // A C++ name under an unexpected DWARF language still demangles.
-        assert_eq!(
-            demangle(
-                "_ZN3foo3barEv",
-                Some(addr2line::gimli::DW_LANG_C_plus_plus_20)
-            ),
-            "foo::bar()"
-        );
+        assert_eq!(demangle("_ZN3foo3barEv", Some(addr2line::gimli::DW_LANG_C_plus_plus_20)), "foo::bar()");
     }
 
     #[test]
@@ -1465,11 +1244,7 @@ int main(int argc, char **) {
         let data = std::fs::read(&exe).expect("read exe");
 
         let garbage = tmp.path().join("garbage");
-        std::fs::write(
-            &garbage,
-            b"\x7fELF\x02\x01\x01this is not really an ELF file at all",
-        )
-        .expect("write");
+        std::fs::write(&garbage, b"\x7fELF\x02\x01\x01this is not really an ELF file at all").expect("write");
         let truncated = tmp.path().join("truncated");
         std::fs::write(&truncated, &data[..data.len().min(3000)]).expect("write");
         // Valid headers, DWARF sections overwritten with noise.
@@ -1480,10 +1255,7 @@ int main(int argc, char **) {
             for sec in obj.sections() {
                 if sec.name().is_ok_and(|n| n.starts_with(".debug")) {
                     if let Some((off, size)) = sec.file_range() {
-                        for (i, b) in bytes[off as usize..(off + size) as usize]
-                            .iter_mut()
-                            .enumerate()
-                        {
+                        for (i, b) in bytes[off as usize..(off + size) as usize].iter_mut().enumerate() {
                             *b = (i as u8).wrapping_mul(37).wrapping_add(11);
                         }
                     }
@@ -1495,10 +1267,7 @@ int main(int argc, char **) {
         std::fs::write(&empty, b"").expect("write");
 
         let mut modules = Vec::new();
-        for (i, p) in [&garbage, &truncated, &scrambled, &empty]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, p) in [&garbage, &truncated, &scrambled, &empty].into_iter().enumerate() {
             let mut rec = record_for(&exe, p.to_str().expect("utf-8 path"));
             rec.build_id.clear();
             rec.base = BASE + ((i as u64 + 1) << 32);
@@ -1510,30 +1279,16 @@ int main(int argc, char **) {
             base: u64::MAX - 10,
             build_id: vec![1],
             segments: vec![
-                Segment {
-                    vaddr: 100,
-                    memsz: 100,
-                    flags: 5,
-                },
-                Segment {
-                    vaddr: 0,
-                    memsz: u64::MAX,
-                    flags: 5,
-                },
-                Segment {
-                    vaddr: 0,
-                    memsz: 0,
-                    flags: 5,
-                },
+                Segment { vaddr: 100, memsz: 100, flags: 5 },
+                Segment { vaddr: 0, memsz: u64::MAX, flags: 5 },
+                Segment { vaddr: 0, memsz: 0, flags: 5 },
             ],
             ..Default::default()
         });
         let s = Symbolizer::new(&modules, &SymbolizeOptions::default());
         let offs = addr - BASE;
-        let addrs: Vec<u64> = (1..=4u64)
-            .map(|i| BASE + (i << 32) + offs)
-            .chain([0, 1, u64::MAX, u64::MAX - 5, BASE])
-            .collect();
+        let addrs: Vec<u64> =
+            (1..=4u64).map(|i| BASE + (i << 32) + offs).chain([0, 1, u64::MAX, u64::MAX - 5, BASE]).collect();
         let map = s.symbolize_all(&addrs);
         assert_eq!(map.len(), addrs.len());
         for i in [1u64, 2, 4] {
@@ -1542,22 +1297,13 @@ int main(int argc, char **) {
         // The scrambled file keeps a valid symbol table: its unreadable DWARF
         // is dropped and the name comes from the symbols.
         let scr = &map[&(BASE + (3 << 32) + offs)];
-        assert_eq!(
-            scr,
-            &vec![SourceFrame {
-                function: Some("leak_here".into()),
-                file: None,
-                line: None
-            }]
-        );
+        assert_eq!(scr, &vec![SourceFrame { function: Some("leak_here".into()), file: None, line: None }]);
         let w = s.warnings();
         assert!(w.iter().any(|w| w.contains("garbage")), "{w:?}");
         assert!(w.iter().any(|w| w.contains("truncated")), "{w:?}");
         assert!(w.iter().any(|w| w.contains("empty")), "{w:?}");
         assert!(
-            w.iter()
-                .any(|w| w.starts_with("<unnamed module>: no usable")
-                    && w.contains("nothing to look for")),
+            w.iter().any(|w| w.starts_with("<unnamed module>: no usable") && w.contains("nothing to look for")),
             "{w:?}"
         );
     }

@@ -81,7 +81,13 @@ pub fn render(t: &Trace, r: &Report, top: usize) -> String {
             _ => "running",
         }
     };
-    let _ = writeln!(o, "pid {}  {}  [{state}, {}]", r.process.pid, r.process.cmdline.join(" "), minutes_and_seconds(t.end_ns()));
+    let _ = writeln!(
+        o,
+        "pid {}  {}  [{state}, {}]",
+        r.process.pid,
+        r.process.cmdline.join(" "),
+        minutes_and_seconds(t.end_ns())
+    );
     let rss_now = t.rss.last().map_or(0.0, |s| s.rss_bytes as f64);
     let rate = recent_rss_rate(t).map_or(String::new(), |(v, span)| {
         let sign = if v >= 0.0 { "+" } else { "-" };

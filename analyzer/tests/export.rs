@@ -211,7 +211,10 @@ fn folded_has_one_line_per_stack_with_the_unfreed_bytes() {
     );
     assert!(stacks.iter().any(|s| s.ends_with("main;handle_request;cache_response")), "{text}");
     let sessions = sessions_site(&j)["unfreed_bytes"].as_f64().expect("bytes") as u64;
-    assert!(text.contains(&format!("remember_session {sessions}\n")), "the leak's line has its bytes ({sessions}):\n{text}");
+    assert!(
+        text.contains(&format!("remember_session {sessions}\n")),
+        "the leak's line has its bytes ({sessions}):\n{text}"
+    );
     let total = j["totals"]["unfreed_bytes"].as_f64().expect("totals") as u64;
     let sites = j["sites"].as_array().map_or(0, |s| s.len()) as u64;
     assert!(sum.abs_diff(total) <= sites, "folded total {sum} vs report total {total}");
@@ -227,7 +230,9 @@ fn pprof_round_trips_with_the_report_numbers() {
     let gz = report(trace, "pprof");
     let p = decode_pprof(&gz);
     let j = json(trace);
-    let s = |i: i64| -> &str { usize::try_from(i).ok().and_then(|i| p.string_table.get(i)).map_or("<bad index>", String::as_str) };
+    let s = |i: i64| -> &str {
+        usize::try_from(i).ok().and_then(|i| p.string_table.get(i)).map_or("<bad index>", String::as_str)
+    };
 
     assert_eq!(p.string_table.first().map(String::as_str), Some(""), "string table starts with \"\"");
     let types: Vec<(&str, &str)> = p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
@@ -265,7 +270,11 @@ fn pprof_round_trips_with_the_report_numbers() {
 
     // The leak's leaf location is remember_session in leaky_service.c, in the executable's mapping.
     let sessions_id = sessions_site(&j)["id"].as_i64().expect("id");
-    let leak = p.sample.iter().find(|x| x.label.iter().any(|l| l.key == site_key && l.num == sessions_id)).expect("leak sample");
+    let leak = p
+        .sample
+        .iter()
+        .find(|x| x.label.iter().any(|l| l.key == site_key && l.num == sessions_id))
+        .expect("leak sample");
     let leaf = &p.location[(leak.location_id[0] - 1) as usize];
     let leaf_fn = |line: &proto::Line| p.function.iter().find(|f| f.id == line.function_id).expect("function");
     let innermost = leaf.line.first().expect("the leaf location is symbolized");
@@ -273,7 +282,12 @@ fn pprof_round_trips_with_the_report_numbers() {
     assert_eq!(s(f.name), "remember_session");
     assert!(s(f.filename).ends_with("leaky_service.c"), "{}", s(f.filename));
     assert!(innermost.line > 0);
-    let callers: Vec<&str> = leak.location_id.iter().filter_map(|&id| p.location.get(id as usize - 1)).flat_map(|l| l.line.iter().map(|x| s(leaf_fn(x).name))).collect();
+    let callers: Vec<&str> = leak
+        .location_id
+        .iter()
+        .filter_map(|&id| p.location.get(id as usize - 1))
+        .flat_map(|l| l.line.iter().map(|x| s(leaf_fn(x).name)))
+        .collect();
     assert!(callers.starts_with(&["remember_session", "handle_request", "main"]), "leaf first: {callers:?}");
     let m = p.mapping.iter().find(|m| m.id == leaf.mapping_id).expect("leaf mapping");
     assert!(s(m.filename).ends_with("/leaky_service"), "{}", s(m.filename));
@@ -290,7 +304,11 @@ fn pprof_round_trips_with_the_report_numbers() {
         go.args(["tool", "pprof", "-top", "-sample_index=inuse_space"]).arg(&file);
         let out = run(go, Duration::from_secs(300));
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("remember_session"), "go tool pprof: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && text.contains("remember_session"),
+            "go tool pprof: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     } else {
         eprintln!("note: `go` is not installed; skipped the `go tool pprof` check");
     }
@@ -424,7 +442,9 @@ fn html_report_renders_with_table_charts_and_flame_graph() {
 
     if let Some(r) = chromium(&path, "demo") {
         assert!(r.dom.contains(r#"data-rendered="ok""#), "the page's script did not run to its end");
-        assert!(r.dom.contains(r#"id="sites""#) && r.dom.contains(r#"id="memchart""#) && r.dom.contains(r#"id="flame""#));
+        assert!(
+            r.dom.contains(r#"id="sites""#) && r.dom.contains(r#"id="memchart""#) && r.dom.contains(r#"id="flame""#)
+        );
         assert!(r.dom.contains("remember_session"));
         assert!(r.console.is_empty(), "console messages: {:#?}", r.console);
         let (w, h) = png_size(&r.png);
@@ -523,7 +543,10 @@ fn damaged_traces_never_panic_any_format() {
     };
     // Damage concentrated in the first 256 KiB (header, metadata, stacks, live table) and spread
     // over the whole file.
-    for (i, span) in [256usize << 10, 256 << 10, 256 << 10, 256 << 10, 256 << 10, 256 << 10, usize::MAX, usize::MAX].into_iter().enumerate() {
+    for (i, span) in [256usize << 10, 256 << 10, 256 << 10, 256 << 10, 256 << 10, 256 << 10, usize::MAX, usize::MAX]
+        .into_iter()
+        .enumerate()
+    {
         let mut bytes = original.clone();
         let span = span.min(bytes.len()).max(1);
         // Keep the magic (the first 8 bytes) so the reader goes past its first check.

@@ -115,9 +115,7 @@ pub fn snapshot(now_ns: u64) -> Option<(Vec<ModuleRecord>, Generation)> {
     let mut walk = Walk {
         modules: Vec::new(),
         generation: Generation::default(),
-        exe: std::fs::read_link("/proc/self/exe")
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        exe: std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
         tracer_addr: snapshot as *const () as usize as u64,
     };
     // SAFETY: the callback matches dl_iterate_phdr's contract and only reads the info it is
@@ -177,9 +175,8 @@ unsafe extern "C" fn on_object(info: *mut libc::dl_phdr_info, size: usize, data:
 unsafe fn gnu_build_id(addr: u64, len: u64) -> Option<Vec<u8>> {
     // SAFETY: the caller guarantees the range is readable.
     let notes = unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) };
-    let word = |at: usize| -> Option<usize> {
-        Some(u32::from_ne_bytes(notes.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
+    let word =
+        |at: usize| -> Option<usize> { Some(u32::from_ne_bytes(notes.get(at..at + 4)?.try_into().ok()?) as usize) };
     let align4 = |n: usize| (n + 3) & !3;
     let mut pos = 0;
     while pos + 12 <= notes.len() {
@@ -216,10 +213,12 @@ mod tests {
     fn snapshot_finds_the_main_program_and_libc() {
         // Another test may be simulating a fork, which skips walks: try again until it is over.
         let (mods, gen) = (0..1000)
-            .find_map(|_| snapshot(5).or_else(|| {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-                None
-            }))
+            .find_map(|_| {
+                snapshot(5).or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    None
+                })
+            })
             .expect("a walk outside a fork");
         assert!(gen.adds >= 1);
         let exe = std::fs::read_link("/proc/self/exe").unwrap();

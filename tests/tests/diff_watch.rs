@@ -31,8 +31,10 @@ fn diff_of_two_traces_finds_what_grew() {
     let exe = dir.compile("sampled.c");
     let old = dir.run(&exe, &["1", "4"], &Settings::exact());
     let new = dir.run(&exe, &["3", "4"], &Settings::exact());
-    let (old_small, new_small) =
-        (get_u64(&old.program_json(), "/sites/leak_small/bytes"), get_u64(&new.program_json(), "/sites/leak_small/bytes"));
+    let (old_small, new_small) = (
+        get_u64(&old.program_json(), "/sites/leak_small/bytes"),
+        get_u64(&new.program_json(), "/sites/leak_small/bytes"),
+    );
     let d = diff_json(&[old.trace.to_str().unwrap(), new.trace.to_str().unwrap()]);
     // The same program in two processes (other addresses): sites are matched by meaning.
     assert_eq!(delta_of(&d, "leak_small"), Some((new_small - old_small) as f64), "{d:#}");
@@ -51,11 +53,17 @@ fn diff_of_two_moments_of_one_trace() {
     for leak in ["leak_slow", "leak_fast"] {
         let expected = truth[leak]["bytes_per_sec"].as_f64().unwrap() * 1.5;
         let got = delta_of(&d, leak).unwrap_or(0.0);
-        assert!((got / expected - 1.0).abs() < 0.25, "{leak}: grew {got} between 2s and 3.5s, expected about {expected}\n{d:#}");
+        assert!(
+            (got / expected - 1.0).abs() < 0.25,
+            "{leak}: grew {got} between 2s and 3.5s, expected about {expected}\n{d:#}"
+        );
     }
     // The plateau cache filled in the first quarter of the run and then only replaced entries.
     let cache = delta_of(&d, "cache_plateau").unwrap_or(0.0).abs();
-    assert!(cache < 0.05 * delta_of(&d, "leak_slow").unwrap_or(0.0), "the plateau cache barely changes: {cache}\n{d:#}");
+    assert!(
+        cache < 0.05 * delta_of(&d, "leak_slow").unwrap_or(0.0),
+        "the plateau cache barely changes: {cache}\n{d:#}"
+    );
     // Nonsense is refused with one line.
     let out = analyze(&["diff", trace, "--from", "3s", "--to", "1s"], TIMEOUT);
     assert_eq!(out.status.code(), Some(2), "{}", out.describe());

@@ -30,7 +30,10 @@ fn check_seed(seed: u64) {
         let (growing, rate, conf) = site_verdict(&report, leak);
         let true_rate = truth[leak]["bytes_per_sec"].as_f64().unwrap_or(0.0);
         if !growing || conf < 0.95 {
-            report.fail(format!("{leak} leaks {} bytes at {true_rate:.0} B/s but is not growing (confidence {conf})", get_u64(&truth, &format!("/{leak}/bytes"))));
+            report.fail(format!(
+                "{leak} leaks {} bytes at {true_rate:.0} B/s but is not growing (confidence {conf})",
+                get_u64(&truth, &format!("/{leak}/bytes"))
+            ));
         }
         if (rate / true_rate - 1.0).abs() > 0.4 {
             report.fail(format!("{leak}: reported {rate:.0} B/s, the program leaked {true_rate:.0} B/s"));

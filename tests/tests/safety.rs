@@ -82,7 +82,10 @@ fn assert_absent(report: &Report, function: &str, why: &str) {
 }
 
 fn not_leaking(json: &Value) -> Vec<String> {
-    json["not_leaking"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default()
+    json["not_leaking"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default()
 }
 
 fn report_for(dir: &TestDir, trace: &Path) -> Report {
@@ -124,7 +127,10 @@ struct Mount {
 impl Mount {
     fn tmpfs(at: &Path, options: &str) -> Option<Mount> {
         std::fs::create_dir_all(at).unwrap();
-        let out = run_command(Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(at), Duration::from_secs(10));
+        let out = run_command(
+            Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(at),
+            Duration::from_secs(10),
+        );
         if !out.status.success() {
             eprintln!("NOTE: cannot mount a tmpfs here ({}); skipping this part", out.stderr.trim());
             return None;
@@ -154,7 +160,12 @@ fn fork_case(name: &str, mode: &str) {
     let (parent_trace, child_trace) = (dir.trace_of(out.pid), dir.trace_of(child));
     let mut expected = vec![parent_trace.clone(), child_trace.clone()];
     expected.sort();
-    assert_eq!(dir.trace_files(), expected, "one trace for the parent and one for the child, each named with its pid\n{}", out.describe());
+    assert_eq!(
+        dir.trace_files(),
+        expected,
+        "one trace for the parent and one for the child, each named with its pid\n{}",
+        out.describe()
+    );
 
     let parent = report_for(&dir, &parent_trace);
     assert_eq!(parent.int("/process/pid"), u64::from(out.pid));
@@ -195,7 +206,11 @@ fn fork_then_exec_is_traced_again() {
     let child = get_u64(&json, "/child_pid") as u32;
     let traces = check_every_trace(&dir);
     let pids: Vec<u32> = traces.iter().map(|(p, _)| *p).collect();
-    assert!(pids.contains(&out.pid) && pids.contains(&child) && pids.len() == 2, "traces of pids {pids:?}; expected the parent {} and the exec'd child {child}", out.pid);
+    assert!(
+        pids.contains(&out.pid) && pids.contains(&child) && pids.len() == 2,
+        "traces of pids {pids:?}; expected the parent {} and the exec'd child {child}",
+        out.pid
+    );
     let (_, r) = traces.iter().find(|(p, _)| *p == child).unwrap();
     let exe_path = r.str("/process/exe");
     if !exe_path.ends_with("/cat") {
@@ -211,7 +226,11 @@ fn posix_spawn_and_system_are_unaffected() {
     let exe = dir.compile("fork.c");
     let baseline = run(&mut dir.untraced_command(&exe, &["spawn"]));
     assert_eq!(baseline.status.code(), Some(4), "{}", baseline.describe());
-    assert!(baseline.stdout.contains("spawned-echo") && baseline.stdout.contains("system: exit 3"), "{}", baseline.describe());
+    assert!(
+        baseline.stdout.contains("spawned-echo") && baseline.stdout.contains("system: exit 3"),
+        "{}",
+        baseline.describe()
+    );
     let out = run(&mut dir.traced_command(&exe, &["spawn"], &Settings::exact()));
     assert_same_behaviour(&out, &baseline, "posix_spawn + system");
     assert_no_leaktrace_line(&out);
@@ -243,7 +262,8 @@ fn vfork_exit_and_exec_are_unaffected() {
 #[test]
 fn descendants_that_sample_nothing_leave_no_file() {
     let dir = TestDir::new("safety_no_sample_no_file");
-    let mut cmd = dir.traced_command(Path::new("/bin/sh"), &["-c", "/bin/true; /bin/true; /bin/true"], &Settings::exact());
+    let mut cmd =
+        dir.traced_command(Path::new("/bin/sh"), &["-c", "/bin/true; /bin/true; /bin/true"], &Settings::exact());
     let out = run(&mut cmd);
     assert_success(&out);
     assert_no_leaktrace_line(&out);
@@ -268,7 +288,11 @@ fn thirty_two_threads_free_across_threads() {
     let cross = get_u64(&json, "/cross_thread_frees");
     assert!(cross > 1000, "blocks must be freed by other threads than their allocator: {json}");
     let report = report_for(&dir, &dir.trace_of(out.pid));
-    report.assert_exact("final_leak", get_u64(&json, "/sites/final_leak/bytes"), get_u64(&json, "/sites/final_leak/count"));
+    report.assert_exact(
+        "final_leak",
+        get_u64(&json, "/sites/final_leak/bytes"),
+        get_u64(&json, "/sites/final_leak/count"),
+    );
     report.assert_not_leaking(&not_leaking(&json));
     if report.int("/totals/dropped_events") != 0 {
         report.fail("nothing may be dropped: the counts would not be exact");
@@ -276,7 +300,9 @@ fn thirty_two_threads_free_across_threads() {
     let events = report.int("/totals/sampled_events");
     let iterations = get_u64(&json, "/iterations");
     if events < 2 * iterations {
-        report.fail(format!("exact mode records every alloc and free: {events} events for {iterations} alloc+free pairs"));
+        report.fail(format!(
+            "exact mode records every alloc and free: {events} events for {iterations} alloc+free pairs"
+        ));
     }
 }
 
@@ -330,7 +356,10 @@ fn small_signal_stacks_do_not_overflow() {
         let args = [alt.as_str(), pad];
         let baseline = run(&mut dir.untraced_command(&exe, &args));
         if !baseline.status.success() {
-            eprintln!("NOTE: a {alt}-byte alternate stack fails without the preload here; skipped\n{}", baseline.describe());
+            eprintln!(
+                "NOTE: a {alt}-byte alternate stack fails without the preload here; skipped\n{}",
+                baseline.describe()
+            );
             continue;
         }
         traced_like_baseline(&dir, &exe, &args, &baseline, all_recorded.then_some("handler_leak"));
@@ -385,7 +414,8 @@ fn blocks_from_before_the_tracer_started_are_left_alone() {
     assert_eq!(get_u64(&json, "/early_ready"), 1, "the library constructor ran");
     let report = report_for(&dir, &dir.trace_of(out.pid));
     for site in ["leak_after_start", "main"] {
-        let (bytes, count) = (get_u64(&json, &format!("/sites/{site}/bytes")), get_u64(&json, &format!("/sites/{site}/count")));
+        let (bytes, count) =
+            (get_u64(&json, &format!("/sites/{site}/bytes")), get_u64(&json, &format!("/sites/{site}/count")));
         report.assert_exact(site, bytes, count);
     }
     assert_absent(&report, "early_init", "allocated before tracing started");
@@ -470,7 +500,9 @@ fn dlopen_case(name: &str, mode: &str, wait_ms: &str) {
     // Nothing may be symbolized wrongly: every frame of the plugin names plugin_leak or nothing.
     for site in report.sites() {
         for f in site.frames() {
-            if f["module"].as_str().is_some_and(|m| m.ends_with("libplugin.so")) && f["function"].as_str() != Some("plugin_leak") {
+            if f["module"].as_str().is_some_and(|m| m.ends_with("libplugin.so"))
+                && f["function"].as_str() != Some("plugin_leak")
+            {
                 report.fail(format!("a frame in libplugin.so resolved to {f}"));
             }
         }
@@ -530,12 +562,24 @@ fn check_bad_case(dir: &TestDir, plain: &Path, case: &BadCase) {
     assert!(dir.trace_files().is_empty(), "{}: trace files left: {:?}", case.label, dir.trace_files());
     if let Some(p) = &case.must_not_exist {
         let p = PathBuf::from(p.to_string_lossy().replace("%p", &out.pid.to_string()));
-        assert!(std::fs::symlink_metadata(&p).is_err(), "{}: {} was created\n{}", case.label, p.display(), out.describe());
+        assert!(
+            std::fs::symlink_metadata(&p).is_err(),
+            "{}: {} was created\n{}",
+            case.label,
+            p.display(),
+            out.describe()
+        );
     }
 }
 
 fn var_case(label: &'static str, var: &'static str, value: &str) -> BadCase {
-    BadCase { label, env: vec![(var, value.to_string())], needles: vec![var.to_string()], shell: None, must_not_exist: None }
+    BadCase {
+        label,
+        env: vec![(var, value.to_string())],
+        needles: vec![var.to_string()],
+        shell: None,
+        must_not_exist: None,
+    }
 }
 
 fn file_case(label: &'static str, pattern: PathBuf, needles: Vec<String>) -> BadCase {
@@ -710,7 +754,10 @@ fn secure_execution_is_left_alone() {
     std::fs::set_permissions(&setgid, std::fs::Permissions::from_mode(0o2755)).unwrap();
     let out = run(&mut env_cmd(&setgid));
     if !out.stdout.starts_with("at_secure 1\n") {
-        eprintln!("NOTE: a setgid binary does not run with AT_SECURE here (nosuid mount?); test skipped\n{}", out.describe());
+        eprintln!(
+            "NOTE: a setgid binary does not run with AT_SECURE here (nosuid mount?); test skipped\n{}",
+            out.describe()
+        );
         return;
     }
     assert_eq!(out.status.code(), Some(3), "{}", out.describe());
@@ -750,7 +797,9 @@ fn sigkill_mid_leak_and_live_trace() {
     let (bytes, count) = report.exact_sum(&sites);
     // Everything printed had been leaked; at most the next batch of 100 was under way.
     if count < printed || count > printed + 100 || bytes != count * 1000 {
-        report.fail(format!("leak_forever: {bytes} bytes in {count} blocks; the program had printed {printed} blocks of 1000 bytes"));
+        report.fail(format!(
+            "leak_forever: {bytes} bytes in {count} blocks; the program had printed {printed} blocks of 1000 bytes"
+        ));
     }
 
     // The other one is still running: read its trace now.
@@ -759,9 +808,13 @@ fn sigkill_mid_leak_and_live_trace() {
     let trace = dir.trace_of(live.pid);
     let mut counts = Vec::new();
     for round in 0..2 {
-        let a = analyze(&[OsString::from("report"), trace.clone().into(), "--format".into(), "json".into()], ANALYZE_TIMEOUT);
+        let a = analyze(
+            &[OsString::from("report"), trace.clone().into(), "--format".into(), "json".into()],
+            ANALYZE_TIMEOUT,
+        );
         assert!(a.status.success(), "report on a live trace failed\n{}", a.describe());
-        let json: Value = serde_json::from_str(&a.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{}", a.describe()));
+        let json: Value =
+            serde_json::from_str(&a.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{}", a.describe()));
         let r = Report { json, context: format!("live trace {}, round {round}\n{}", trace.display(), a.describe()) };
         r.check_invariants();
         assert_eq!(r.str("/process/ended"), "unknown", "{}", r.context);
@@ -808,7 +861,10 @@ fn file_and_rss_series_stay_bounded() {
     assert_success(&out);
     assert_no_leaktrace_line(&out);
     sizes.push(std::fs::metadata(&trace).unwrap().len());
-    assert!(sizes.len() >= 5 && sizes.iter().all(|&s| s == 1 << 20), "the trace's size over the run: {sizes:?}; expected 1 MiB throughout");
+    assert!(
+        sizes.len() >= 5 && sizes.iter().all(|&s| s == 1 << 20),
+        "the trace's size over the run: {sizes:?}; expected 1 MiB throughout"
+    );
 
     let json = out.json_line();
     let report = report_for(&dir, &trace);
@@ -969,7 +1025,13 @@ fn ctl_refuses_what_is_not_a_trace() {
         (PathBuf::from("/proc/self/status"), &["--pause"][..]),
     ] {
         let out = ctl(&target, args);
-        assert_eq!(out.status.code(), Some(2), "ctl {} {args:?} must fail with 2\n{}", target.display(), out.describe());
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "ctl {} {args:?} must fail with 2\n{}",
+            target.display(),
+            out.describe()
+        );
         let lines: Vec<&str> = out.stderr.lines().collect();
         assert!(
             lines.len() == 1 && lines[0].starts_with("leak-analyze:"),
@@ -987,14 +1049,22 @@ fn ctl_refuses_what_is_not_a_trace() {
     assert!(trace.is_file(), "{}", out.describe());
     let before = std::fs::read(&trace).unwrap();
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&repo().analyzer).arg("ctl").arg(&trace).arg("--pause");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&repo().analyzer)
+        .arg("ctl")
+        .arg(&trace)
+        .arg("--pause");
     let out = run_command(&mut cmd, ANALYZE_TIMEOUT);
     if out.stderr.starts_with("setpriv:") {
         eprintln!("NOTE: cannot run as nobody here ({}); the unwritable-trace case is skipped", out.stderr.trim());
     } else {
         assert_eq!(out.status.code(), Some(2), "ctl by a user who cannot write the trace\n{}", out.describe());
         let lines: Vec<&str> = out.stderr.lines().collect();
-        assert!(lines.len() == 1 && lines[0].starts_with("leak-analyze:"), "one `leak-analyze:` line\n{}", out.describe());
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("leak-analyze:"),
+            "one `leak-analyze:` line\n{}",
+            out.describe()
+        );
         assert!(std::fs::read(&trace).unwrap() == before, "the trace changed");
     }
     assert_eq!(std::fs::read(&short).unwrap(), b"LKTRACE\0", "ctl wrote into a file that is not a trace");
@@ -1027,14 +1097,23 @@ fn hostile(dir: &TestDir, label: &str, file: &Path, partial_if_ok: bool) -> bool
                     let json: Value = serde_json::from_str(&out.stdout)
                         .unwrap_or_else(|e| panic!("{what}: exit 0 but not JSON ({e})\n{}", out.describe()));
                     if partial_if_ok {
-                        assert_eq!(json["partial"], Value::Bool(true), "{what}: a damaged trace's report must say partial\n{}", out.describe());
+                        assert_eq!(
+                            json["partial"],
+                            Value::Bool(true),
+                            "{what}: a damaged trace's report must say partial\n{}",
+                            out.describe()
+                        );
                     }
                     let _ = std::fs::write(dir.path.join(format!("{label}.report.json")), &out.stdout);
                     ok = true;
                 } else {
                     assert!(!out.stdout.is_empty(), "{what}: exit 0 with nothing on stdout\n{}", out.describe());
                     if partial_if_ok {
-                        assert!(out.stdout.contains("DAMAGED"), "{what}: info must say the file is damaged\n{}", out.describe());
+                        assert!(
+                            out.stdout.contains("DAMAGED"),
+                            "{what}: info must say the file is damaged\n{}",
+                            out.describe()
+                        );
                     }
                 }
             }
@@ -1045,7 +1124,11 @@ fn hostile(dir: &TestDir, label: &str, file: &Path, partial_if_ok: bool) -> bool
                     "{what}: exit 2 must come with exactly one `leak-analyze:` line\n{}",
                     out.describe()
                 );
-                assert!(out.stdout.is_empty() || sub == "info", "{what}: partial output before the error\n{}", out.describe());
+                assert!(
+                    out.stdout.is_empty() || sub == "info",
+                    "{what}: partial output before the error\n{}",
+                    out.describe()
+                );
             }
             _ => panic!("{what}: exit status {} (expected 0 or 2)\n{}", out.status, out.describe()),
         }

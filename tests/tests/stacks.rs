@@ -25,7 +25,12 @@ fn library_callers_are_named() {
     callers_are_named(
         "stacks_library_callers",
         "library_callers.c",
-        &[("leak_strdup", "main"), ("leak_asprintf", "main"), ("leak_getline", "main"), ("leaky_compare", "leak_in_compare")],
+        &[
+            ("leak_strdup", "main"),
+            ("leak_asprintf", "main"),
+            ("leak_getline", "main"),
+            ("leaky_compare", "leak_in_compare"),
+        ],
     );
 }
 

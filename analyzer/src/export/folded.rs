@@ -16,7 +16,18 @@ use crate::report::Report;
 /// stacks, so neither may appear inside a name (C++ operator names can hold `;`-free spaces,
 /// which the tools handle: they split the count off at the last space).
 pub fn clean(label: &str) -> String {
-    label.chars().map(|c| if c == ';' { ':' } else if c.is_control() { '?' } else { c }).collect()
+    label
+        .chars()
+        .map(|c| {
+            if c == ';' {
+                ':'
+            } else if c.is_control() {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Merged stacks (labels joined by `;`) with their unfreed bytes, sorted by stack.
@@ -52,6 +63,9 @@ mod tests {
     #[test]
     fn separators_cannot_be_smuggled_in() {
         assert_eq!(clean("a;b\nc"), "a:b?c");
-        assert_eq!(clean("std::vector<int, std::allocator<int> >::push_back"), "std::vector<int, std::allocator<int> >::push_back");
+        assert_eq!(
+            clean("std::vector<int, std::allocator<int> >::push_back"),
+            "std::vector<int, std::allocator<int> >::push_back"
+        );
     }
 }

@@ -97,7 +97,13 @@ fn loc_html(f: &FrameOut) -> String {
     match (&f.file, f.line) {
         (Some(file), line) => {
             let line = line.map_or(String::new(), |l| format!(":{l}"));
-            format!(r#"<span class="loc" title="{}{}">{}{}</span>"#, esc(file), esc(&line), esc(base_name(file)), esc(&line))
+            format!(
+                r#"<span class="loc" title="{}{}">{}{}</span>"#,
+                esc(file),
+                esc(&line),
+                esc(base_name(file)),
+                esc(&line)
+            )
         }
         // An unresolved frame's label already names its module.
         (None, _) => match (&f.module, &f.function) {
@@ -110,7 +116,9 @@ fn loc_html(f: &FrameOut) -> String {
 /// How a site is named in one line: its naming frame, at file:line.
 fn site_title(s: &SiteOut, trace: &Trace) -> String {
     match naming_frame(&s.frames) {
-        Some(f) if f.file.is_some() => format!("<code>{}</code> at {}", esc(&frame_label(f, &trace.modules)), loc_html(f)),
+        Some(f) if f.file.is_some() => {
+            format!("<code>{}</code> at {}", esc(&frame_label(f, &trace.modules)), loc_html(f))
+        }
         Some(f) => format!("<code>{}</code> {}", esc(&frame_label(f, &trace.modules)), loc_html(f)),
         None => format!("<code>{}</code>", esc(super::LOST_STACK)),
     }
@@ -130,7 +138,10 @@ fn callers_preview(s: &SiteOut, trace: &Trace) -> String {
 
 fn stack_html(s: &SiteOut, trace: &Trace) -> String {
     if s.frames.is_empty() {
-        return format!(r#"<p class="muted">{}: the stack of these allocations could not be read.</p>"#, super::LOST_STACK);
+        return format!(
+            r#"<p class="muted">{}: the stack of these allocations could not be read.</p>"#,
+            super::LOST_STACK
+        );
     }
     let mut o = String::from(r#"<ol class="stack">"#);
     for (i, f) in s.frames.iter().enumerate() {
@@ -190,7 +201,11 @@ fn verdict_sentence(report: &Report, trace: &Trace) -> (String, &'static str) {
             per_min(s.growth_bytes_per_sec),
             fin(s.trend_confidence)
         );
-        let ci = if s.unfreed_bytes_ci95 > 0.0 { format!(" ± {}", human_bytes(s.unfreed_bytes_ci95)) } else { String::new() };
+        let ci = if s.unfreed_bytes_ci95 > 0.0 {
+            format!(" ± {}", human_bytes(s.unfreed_bytes_ci95))
+        } else {
+            String::new()
+        };
         let _ = write!(
             o,
             r#" <span class="sub">It holds {}{} unfreed in {} allocations at the end of the trace"#,
@@ -201,7 +216,13 @@ fn verdict_sentence(report: &Report, trace: &Trace) -> (String, &'static str) {
         match growing.len() {
             1 => o.push_str(".</span>"),
             n => {
-                let _ = write!(o, "; {} other site{} grow{} too.</span>", n - 1, if n == 2 { "" } else { "s" }, if n == 2 { "s" } else { "" });
+                let _ = write!(
+                    o,
+                    "; {} other site{} grow{} too.</span>",
+                    n - 1,
+                    if n == 2 { "" } else { "s" },
+                    if n == 2 { "s" } else { "" }
+                );
             }
         }
         (o, "leak")
@@ -257,8 +278,8 @@ fn tick_bytes(v: f64) -> String {
 fn nice_time_step(span_s: f64) -> f64 {
     let raw = fin(span_s / 8.0).max(1e-3);
     const STEPS: [f64; 27] = [
-        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-        900.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0, 43200.0, 86400.0,
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+        600.0, 900.0, 1800.0, 3600.0, 7200.0, 10800.0, 21600.0, 43200.0, 86400.0,
     ];
     STEPS.iter().copied().find(|&s| s >= raw).unwrap_or_else(|| (raw / 86400.0).ceil() * 86400.0)
 }
@@ -285,10 +306,7 @@ fn decimate(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
         return points.to_vec();
     }
     let per = points.len().div_ceil(max);
-    points
-        .chunks(per)
-        .filter_map(|c| c.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)))
-        .collect()
+    points.chunks(per).filter_map(|c| c.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1))).collect()
 }
 
 fn path_d(points: &[(f64, f64)]) -> String {
@@ -375,7 +393,12 @@ fn memory_chart(rss: &[(u64, u64)], heap: &[(u64, f64)], end_ns: u64) -> String 
         let pts = decimate(&pts, 2000);
         let _ = write!(o, r#"<path class="rss-line" d="{}"><title>RSS</title></path>"#, path_d(&pts));
     } else {
-        let _ = write!(o, r#"<text class="note" x="{:.1}" y="{:.1}">no RSS samples in this trace</text>"#, l + pw / 2.0, t + ph / 2.0);
+        let _ = write!(
+            o,
+            r#"<text class="note" x="{:.1}" y="{:.1}">no RSS samples in this trace</text>"#,
+            l + pw / 2.0,
+            t + ph / 2.0
+        );
     }
     // Legend.
     let _ = write!(
@@ -771,7 +794,8 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
         group(growing as u64),
         rss_last.map_or("—".to_string(), |b| human_bytes(b as f64)),
         match (rss_first, rss_peak) {
-            (Some(f), Some(pk)) if rss_last.is_some_and(|l| pk > l) => format!("at end, from {} (peak {})", human_bytes(f as f64), human_bytes(pk as f64)),
+            (Some(f), Some(pk)) if rss_last.is_some_and(|l| pk > l) =>
+                format!("at end, from {} (peak {})", human_bytes(f as f64), human_bytes(pk as f64)),
             (Some(f), Some(_)) => format!("at end, from {} at start", human_bytes(f as f64)),
             _ => "no RSS samples".to_string(),
         },
@@ -801,8 +825,13 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
 "#
     );
     for (row, s) in report.sites.iter().take(shown).enumerate() {
-        let series: &[f64] = s.id.checked_sub(1).and_then(|i| analysis.sites.get(i)).map_or(&[], |a| a.series.as_slice());
-        let ci = if s.unfreed_bytes_ci95 > 0.0 { format!("± {}", human_bytes(s.unfreed_bytes_ci95)) } else { "exact".to_string() };
+        let series: &[f64] =
+            s.id.checked_sub(1).and_then(|i| analysis.sites.get(i)).map_or(&[], |a| a.series.as_slice());
+        let ci = if s.unfreed_bytes_ci95 > 0.0 {
+            format!("± {}", human_bytes(s.unfreed_bytes_ci95))
+        } else {
+            "exact".to_string()
+        };
         let trend = if s.growing {
             format!(
                 r#"<span class="badge grow">GROWING</span><div class="small">+{}</div><div class="small">confidence {:.2}</div>"#,
@@ -810,7 +839,10 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
                 fin(s.trend_confidence)
             )
         } else {
-            format!(r#"<span class="badge flat">not growing</span><div class="small">trend confidence {:.2}</div>"#, fin(s.trend_confidence))
+            format!(
+                r#"<span class="badge flat">not growing</span><div class="small">trend confidence {:.2}</div>"#,
+                fin(s.trend_confidence)
+            )
         };
         let _ = writeln!(
             o,
@@ -830,7 +862,9 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
         );
     }
     if report.sites.is_empty() {
-        o.push_str(r#"<tr><td></td><td colspan="5" class="muted">No call site holds sampled unfreed memory.</td></tr>"#);
+        o.push_str(
+            r#"<tr><td></td><td colspan="5" class="muted">No call site holds sampled unfreed memory.</td></tr>"#,
+        );
     }
     o.push_str("</tbody></table>");
     if report.sites.len() > shown {
@@ -884,7 +918,10 @@ mod tests {
 
     #[test]
     fn escapes_everything_that_could_change_the_markup() {
-        assert_eq!(esc(r#"<img src=x onerror="a('b')">&"#), "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;");
+        assert_eq!(
+            esc(r#"<img src=x onerror="a('b')">&"#),
+            "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;"
+        );
         assert_eq!(esc("a\u{0}b\u{1b}c"), "a\u{fffd}b\u{fffd}c");
         assert_eq!(esc("std::map<int, int>::operator[]"), "std::map&lt;int, int&gt;::operator[]");
     }

@@ -47,9 +47,9 @@ fn raw_frames<'a>(analysis: &'a Analysis, s: &SiteOut) -> Option<&'a [u64]> {
 /// string. Grouping by the raw stack (rather than by runs of equal strings) keeps direct
 /// recursion, where the same return address appears twice in a row, as two locations.
 pub fn group_by_address<'a>(analysis: &Analysis, s: &'a SiteOut) -> Vec<AddrFrames<'a>> {
-    raw_frames(analysis, s)
-        .and_then(|raw| group_with_raw(raw, &s.frames))
-        .unwrap_or_else(|| s.frames.chunks(1).map(|f| AddrFrames { addr: parse_addr(&f[0].address), frames: f }).collect())
+    raw_frames(analysis, s).and_then(|raw| group_with_raw(raw, &s.frames)).unwrap_or_else(|| {
+        s.frames.chunks(1).map(|f| AddrFrames { addr: parse_addr(&f[0].address), frames: f }).collect()
+    })
 }
 
 fn group_with_raw<'a>(raw: &[u64], frames: &'a [FrameOut]) -> Option<Vec<AddrFrames<'a>>> {

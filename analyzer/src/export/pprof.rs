@@ -171,13 +171,21 @@ pub fn build(report: &Report, analysis: &Analysis, modules: &[ModuleRecord]) -> 
             label: vec![
                 Label { key: k_site, num: to_i64(s.id as u64), ..Default::default() },
                 Label { key: k_growing, str: if s.growing { yes } else { no }, ..Default::default() },
-                Label { key: k_rate, num: if s.growth_bytes_per_sec.is_finite() { s.growth_bytes_per_sec.round() as i64 } else { 0 }, ..Default::default() },
+                Label {
+                    key: k_rate,
+                    num: if s.growth_bytes_per_sec.is_finite() { s.growth_bytes_per_sec.round() as i64 } else { 0 },
+                    ..Default::default()
+                },
             ],
         })
         .collect();
 
     let p = &report.process;
-    let mut comment = vec![strings.id(&format!("leaktrace: unfreed memory at the end of the trace of pid {}: {}", p.pid, p.cmdline.join(" ")))];
+    let mut comment = vec![strings.id(&format!(
+        "leaktrace: unfreed memory at the end of the trace of pid {}: {}",
+        p.pid,
+        p.cmdline.join(" ")
+    ))];
     if report.partial {
         comment.push(strings.id("partial: the trace was damaged; figures cover what could be read"));
     }

@@ -2,7 +2,6 @@
 //! family interposes glibc's for the whole process, so every allocation is counted at the libc
 //! level, glibc's internal ones included.
 
-
 use std::cell::Cell;
 use std::ffi::c_void;
 // ---------------------------------------------------------------------------------------------
