@@ -345,6 +345,27 @@ pub(crate) type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
 type PthreadCreateFn =
     unsafe extern "C" fn(*mut libc::pthread_t, *const libc::pthread_attr_t, StartRoutine, *mut c_void) -> libc::c_int;
 
+/// The next object's `name`, looked up at its first use and kept in `slot`: the default version,
+/// then the pre-2.34 one, for a libc that has no unversioned default reachable through
+/// RTLD_NEXT. Only for entry points programs call outside allocations (dlsym takes the loader
+/// lock).
+fn next_symbol(slot: &AtomicPtr<()>, name: &std::ffi::CStr) -> Option<*mut ()> {
+    let f = slot.load(Ordering::Acquire);
+    if !f.is_null() {
+        return Some(f);
+    }
+    // SAFETY: NUL-terminated names; RTLD_NEXT is valid from a shared object.
+    let mut f: *mut () = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }.cast();
+    if f.is_null() {
+        // SAFETY: as above.
+        f = unsafe { libc::dlvsym(libc::RTLD_NEXT, name.as_ptr(), c"GLIBC_2.2.5".as_ptr()) }.cast();
+    }
+    (!f.is_null()).then(|| {
+        slot.store(f, Ordering::Release);
+        f
+    })
+}
+
 /// The next `pthread_create`, looked up at its first call: a program's own thread creation is
 /// never inside an allocation hook, so `dlsym` (which takes the loader lock) is safe there.
 static PTHREAD_CREATE: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
@@ -356,21 +377,7 @@ pub(crate) unsafe fn pthread_create(
     start: StartRoutine,
     arg: *mut c_void,
 ) -> libc::c_int {
-    let mut f = PTHREAD_CREATE.load(Ordering::Acquire);
-    if f.is_null() {
-        // Default version first; then the pre-2.34 one, for a libc that has no unversioned
-        // default reachable through RTLD_NEXT.
-        // SAFETY: NUL-terminated names; RTLD_NEXT is valid from a shared object.
-        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) }.cast();
-        if f.is_null() {
-            // SAFETY: as above.
-            f = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"pthread_create".as_ptr(), c"GLIBC_2.2.5".as_ptr()) }.cast();
-        }
-        if f.is_null() {
-            return libc::EAGAIN;
-        }
-        PTHREAD_CREATE.store(f, Ordering::Release);
-    }
+    let Some(f) = next_symbol(&PTHREAD_CREATE, c"pthread_create") else { return libc::EAGAIN };
     // SAFETY: `f` is the next object's pthread_create, of exactly this signature.
     unsafe { std::mem::transmute::<*mut (), PthreadCreateFn>(f)(thread, attr, start, arg) }
 }
@@ -406,20 +413,8 @@ static DLCLOSE: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 /// The real `dlclose`. Unlike `dlopen`, it does not depend on who calls it, so passing it
 /// through our own symbol changes nothing for the program.
 pub(crate) unsafe fn dlclose(handle: *mut c_void) -> libc::c_int {
-    let mut f = DLCLOSE.load(Ordering::Acquire);
-    if f.is_null() {
-        // SAFETY: NUL-terminated names; RTLD_NEXT is valid from a shared object.
-        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) }.cast();
-        if f.is_null() {
-            // SAFETY: as above.
-            f = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"dlclose".as_ptr(), c"GLIBC_2.2.5".as_ptr()) }.cast();
-        }
-        if f.is_null() {
-            // Nothing to forward to: leave the library loaded, as a failed dlclose would.
-            return -1;
-        }
-        DLCLOSE.store(f, Ordering::Release);
-    }
+    // Nothing to forward to: leave the library loaded, as a failed dlclose would.
+    let Some(f) = next_symbol(&DLCLOSE, c"dlclose") else { return -1 };
     // SAFETY: `f` is the next object's dlclose, of exactly this signature.
     unsafe { std::mem::transmute::<*mut (), DlcloseFn>(f)(handle) }
 }
