@@ -245,3 +245,41 @@ fn suppressed_sites_are_counted_apart() {
     assert_eq!(bad.status.code(), Some(2), "{}", bad.describe());
     assert!(bad.stderr.contains("line 1"), "{}", bad.describe());
 }
+
+/// A site has one name in every output: the summary of the text and JSON reports and the
+/// verdict of the HTML page name the same site, by the same frame.
+#[test]
+fn every_output_names_the_same_site() {
+    use leaktrace_tests::analyze;
+    let dir = TestDir::new("stacks_one_name");
+    let exe = dir.compile_c_with("library_callers.c", "library_callers", &["-O2"]);
+    let run = dir.run(&exe, &[], &Settings::exact());
+    let report = run.report();
+    let summary = report.str("/summary").to_string();
+    let named = summary.split('`').nth(1).unwrap_or_else(|| report.fail(format!("no site named in {summary:?}")));
+    let first = report.sites()[0].top_function().unwrap_or("").to_string();
+    assert_eq!(named, first, "the summary names {named:?}, the first site is {first:?}");
+    let timeout = std::time::Duration::from_secs(60);
+    let text = analyze(&[std::ffi::OsStr::new("report"), run.trace.as_os_str()], timeout);
+    assert!(
+        text.stdout.contains(&format!("`{named}`")),
+        "the text report names another site than {named:?}\n{}",
+        text.stdout
+    );
+    let html_path = dir.path.join("report.html");
+    let html = analyze(
+        &[
+            std::ffi::OsStr::new("report"),
+            run.trace.as_os_str(),
+            "--format".as_ref(),
+            "html".as_ref(),
+            "-o".as_ref(),
+            html_path.as_os_str(),
+        ],
+        timeout,
+    );
+    assert!(html.status.success(), "{}", html.describe());
+    let page = std::fs::read_to_string(&html_path).unwrap();
+    let verdict = page.split("<code>").nth(1).and_then(|s| s.split("</code>").next()).unwrap_or("");
+    assert_eq!(verdict, named, "the HTML verdict names {verdict:?}, the text and JSON {named:?}");
+}
