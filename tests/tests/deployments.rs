@@ -896,3 +896,48 @@ fn fork_exec_children_give_their_disk_back() {
     let files = trace_files_in(&traces);
     assert_eq!(files.len(), 1, "only the parent's trace is left: {:?}", listing(&traces));
 }
+
+/// 5c. A resume the tree's disk budget cannot hold is refused, said by `ctl` (REFUSED, exit 1),
+/// and the process runs on untouched, its trace still dormant and small.
+#[test]
+fn a_resume_the_budget_cannot_hold_is_refused() {
+    let dir = TestDir::new("deploy_resume_refused");
+    let exe = dir.compile("prefork.c");
+    let traces = dir.path.join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
+    let flag = dir.path.join("resumed");
+    let mut settings = Settings::exact().file_size("2M");
+    settings.start = "off".into();
+    // Room for the three small dormant files and one full one: the master's resume fits, the
+    // workers' do not.
+    let mut bg = Background::spawn(&mut traced_to(
+        &dir,
+        &exe,
+        &[OsString::from("workers"), flag.clone().into()],
+        &settings,
+        &traces,
+        &[("LEAKTRACE_TREE_BUDGET", "3M")],
+    ));
+    bg.wait_for_stdout("workers ", Duration::from_secs(20));
+    let line = bg.stdout_now().lines().find(|l| l.starts_with("workers ")).unwrap().to_string();
+    let workers: Vec<u32> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let c = ctl(&[&traces], &["--resume"]);
+    assert_eq!(c.status.code(), Some(1), "a refused resume is exit status 1\n{}", c.describe());
+    let refused = c.stdout.lines().filter(|l| l.contains("REFUSED") && l.contains("budget")).count();
+    assert!(refused >= 1, "ctl says which resume the budget refused\n{}", c.describe());
+    std::fs::write(&flag, b"").unwrap();
+    let out = bg.wait(RUN_TIMEOUT);
+    assert!(out.status.success(), "the service runs on after a refused resume\n{}", out.describe());
+    assert_eq!(get_u64(&out.json_line(), "/failed"), 0, "{}", out.describe());
+    // Every file stayed within the budget. A refused worker sampled nothing, so it removed its
+    // small trace at exit; at most one worker holds a full one.
+    let total: u64 = std::fs::read_dir(&traces).unwrap().flatten().map(|e| e.metadata().unwrap().blocks() * 512).sum();
+    assert!(total <= (3 << 20) + LEDGER_SLACK, "{total} bytes on disk for a 3 MiB budget: {:?}", listing(&traces));
+    let full = workers
+        .iter()
+        .filter_map(|&w| trace_files_of(&traces, w).into_iter().next())
+        .filter(|f| f.metadata().unwrap().blocks() * 512 >= 2 << 20)
+        .count();
+    assert!(full <= 1, "two full worker traces do not fit a 3 MiB budget: {:?}", listing(&traces));
+}
