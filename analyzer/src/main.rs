@@ -52,11 +52,14 @@ struct SymbolArgs {
     /// Look for separate debug files here, in the .build-id/xx/rest.debug layout.
     #[arg(long = "debug-dir")]
     debug_dirs: Vec<PathBuf>,
+    /// Do not symbolize: every frame stays module + address.
+    #[arg(long)]
+    no_symbols: bool,
 }
 
 impl From<SymbolArgs> for symbolize::SymbolizeOptions {
     fn from(a: SymbolArgs) -> Self {
-        symbolize::SymbolizeOptions { binaries: a.binaries, debug_dirs: a.debug_dirs }
+        symbolize::SymbolizeOptions { binaries: a.binaries, debug_dirs: a.debug_dirs, disabled: a.no_symbols }
     }
 }
 
