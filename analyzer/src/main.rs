@@ -43,6 +43,13 @@ enum Format {
     Html,
 }
 
+/// What `diff` writes: only these, so clap refuses anything else before any work.
+#[derive(Clone, Copy, ValueEnum)]
+enum DiffFormat {
+    Text,
+    Json,
+}
+
 /// Where to find the traced program's binaries and debug files.
 #[derive(clap::Args)]
 struct SymbolArgs {
@@ -100,9 +107,8 @@ enum Command {
         /// With one trace: the later moment (default: the end).
         #[arg(long)]
         to: Option<String>,
-        /// text or json.
         #[arg(long, value_enum, default_value = "text")]
-        format: Format,
+        format: DiffFormat,
         #[command(flatten)]
         symbols: SymbolArgs,
         #[arg(long, default_value_t = 20)]
@@ -236,7 +242,7 @@ fn run_diff(
     new: Option<&Path>,
     from: Option<&str>,
     to: Option<&str>,
-    format: Format,
+    format: DiffFormat,
     opts: &symbolize::SymbolizeOptions,
     top: usize,
 ) -> Result<String> {
@@ -285,9 +291,8 @@ fn run_diff(
         }
     };
     Ok(match format {
-        Format::Json => serde_json::to_string_pretty(&d)? + "\n",
-        Format::Text => diff::render_text(&d, top),
-        _ => bail!("diff writes text or json"),
+        DiffFormat::Json => serde_json::to_string_pretty(&d)? + "\n",
+        DiffFormat::Text => diff::render_text(&d, top),
     })
 }
 

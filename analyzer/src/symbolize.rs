@@ -695,19 +695,7 @@ fn demangle(raw: &str, language: Option<addr2line::gimli::DwLang>) -> String {
 
 /// IEEE CRC-32 as used by `.gnu_debuglink`.
 fn crc32(data: &[u8]) -> u32 {
-    let mut table = [0u32; 256];
-    for (i, slot) in table.iter_mut().enumerate() {
-        let mut c = i as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-        *slot = c;
-    }
-    let mut crc = !0u32;
-    for &b in data {
-        crc = table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 /// Function symbols with a size, for names when DWARF has none.
