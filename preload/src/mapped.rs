@@ -773,6 +773,50 @@ mod tests {
         });
     }
 
+    /// Several threads append to the ring and insert into and remove from the live table at
+    /// once (the hooks of a multithreaded program): afterwards the reader sees exactly the
+    /// entries still live, every record intact, and one record per append.
+    #[test]
+    fn concurrent_writers_leave_a_consistent_file() {
+        const THREADS: u64 = 4;
+        const PER_THREAD: u64 = 1500;
+        with_mapped(4 << 20, |m, snap| {
+            std::thread::scope(|s| {
+                for t in 0..THREADS {
+                    s.spawn(move || {
+                        let base = 0x7000_0000_0000 + (t << 32);
+                        for i in 0..PER_THREAD {
+                            let addr = base + i * 64;
+                            let e = LiveEntry { size: 100, time_ns: i, stack_id: 1, mean_bytes: 4096 };
+                            assert!(m.live_insert(addr, e));
+                            m.push_event(&event(addr, layout::EventKind::Alloc));
+                            // Every other block is freed again, by the thread that made it.
+                            if i % 2 == 1 {
+                                assert!(m.live_remove(addr).is_some());
+                                m.push_event(&event(addr, layout::EventKind::Free));
+                            }
+                        }
+                    });
+                }
+            });
+            let bytes = snap();
+            let t = Trace::parse(&bytes).unwrap();
+            let mut live: Vec<u64> = t.live.iter().map(|a| a.addr).collect();
+            live.sort_unstable();
+            let mut want: Vec<u64> = (0..THREADS)
+                .flat_map(|t| (0..PER_THREAD).step_by(2).map(move |i| 0x7000_0000_0000 + (t << 32) + i * 64))
+                .collect();
+            want.sort_unstable();
+            assert_eq!(live, want, "the live table holds exactly the blocks not freed");
+            let appended = THREADS * (PER_THREAD + PER_THREAD / 2);
+            assert_eq!(t.header.ring_head, appended);
+            assert_eq!(t.events.len() as u64, appended.min(t.header.ring_capacity), "every record reads back");
+            assert_eq!(t.health.torn_events, 0);
+            let frees = t.events.iter().filter(|e| e.kind == layout::EventKind::Free).count() as u64;
+            assert_eq!(frees, THREADS * PER_THREAD / 2);
+        });
+    }
+
     #[test]
     fn rss_series_halves_when_full() {
         with_mapped(layout::MIN_FILE_SIZE, |m, snap| {
