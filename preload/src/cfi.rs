@@ -885,27 +885,14 @@ unsafe fn sections_of(base: u64, phdrs: &[libc::Elf64_Phdr], in_place: bool) -> 
     })
 }
 
-/// The address of `.eh_frame` from an `.eh_frame_hdr` at `hdr_avma` (version 1; the encodings
-/// linkers emit: pc-relative or absolute, 4 or 8 bytes).
+/// The address of `.eh_frame` from an `.eh_frame_hdr` at `hdr_avma`, read by gimli (version 1,
+/// any pointer encoding the linker chose); None for anything else.
 fn eh_frame_ptr(hdr: &[u8], hdr_avma: u64) -> Option<u64> {
-    const DW_EH_PE_OMIT: u8 = 0xff;
-    if hdr.len() < 8 || hdr[0] != 1 || hdr[1] == DW_EH_PE_OMIT {
-        return None;
-    }
-    let enc = hdr[1];
-    let field = hdr_avma + 4;
-    let value: u64 = match enc & 0x0f {
-        0x00 | 0x04 | 0x0c => u64::from_le_bytes(hdr.get(4..12)?.try_into().ok()?),
-        0x03 => u64::from(u32::from_le_bytes(hdr[4..8].try_into().ok()?)),
-        0x0b => i64::from(i32::from_le_bytes(hdr[4..8].try_into().ok()?)) as u64,
-        _ => return None,
-    };
-    match enc & 0x70 {
-        0x00 => Some(value),
-        0x10 => Some(field.wrapping_add(value)),
-        // datarel: relative to the start of .eh_frame_hdr.
-        0x30 => Some(hdr_avma.wrapping_add(value)),
-        _ => None,
+    let bases = gimli::BaseAddresses::default().set_eh_frame_hdr(hdr_avma);
+    let parsed = gimli::EhFrameHdr::new(hdr, gimli::LittleEndian).parse(&bases, 8).ok()?;
+    match parsed.eh_frame_ptr() {
+        gimli::Pointer::Direct(address) => Some(address),
+        gimli::Pointer::Indirect(_) => None,
     }
 }
 
@@ -1169,10 +1156,11 @@ mod tests {
 
     #[test]
     fn eh_frame_parsing() {
-        // pcrel sdata4: eh_frame 0x100 bytes before the field at hdr + 4.
-        let hdr = [1u8, 0x1b, 0x03, 0x3b, 0x00, 0xff, 0xff, 0xff];
+        // pcrel sdata4: eh_frame 0x100 bytes before the field at hdr + 4; then an FDE count of 0.
+        let hdr = [1u8, 0x1b, 0x03, 0x3b, 0x00, 0xff, 0xff, 0xff, 0, 0, 0, 0];
         assert_eq!(eh_frame_ptr(&hdr, 0x1000), Some(0x1004 - 0x100));
-        assert_eq!(eh_frame_ptr(&[2u8, 0x1b, 3, 0x3b, 0, 0, 0, 0], 0x1000), None);
+        assert_eq!(eh_frame_ptr(&[2u8, 0x1b, 3, 0x3b, 0, 0, 0, 0, 0, 0, 0, 0], 0x1000), None);
+        assert_eq!(eh_frame_ptr(&hdr[..6], 0x1000), None, "truncated");
         // Two entries (8 and 12 bytes with their length words), then the terminator.
         let mut seg = vec![4u8, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0];
         seg.extend([0u8; 8]);
