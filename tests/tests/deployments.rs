@@ -51,8 +51,6 @@ use leaktrace_tests::{analyze, get_u64, report_of, run_command, Background, Outc
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most one `ctl` may take.
 const CTL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a ctl request may take to apply (documented as 100 ms), with margin.
-const CTL_SETTLE: Duration = Duration::from_millis(400);
 /// uid and gid of nobody / nogroup.
 const NOBODY: u32 = 65534;
 
@@ -382,7 +380,8 @@ fn ctl_pause_reaches_a_single_threaded_program() {
     let trace = dir.trace_of(bg.pid);
     let c = ctl(&[&trace], &["--pause"]);
     assert!(c.status.success(), "ctl --pause on a running single-threaded program\n{}", c.describe());
-    std::thread::sleep(CTL_SETTLE);
+    // The program allocates all the time: ctl waits for its answer.
+    assert!(c.stdout.contains("applied"), "the running program applies the pause\n{}", c.describe());
     std::fs::write(&flag, b"").unwrap();
     let out = bg.wait(RUN_TIMEOUT);
     assert!(out.status.success(), "{}", out.describe());
@@ -624,7 +623,11 @@ fn dormant_prefork_workers_can_be_resumed() {
         traces.display(),
         c.describe()
     );
-    std::thread::sleep(CTL_SETTLE);
+    // Both workers allocate all the time: ctl waits for their answers (the idle master's stays
+    // pending until it allocates).
+    for &w in &workers {
+        assert!(c.stdout.contains(&format!("(pid {w}): applied")), "worker {w} applies the resume\n{}", c.describe());
+    }
     std::fs::write(&flag, b"").unwrap();
     let out = bg.wait(RUN_TIMEOUT);
     assert!(out.status.success(), "{}", out.describe());
@@ -663,7 +666,7 @@ fn child_forked_after_ctl_sample_bytes_keeps_the_mean() {
     let parent_trace = dir.trace_of(bg.pid);
     let c = ctl(&[&parent_trace], &["--sample-bytes", "65536"]);
     assert!(c.status.success(), "ctl --sample-bytes 65536\n{}", c.describe());
-    std::thread::sleep(CTL_SETTLE);
+    assert!(c.stdout.contains("applied"), "the allocating parent applies the change\n{}", c.describe());
     std::fs::write(&flag, b"").unwrap();
     let out = bg.wait(RUN_TIMEOUT);
     assert!(out.status.success(), "{}", out.describe());

@@ -920,8 +920,16 @@ fn ctl(trace: &Path, args: &[&str]) -> Outcome {
     analyze(&a, ANALYZE_TIMEOUT)
 }
 
-/// How long a ctl request may take to apply: documented as 100 ms.
-const CTL_SETTLE: Duration = Duration::from_millis(300);
+/// `ctl` to a program that is waiting for a flag file, so not allocating: the request is
+/// pending (`--wait 0` does not wait for an answer that cannot come yet), and the program's next
+/// allocation acts on it before anything is recorded. No sleep needed.
+fn ctl_pending(trace: &Path, args: &[&str]) {
+    let mut a = vec!["--wait", "0"];
+    a.extend_from_slice(args);
+    let c = ctl(trace, &a);
+    assert!(c.status.success(), "ctl {args:?}\n{}", c.describe());
+    assert!(c.stdout.contains("requested"), "ctl {args:?} to an idle program is pending\n{}", c.describe());
+}
 
 /// LEAKTRACE_START=off, then `ctl --resume`: only what was allocated after the resume is there.
 #[test]
@@ -934,9 +942,7 @@ fn ctl_resume_after_dormant_start() {
     let mut bg = Background::spawn(&mut dir.traced_command(&exe, &[&f1, &f2], &settings));
     bg.wait_for_stdout("phase 1 done", Duration::from_secs(20));
     let trace = dir.trace_of(bg.pid);
-    let c = ctl(&trace, &["--resume"]);
-    assert!(c.status.success(), "ctl --resume\n{}", c.describe());
-    std::thread::sleep(CTL_SETTLE);
+    ctl_pending(&trace, &["--resume"]);
     std::fs::write(&f1, b"").unwrap();
     bg.wait_for_stdout("phase 2 done", Duration::from_secs(20));
     std::fs::write(&f2, b"").unwrap();
@@ -958,14 +964,10 @@ fn ctl_pause_and_resume() {
     let mut bg = Background::spawn(&mut dir.traced_command(&exe, &[&f1, &f2], &Settings::exact()));
     bg.wait_for_stdout("phase 1 done", Duration::from_secs(20));
     let trace = dir.trace_of(bg.pid);
-    let c = ctl(&trace, &["--pause"]);
-    assert!(c.status.success(), "ctl --pause\n{}", c.describe());
-    std::thread::sleep(CTL_SETTLE);
+    ctl_pending(&trace, &["--pause"]);
     std::fs::write(&f1, b"").unwrap();
     bg.wait_for_stdout("phase 2 done", Duration::from_secs(20));
-    let c = ctl(&trace, &["--resume"]);
-    assert!(c.status.success(), "ctl --resume\n{}", c.describe());
-    std::thread::sleep(CTL_SETTLE);
+    ctl_pending(&trace, &["--resume"]);
     std::fs::write(&f2, b"").unwrap();
     let out = bg.wait(RUN_TIMEOUT);
     assert_success(&out);
@@ -976,8 +978,8 @@ fn ctl_pause_and_resume() {
     report.assert_exact("phase_three", 100_000, 1000);
 }
 
-/// Started with a mean of 64 MiB: `ctl --sample-bytes 1` makes the next phase exact within the
-/// documented 100 ms. The sampling change is in the report.
+/// Started with a mean of 64 MiB: `ctl --sample-bytes 1` makes the next phase exact from its
+/// first allocation. The sampling change is in the report.
 #[test]
 fn ctl_sample_bytes_applies_at_once() {
     let dir = TestDir::new("safety_ctl_sample");
@@ -988,9 +990,7 @@ fn ctl_sample_bytes_applies_at_once() {
     let mut bg = Background::spawn(&mut dir.traced_command(&exe, &[&f1, &f2], &settings));
     bg.wait_for_stdout("phase 1 done", Duration::from_secs(20));
     let trace = dir.trace_of(bg.pid);
-    let c = ctl(&trace, &["--sample-bytes", "1"]);
-    assert!(c.status.success(), "ctl --sample-bytes 1\n{}", c.describe());
-    std::thread::sleep(CTL_SETTLE);
+    ctl_pending(&trace, &["--sample-bytes", "1"]);
     std::fs::write(&f1, b"").unwrap();
     bg.wait_for_stdout("phase 2 done", Duration::from_secs(20));
     std::fs::write(&f2, b"").unwrap();
