@@ -644,6 +644,14 @@ mod tests {
         let md = std::fs::metadata(&path).unwrap();
         assert_eq!((md.len(), md.mode() & 0o777), (4096, 0o600));
         assert!(md.blocks() * 512 >= 4096, "the page is allocated");
+        // An empty leftover (a creator killed before it allocated the page) is waited for a
+        // moment, as a creator still at work would be, then replaced.
+        drop(l);
+        std::fs::write(&path, b"").unwrap();
+        let t = std::time::Instant::now();
+        assert!(Ledger::open_existing(&path).unwrap_err().contains("empty"));
+        assert!(t.elapsed() >= std::time::Duration::from_millis(90));
+        assert_eq!(Ledger::create(&path, 300).unwrap().budget(), 300);
         // A link is never followed, nor replaced.
         let link = format!("{path}.link");
         std::os::unix::fs::symlink(&path, &link).unwrap();

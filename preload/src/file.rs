@@ -705,4 +705,51 @@ mod tests {
         f.reserve_all().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A size past RLIMIT_FSIZE would raise SIGXFSZ: refused before the file is made.
+    #[test]
+    fn a_size_past_the_file_size_limit_is_refused_without_a_signal() {
+        let dir = scratch("fsize");
+        let p = dir.join("t.lt");
+        let path = p.to_str().unwrap().to_string();
+        let code = in_child(|| {
+            let lim = libc::rlimit { rlim_cur: 1 << 20, rlim_max: libc::RLIM_INFINITY };
+            // SAFETY: test-only, in the child; `lim` is valid.
+            if unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) } != 0 {
+                return 2;
+            }
+            match create_mapped(&path, 2 << 20, 64 << 10) {
+                Err(e) if e.contains("ulimit -f") => 0,
+                _ => 3,
+            }
+        });
+        assert_eq!(code, 0, "failed step in the child");
+        assert!(!p.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A relative path the working directory cannot hold goes to $TMPDIR.
+    #[test]
+    fn a_relative_path_falls_back_to_tmpdir() {
+        let dir = scratch("tmpdir");
+        let d = dir.to_str().unwrap().to_string();
+        let code = in_child(|| {
+            let tmp = CString::new(d.as_str()).unwrap();
+            // SAFETY: test-only, in the (single-threaded) child: nothing can be created in
+            // /proc, even by root.
+            unsafe {
+                if libc::chdir(c"/proc".as_ptr()) != 0 || libc::setenv(c"TMPDIR".as_ptr(), tmp.as_ptr(), 1) != 0 {
+                    return 2;
+                }
+            }
+            match create_mapped("t.lt", 1 << 20, 1 << 20) {
+                Ok(f) if f.path == format!("{d}/t.lt") => 0,
+                Ok(_) => 3,
+                Err(_) => 4,
+            }
+        });
+        assert_eq!(code, 0, "failed step in the child");
+        assert!(dir.join("t.lt").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
