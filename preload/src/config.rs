@@ -21,8 +21,11 @@ pub struct Config {
     pub start_paused: bool,
     /// `LEAKTRACE_UNWINDER`: how stacks are captured.
     pub unwinder: Unwinder,
-    /// `LEAKTRACE_TREE_BUDGET`: the disk all traces of the process tree may take together;
-    /// None for the default, [`DEFAULT_TREE_FILES`] file sizes.
+    /// `LEAKTRACE_TREE_BUDGET`: the disk all traces of the process tree may take together
+    /// (see [`crate::budget`]); None for the default, [`DEFAULT_TREE_FILES`] file sizes (unset,
+    /// empty or 0). A size like `LEAKTRACE_FILE_SIZE`, at least one file size. Only the process
+    /// that creates the tree's ledger (the root) applies it: its descendants, forked or exec'd,
+    /// use the ledger's budget whatever their own environment says.
     pub tree_budget: Option<u64>,
 }
 
@@ -110,16 +113,26 @@ impl Config {
             };
         }
         if let Some(v) = get("LEAKTRACE_TREE_BUDGET") {
-            c.tree_budget = Some(
-                parse_size(&v)
-                    .filter(|n| *n >= layout::MIN_FILE_SIZE)
-                    .ok_or_else(|| format!("LEAKTRACE_TREE_BUDGET={v:?} is not a size of 1M or more"))?,
-            );
+            // Empty or 0: the default. Otherwise at least one file: a smaller budget could never
+            // hold a whole trace, so nothing would ever be traced.
+            c.tree_budget = match parse_size(&v) {
+                _ if v.trim().is_empty() => None,
+                Some(0) => None,
+                Some(n) if n >= c.file_size => Some(n),
+                Some(n) => {
+                    return Err(format!(
+                        "LEAKTRACE_TREE_BUDGET={v:?} ({n} bytes) is less than one trace file \
+                         (LEAKTRACE_FILE_SIZE, {} bytes): nothing could ever be traced",
+                        c.file_size
+                    ))
+                }
+                None => return Err(format!("LEAKTRACE_TREE_BUDGET={v:?} is not a size (like 256M or 4G)")),
+            };
         }
         Ok(c)
     }
 
-    /// The process tree's disk budget in bytes.
+    /// The process tree's disk budget in bytes: `LEAKTRACE_TREE_BUDGET`, or 4 file sizes.
     pub fn tree_budget_bytes(&self) -> u64 {
         self.tree_budget.unwrap_or(self.file_size.saturating_mul(DEFAULT_TREE_FILES))
     }
@@ -154,6 +167,15 @@ mod tests {
         assert_eq!((c.file_size, c.sample_bytes, c.start_paused), (8 << 20, 4096, true));
         assert_eq!(c.tree_budget_bytes(), 32 << 20, "four file sizes by default");
         assert_eq!(cfg(&[("LEAKTRACE_TREE_BUDGET", "1G")]).unwrap().tree_budget_bytes(), 1 << 30);
+        assert_eq!(cfg(&[]).unwrap().tree_budget_bytes(), 256 << 20, "256 MiB at the defaults");
+        for unset in ["0", "", " 0 "] {
+            assert_eq!(cfg(&[("LEAKTRACE_TREE_BUDGET", unset)]).unwrap().tree_budget, None, "{unset:?}");
+        }
+        // At least one file: exactly one is allowed, and the file size is read whatever the order.
+        let c = cfg(&[("LEAKTRACE_TREE_BUDGET", "3M"), ("LEAKTRACE_FILE_SIZE", "3M")]).unwrap();
+        assert_eq!(c.tree_budget_bytes(), 3 << 20);
+        let e = cfg(&[("LEAKTRACE_TREE_BUDGET", "2M"), ("LEAKTRACE_FILE_SIZE", "3M")]).unwrap_err();
+        assert!(e.contains("LEAKTRACE_TREE_BUDGET") && e.contains("LEAKTRACE_FILE_SIZE"), "{e}");
         assert_eq!(parse_size("1G"), Some(1 << 30));
         assert_eq!(parse_size("x"), None);
         assert_eq!(parse_size("99999999999999999999G"), None);
@@ -172,6 +194,9 @@ mod tests {
             ("LEAKTRACE_FILE", ""),
             ("LEAKTRACE_UNWINDER", "libunwind"),
             ("LEAKTRACE_TREE_BUDGET", "10K"),
+            ("LEAKTRACE_TREE_BUDGET", "63M"),
+            ("LEAKTRACE_TREE_BUDGET", "lots"),
+            ("LEAKTRACE_TREE_BUDGET", "-1"),
         ] {
             let e = cfg(&[(k, v)]).unwrap_err();
             assert!(e.contains(k), "{e}");
