@@ -663,7 +663,10 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bool) -> 
         }
     };
     let ledger = match existing {
-        Some(l) => l,
+        Some(l) => {
+            l.count_file();
+            l
+        }
         None => {
             let l = ledger(config);
             // Another process may have made it meanwhile and used some: over budget then, by
@@ -734,8 +737,19 @@ fn start_or_stop(guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bo
         Ok(t) => Some(t),
         Err(why) => {
             stop_sampling();
-            if let (NotStarted::Budget, Some(parent)) = (why, parent()) {
-                parent.mapped.header(hdr::CHILDREN_UNTRACED_BUDGET).fetch_add(1, Ordering::Relaxed);
+            match (why, parent()) {
+                (NotStarted::Budget, Some(parent)) => {
+                    parent.mapped.header(hdr::CHILDREN_UNTRACED_BUDGET).fetch_add(1, Ordering::Relaxed);
+                }
+                // A forked child is counted by its parent, and an exec'd descendant stays quiet
+                // (a service that forks and execs per connection would fill its log); the
+                // process the user started says so.
+                (NotStarted::Budget, None) if INHERITED_TREE.load(Ordering::Relaxed) => {}
+                (NotStarted::Budget, None) => warn(&format!(
+                    "the process tree's disk budget (LEAKTRACE_TREE_BUDGET, {} bytes) cannot hold another trace; tracing disabled",
+                    config.tree_budget_bytes()
+                )),
+                (NotStarted::Failed, _) => {}
             }
             None
         }
