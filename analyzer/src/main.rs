@@ -156,6 +156,9 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Write the man page and the shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    Assets { dir: PathBuf },
     /// Change running processes' tracing through their trace files, without a signal or
     /// restart. A directory stands for every trace file in it (a whole service's). Exit status
     /// 1 if a process refused (the disk or the tree's budget cannot hold a resumed trace).
@@ -336,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             watch::run(|| load(&trace), &opts)
         }
+        Command::Assets { dir } => write_assets(&dir),
         Command::Run { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget, command } => {
             let settings = launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget };
             launch::run(&command, &settings)
@@ -350,6 +354,20 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The man page (leak-analyze.1) and bash, zsh and fish completions, from the clap definitions.
+fn write_assets(dir: &Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut man)?;
+    std::fs::write(dir.join("leak-analyze.1"), man)?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "leak-analyze", dir)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -283,3 +283,72 @@ fn every_output_names_the_same_site() {
     let verdict = page.split("<code>").nth(1).and_then(|s| s.split("</code>").next()).unwrap_or("");
     assert_eq!(verdict, named, "the HTML verdict names {verdict:?}, the text and JSON {named:?}");
 }
+
+/// The Debian package (scripts/package, cargo-deb): unpacked into a scratch root, its
+/// `leak-analyze run` finds the packaged libleaktrace.so by itself and traces a program, its
+/// `report` names the leak, and the man page and completions are there. Skipped, with a note,
+/// where cargo-deb is not installed (CI installs it).
+#[test]
+fn the_debian_package_traces_from_its_installed_files() {
+    use leaktrace_tests::{analyze, repo};
+    use std::process::Command;
+    if !Command::new("cargo").args(["deb", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("NOTE: cargo-deb is not installed (cargo install cargo-deb --locked); the package test is skipped");
+        return;
+    }
+    let dir = TestDir::new("stacks_package");
+    let timeout = std::time::Duration::from_secs(300);
+    let assets = repo().target.join("assets");
+    let a = analyze(&[std::ffi::OsStr::new("assets"), assets.as_os_str()], timeout);
+    assert!(a.status.success(), "{}", a.describe());
+    let out_dir = dir.path.join("deb");
+    let deb = Command::new("cargo")
+        .current_dir(&repo().root)
+        .args(["deb", "-p", "leak-analyze", "--no-build", "--output"])
+        .arg(&out_dir)
+        .output()
+        .expect("run cargo deb");
+    assert!(deb.status.success(), "cargo deb: {}", String::from_utf8_lossy(&deb.stderr));
+    let package = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"));
+    let package = package.expect("a .deb in the output directory");
+    let root = dir.path.join("root");
+    let x = Command::new("dpkg-deb").arg("-x").arg(&package).arg(&root).output().expect("run dpkg-deb");
+    assert!(x.status.success(), "dpkg-deb -x: {}", String::from_utf8_lossy(&x.stderr));
+    for f in [
+        "usr/bin/leak-analyze",
+        "usr/lib/leaktrace/libleaktrace.so",
+        "usr/share/man/man1/leak-analyze.1.gz",
+        "usr/share/bash-completion/completions/leak-analyze",
+        "usr/share/zsh/vendor-completions/_leak-analyze",
+        "usr/share/fish/vendor_completions.d/leak-analyze.fish",
+    ] {
+        assert!(root.join(f).is_file(), "the package has no {f}");
+    }
+    let installed = root.join("usr/bin/leak-analyze");
+    let exe = dir.compile_c_with("library_callers.c", "library_callers", &["-O2"]);
+    let pattern = dir.path.join("t.%p.lt");
+    let run = Command::new(&installed)
+        .args(["run", "--sample-bytes", "1", "-o"])
+        .arg(&pattern)
+        .arg("--")
+        .arg(&exe)
+        .env_remove("LEAKTRACE_LIB")
+        .output()
+        .expect("run the packaged leak-analyze");
+    assert!(run.status.success(), "packaged run: {}", String::from_utf8_lossy(&run.stderr));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let trace = stderr.lines().find_map(|l| l.rsplit_once(" into ").map(|(_, p)| p.to_string())).unwrap_or_default();
+    let report = Command::new(&installed).args(["report", "--format", "json"]).arg(&trace).output().expect("report");
+    assert!(report.status.success(), "packaged report on {trace}: {}", String::from_utf8_lossy(&report.stderr));
+    let r = leaktrace_tests::Report::from_json(&String::from_utf8_lossy(&report.stdout), "packaged report");
+    let json: serde_json::Value = serde_json::from_slice(&run.stdout).expect("the program's JSON line");
+    r.assert_exact(
+        "leaky_compare",
+        get_u64(&json, "/sites/leaky_compare/bytes"),
+        get_u64(&json, "/sites/leaky_compare/count"),
+    );
+}
