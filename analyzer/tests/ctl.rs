@@ -161,7 +161,7 @@ fn a_directory_resumes_every_trace_in_it_and_passes_over_the_rest() {
     // (with a trace in it, which is not reached: directories are not walked down).
     std::fs::write(dir.join("leaktrace.100.tree"), vec![7u8; 4096]).unwrap();
     std::fs::write(dir.join("notes.txt"), "hello\n").unwrap();
-    std::fs::write(dir.join("short.lt"), &layout::MAGIC).unwrap();
+    std::fs::write(dir.join("short.lt"), layout::MAGIC).unwrap();
     let fifo = dir.join("pipe.lt");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.
