@@ -373,7 +373,7 @@ pub fn tracer_words(r: &RssVsHeap) -> Option<String> {
 /// 4 MiB): a process that peaked at 2.35 GB and fell back must not read as "RSS grew 8.6 MiB".
 pub fn notable_peak(rss: &[RssPoint], peak: Option<RssPeak>) -> Option<RssPeak> {
     let ends = rss.first()?.rss_bytes.max(rss.last()?.rss_bytes);
-    peak.filter(|p| p.rss_bytes as f64 >= ends as f64 * 1.25 && p.rss_bytes - ends >= 4 << 20)
+    peak.filter(|p| p.rss_bytes as f64 >= ends as f64 * 1.25 && p.rss_bytes.saturating_sub(ends) >= 4 << 20)
 }
 
 /// Allocator entry points: what malloc is to C, `operator new` (every variant: array, nothrow,
@@ -1061,6 +1061,27 @@ mod tests {
         );
         assert!(info.contains(&format!("{} events overwritten", total - cap)), "{info}");
         assert!(info.contains("live             0 sampled"), "{info}");
+    }
+
+    /// Hostile values in every 1.1 place: every output renders, none panics.
+    #[test]
+    fn hostile_1_1_fields_never_panic() {
+        for v in [u64::MAX, u64::MAX / 2, 1] {
+            let mut b = eight_mib_leak();
+            let h = &mut b.header;
+            (h.rss_peak_bytes, h.rss_peak_ns, h.reserved_bytes, h.tree_budget, h.tree_id) = (v, v, v, v, v);
+            (h.children_traced, h.children_untraced_budget, h.children_removed) = (v, v, v);
+            (h.control_ack_seq, h.control_result) = (v as u32, v as u32);
+            for (i, r) in b.rss.iter_mut().enumerate() {
+                r.own_bytes = if i % 2 == 0 { v } else { 0 };
+                r.rss_bytes = r.rss_bytes.max(v >> (i % 3));
+            }
+            let (r, _, text) = report_of(&b);
+            assert!(!text.is_empty() && !r.summary.is_empty());
+            assert!(r.rss.iter().all(|p| p.tracer_bytes <= p.rss_bytes));
+            let _ = html_of(&b);
+            let _ = info_of(&b);
+        }
     }
 
     #[test]
