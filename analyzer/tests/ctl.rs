@@ -72,8 +72,9 @@ impl FakeProcess {
     fn start(path: &Path, result: u32, ack_ahead: u32) -> FakeProcess {
         let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
         let (p, s, v) = (path.to_path_buf(), stop.clone(), seen.clone());
+        // Read before ctl can run: the gate as the process last knew it.
+        let mut gate_seen = u64_at(&p, hdr::GATE);
         let thread = std::thread::spawn(move || {
-            let mut gate_seen = u64_at(&p, hdr::GATE);
             while !s.load(Ordering::Relaxed) {
                 let gate = u64_at(&p, hdr::GATE);
                 let seq = u32_at(&p, hdr::CONTROL_SEQ);
@@ -237,7 +238,7 @@ fn a_refusal_is_said_per_file_and_exits_1() {
             FakeProcess::start(p, res, 0)
         })
         .collect();
-    let r = ctl(&[&dir, &"--resume"]);
+    let r = ctl(&[&dir, &"--resume", &"--wait", &"10000"]);
     assert_eq!(r.status, 1, "a refusal exits 1\n{r}");
     assert!(line_for(&r, &paths[0]).ends_with(": applied"), "{r}");
     assert!(
@@ -247,7 +248,7 @@ fn a_refusal_is_said_per_file_and_exits_1() {
     assert!(line_for(&r, &paths[2]).ends_with(": REFUSED: the disk cannot hold the trace file's full size"), "{r}");
     assert!(line_for(&r, &paths[3]).ends_with(": REFUSED: tracing stopped after a failure"), "{r}");
     assert!(line_for(&r, &paths[4]).contains("answered with result 9"), "{r}");
-    assert!(r.took < Duration::from_millis(1500), "every process answered: no waiting out the 2 s\n{r}");
+    assert!(r.took < Duration::from_secs(5), "every process answered: no waiting out the 10 s\n{r}");
     drop(procs);
 }
 
@@ -265,12 +266,12 @@ fn a_process_that_has_not_allocated_since_is_pending_which_is_success() {
             a.display()
         )
     );
-    assert!(r.took >= Duration::from_millis(150) && r.took < Duration::from_millis(1500), "--wait 150\n{r}");
+    assert!(r.took >= Duration::from_millis(150) && r.took < Duration::from_secs(5), "--wait 150\n{r}");
     // The request stays in the file for the process's next allocation.
     assert_eq!((u32_at(&a, hdr::CONTROL), u32_at(&a, hdr::CONTROL_SEQ)), (Control::Pause as u32, 1));
     assert_eq!(u64_at(&a, hdr::GATE), layout::GATE_EPOCH);
 
-    // The default wait is 2 s, polled: an answer after 300 ms is seen well before the 2 s.
+    // The wait is polled: an answer after 300 ms is seen long before the 10 s.
     let b = dir.join("late.lt");
     write_trace(&b, 401);
     let answerer = {
@@ -281,15 +282,15 @@ fn a_process_that_has_not_allocated_since_is_pending_which_is_success() {
             put_u32(&b, hdr::CONTROL_ACK_SEQ, 1);
         })
     };
-    let r = ctl(&[&b, &"--resume"]);
+    let r = ctl(&[&b, &"--resume", &"--wait", &"10000"]);
     answerer.join().unwrap();
     assert_eq!(r.status, 0, "{r}");
     assert!(line_for(&r, &b).ends_with(": applied"), "{r}");
-    assert!(r.took < Duration::from_millis(1200), "polled, not slept out\n{r}");
+    assert!(r.took < Duration::from_secs(5), "polled, not slept out\n{r}");
     let c = dir.join("never.lt");
     write_trace(&c, 402);
     let r = ctl(&[&c, &"--resume"]);
-    assert!(r.took >= Duration::from_millis(1900) && r.took < Duration::from_secs(5), "default wait 2 s\n{r}");
+    assert!(r.took >= Duration::from_millis(1900) && r.took < Duration::from_secs(8), "default wait 2 s\n{r}");
 }
 
 #[test]
@@ -299,10 +300,10 @@ fn an_ended_process_is_said_and_its_trace_left_alone() {
     let mut b = TraceBuilder::new(MIB).exited_at(5_000_000_000);
     b.header.pid = 500;
     std::fs::write(&a, b.build()).unwrap();
-    let r = ctl(&[&a, &"--resume"]);
+    let r = ctl(&[&a, &"--resume", &"--wait", &"10000"]);
     assert_eq!(r.status, 0, "{r}");
     assert!(line_for(&r, &a).ends_with(": not applied: the process has ended"), "{r}");
-    assert!(r.took < Duration::from_millis(1500), "nothing to wait for\n{r}");
+    assert!(r.took < Duration::from_secs(5), "nothing to wait for\n{r}");
     assert_eq!((u32_at(&a, hdr::CONTROL_SEQ), u64_at(&a, hdr::GATE)), (0, 0), "nothing written");
 
     // A process that exits while ctl waits.
@@ -328,10 +329,10 @@ fn a_format_1_0_tracer_is_asked_without_a_gate_or_a_wait() {
     let mut b = TraceBuilder::new(MIB).version_1_0();
     b.header.pid = 600;
     std::fs::write(&a, b.build()).unwrap();
-    let r = ctl(&[&a, &"--pause"]);
+    let r = ctl(&[&a, &"--pause", &"--wait", &"10000"]);
     assert_eq!(r.status, 0, "{r}");
     assert!(line_for(&r, &a).contains("a format 1.0 tracer applies it"), "{r}");
-    assert!(r.took < Duration::from_millis(1500), "{r}");
+    assert!(r.took < Duration::from_secs(5), "not waited for\n{r}");
     assert_eq!(u32_at(&a, hdr::CONTROL_SEQ), 1);
     assert_eq!(u64_at(&a, hdr::GATE), 0, "1.0 files have no gate word: bytes 448.. are reserved there");
 }
