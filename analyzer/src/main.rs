@@ -346,10 +346,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Ctl { trace, pause, resume, sample_bytes, wait } => {
             let request = ctl::Request::from_flags(pause, resume, sample_bytes)?;
-            let (text, refused) = ctl::ctl(&trace, request, std::time::Duration::from_millis(wait))?;
+            let (text, status) = ctl::ctl(&trace, request, std::time::Duration::from_millis(wait))?;
             write_output(None, &text)?;
-            if refused {
-                std::process::exit(1);
+            if status != 0 {
+                std::process::exit(i32::from(status));
             }
             Ok(())
         }

@@ -246,7 +246,8 @@ pub fn build(trace: &Trace, analysis: &mut Analysis, symbolizer: &Symbolizer, su
         .iter()
         .map(|r| RssPoint { t_ns: r.t_ns, rss_bytes: r.rss_bytes, tracer_bytes: r.own_bytes })
         .collect();
-    let summary = summarize(&sites, rss_vs_heap.as_ref(), &rss_points);
+    let peak = rss_peak(trace);
+    let summary = summarize(&sites, rss_vs_heap.as_ref(), &rss_points, peak);
     Report {
         format_version: format!("{}.{}", h.version_major, h.version_minor),
         summary,
@@ -281,7 +282,7 @@ pub fn build(trace: &Trace, analysis: &mut Analysis, symbolizer: &Symbolizer, su
             dropped_events: h.events_dropped + h.live_dropped + h.skipped_no_stack,
         },
         rss: rss_points,
-        rss_peak: rss_peak(trace),
+        rss_peak: peak,
         rss_vs_heap,
         sites,
         suppressed,
@@ -336,24 +337,43 @@ fn rss_peak(trace: &Trace) -> Option<RssPeak> {
     }
 }
 
-/// "over the trace", or, when the comparison starts later than the RSS series (sampling was
-/// paused, or started dormant), the span it covers.
+/// Which stretch of the trace the RSS comparison covers, with its times: "over the whole
+/// trace (0.0s to 8.0s)", or "since sampling last started (3.0s to 8.0s)" when it starts later
+/// than the RSS series (sampling was paused, or the trace started dormant: the heap is unknown
+/// before). The text's RSS line and the summary use the same words for the same span.
 pub fn rss_span_words(r: &RssVsHeap, rss: &[RssPoint]) -> String {
+    let times = format!("{} to {}", secs(r.from_ns), secs(r.to_ns));
     match rss.first() {
-        Some(first) if r.from_ns > first.t_ns => {
-            format!("in the {} since sampling last started (at {})", secs(r.to_ns - r.from_ns), secs(r.from_ns))
-        }
-        _ => format!("over the trace ({})", secs(r.to_ns - r.from_ns)),
+        Some(first) if r.from_ns > first.t_ns => format!("since sampling last started ({times})"),
+        _ => format!("over the whole trace ({times})"),
     }
 }
 
-/// ", leaktrace's own 2.3 MiB excluded" when the tracer's memory grew noticeably.
-pub fn tracer_words(r: &RssVsHeap) -> String {
-    if r.tracer_growth_bytes >= 64.0 * 1024.0 {
-        format!(" (leaktrace's own {} excluded)", human_bytes(r.tracer_growth_bytes))
-    } else {
-        String::new()
-    }
+/// "RSS grew 156.0 MiB over the whole trace (0.0s to 8.0s; leaktrace's own 5.7 MiB excluded)",
+/// with ", after a peak of 2.2 GiB at 31.0s" when the RSS peaked well above both ends.
+pub fn rss_growth_words(r: &RssVsHeap, rss: &[RssPoint], peak: Option<RssPeak>) -> String {
+    let span = rss_span_words(r, rss);
+    let span = match tracer_words(r) {
+        Some(t) => format!("{}; {t})", span.trim_end_matches(')')),
+        None => span,
+    };
+    let peak = notable_peak(rss, peak).map_or(String::new(), |p| {
+        format!(", after a peak of {} at {}", human_bytes(p.rss_bytes as f64), secs(p.t_ns))
+    });
+    format!("RSS grew {} {span}{peak}", human_bytes(r.rss_growth_bytes))
+}
+
+/// "leaktrace's own 2.3 MiB excluded" when the tracer's memory grew noticeably.
+pub fn tracer_words(r: &RssVsHeap) -> Option<String> {
+    (r.tracer_growth_bytes >= 64.0 * 1024.0)
+        .then(|| format!("leaktrace's own {} excluded", human_bytes(r.tracer_growth_bytes)))
+}
+
+/// The RSS peak, when it stands well above both ends of the series (by a quarter and at least
+/// 4 MiB): a process that peaked at 2.35 GB and fell back must not read as "RSS grew 8.6 MiB".
+pub fn notable_peak(rss: &[RssPoint], peak: Option<RssPeak>) -> Option<RssPeak> {
+    let ends = rss.first()?.rss_bytes.max(rss.last()?.rss_bytes);
+    peak.filter(|p| p.rss_bytes as f64 >= ends as f64 * 1.25 && p.rss_bytes.saturating_sub(ends) >= 4 << 20)
 }
 
 /// Allocator entry points: what malloc is to C, `operator new` (every variant: array, nothrow,
@@ -406,7 +426,7 @@ pub fn site_label(s: &SiteOut) -> String {
     }
 }
 
-fn summarize(sites: &[SiteOut], rss: Option<&RssVsHeap>, rss_series: &[RssPoint]) -> String {
+fn summarize(sites: &[SiteOut], rss: Option<&RssVsHeap>, rss_series: &[RssPoint], peak: Option<RssPeak>) -> String {
     let rss_part = match rss {
         Some(r) if r.rss_growth_bytes > 0.0 => {
             let explained = r.explained_fraction.map_or(String::new(), |e| {
@@ -417,14 +437,18 @@ fn summarize(sites: &[SiteOut], rss: Option<&RssVsHeap>, rss_series: &[RssPoint]
             } else {
                 ""
             };
-            format!(
-                "; RSS grew {} {}{}{explained}{outside}",
-                human_bytes(r.rss_growth_bytes),
-                rss_span_words(r, rss_series),
-                tracer_words(r)
-            )
+            format!("; {}{explained}{outside}", rss_growth_words(r, rss_series, peak))
         }
-        _ => String::new(),
+        // RSS did not grow, but it peaked high on the way: say so.
+        _ => match (notable_peak(rss_series, peak), rss_series.last()) {
+            (Some(p), Some(last)) => format!(
+                "; RSS peaked at {} at {} and ended at {}",
+                human_bytes(p.rss_bytes as f64),
+                secs(p.t_ns),
+                human_bytes(last.rss_bytes as f64)
+            ),
+            _ => String::new(),
+        },
     };
     match sites.iter().find(|s| s.growing) {
         Some(s) => format!(
@@ -477,8 +501,46 @@ pub fn children_line(c: &Children) -> Option<String> {
     (!parts.is_empty()).then(|| format!("children: {}", parts.join(", ")))
 }
 
-fn secs(ns: u64) -> String {
+pub fn secs(ns: u64) -> String {
     format!("{:.1}s", ns as f64 / 1e9)
+}
+
+/// The text report's RSS line: the series' ends over the whole trace, the peak and when, and
+/// leaktrace's own share of the ends; when the heap comparison covers a shorter span (sampling
+/// paused or dormant at first), that span's ends too, in the summary's words.
+pub fn rss_line(r: &Report) -> Option<String> {
+    let (first, last) = (r.rss.first()?, r.rss.last()?);
+    let mut o = format!(
+        "RSS {} -> {} over the whole trace ({} to {})",
+        human_bytes(first.rss_bytes as f64),
+        human_bytes(last.rss_bytes as f64),
+        secs(first.t_ns),
+        secs(last.t_ns)
+    );
+    if let Some(p) = r.rss_peak.filter(|p| p.rss_bytes > first.rss_bytes.max(last.rss_bytes)) {
+        let _ = write!(o, ", peak {} at {}", human_bytes(p.rss_bytes as f64), secs(p.t_ns));
+    }
+    if first.tracer_bytes > 0 || last.tracer_bytes > 0 {
+        let _ = write!(
+            o,
+            "; leaktrace's own {} -> {} of it",
+            human_bytes(first.tracer_bytes as f64),
+            human_bytes(last.tracer_bytes as f64)
+        );
+    }
+    if let Some(v) = &r.rss_vs_heap {
+        let from = r.rss.iter().find(|p| p.t_ns == v.from_ns);
+        if let Some(from) = from.filter(|p| p.t_ns > first.t_ns) {
+            let _ = write!(
+                o,
+                "; {} -> {} {}, the span the heap is compared over",
+                human_bytes(from.rss_bytes as f64),
+                human_bytes(last.rss_bytes as f64),
+                rss_span_words(v, &r.rss)
+            );
+        }
+    }
+    Some(o)
 }
 
 pub fn render_text(r: &Report, top: usize) -> String {
@@ -504,22 +566,8 @@ pub fn render_text(r: &Report, top: usize) -> String {
     for n in &r.health_notes {
         let _ = writeln!(o, "  note: {n}");
     }
-    if let (Some(first), Some(last)) = (r.rss.first(), r.rss.last()) {
-        let peak = match r.rss_peak {
-            Some(p) if p.rss_bytes > first.rss_bytes.max(last.rss_bytes) => {
-                format!(", peak {} at {}", human_bytes(p.rss_bytes as f64), secs(p.t_ns))
-            }
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            o,
-            "RSS {} -> {} over {} (from {} to {}){peak}",
-            human_bytes(first.rss_bytes as f64),
-            human_bytes(last.rss_bytes as f64),
-            secs(last.t_ns.saturating_sub(first.t_ns)),
-            secs(first.t_ns),
-            secs(last.t_ns)
-        );
+    if let Some(line) = rss_line(r) {
+        let _ = writeln!(o, "{line}");
     }
     let _ = writeln!(
         o,
@@ -682,17 +730,31 @@ pub fn render_info(t: &Trace) -> String {
     if let Some(line) = children_line(&c) {
         let _ = writeln!(o, "{line}");
     }
-    let reserved = if h.reserved_bytes == 0 || h.reserved_bytes >= h.file_size {
-        "all of it".to_string()
+    // reserved_bytes: 0 in 1.0 files, whose writers allocated the whole file at start.
+    let disk = if h.reserved_bytes == 0 || h.reserved_bytes >= h.file_size {
+        format!("{} reserved: the whole file", human_bytes(h.file_size as f64))
+    } else if h.trace_state() == Some(layout::TraceState::Paused) || h.current_mean_bytes == 0 {
+        format!(
+            "{} of {} reserved (dormant-small: the rest is reserved at `ctl --resume`, if the disk and the \
+             tree's budget hold it)",
+            human_bytes(h.reserved_bytes as f64),
+            human_bytes(h.file_size as f64)
+        )
     } else {
-        format!("{} (dormant: the rest is reserved when it is resumed)", human_bytes(h.reserved_bytes as f64))
+        format!(
+            "{} of {} reserved (small: the rest is reserved at the first sampled allocation)",
+            human_bytes(h.reserved_bytes as f64),
+            human_bytes(h.file_size as f64)
+        )
     };
-    let _ = writeln!(o, "disk             {reserved} allocated on disk");
+    let _ = writeln!(o, "disk             {disk}");
     if h.tree_budget > 0 {
         let _ = writeln!(
             o,
-            "tree budget      {} for the traces of this process and its descendants (LEAKTRACE_TREE_BUDGET)",
-            human_bytes(h.tree_budget as f64)
+            "tree budget      {} for the traces of this process and its descendants together \
+             (LEAKTRACE_TREE_BUDGET; ledger {:#x})",
+            human_bytes(h.tree_budget as f64),
+            h.tree_id
         );
     }
     let _ = writeln!(
@@ -712,11 +774,341 @@ pub fn render_info(t: &Trace) -> String {
         human_bytes(h.region(layout::Region::Stacks).1 as f64)
     );
     let _ = writeln!(o, "modules          {}", t.modules.len());
-    let _ = writeln!(o, "RSS samples      {} (every {} ms)", t.rss.len(), h.rss_interval_ms);
+    let _ = writeln!(
+        o,
+        "RSS samples      {} (every {} ms now; the series halves when full)",
+        t.rss.len(),
+        h.rss_interval_ms
+    );
+    if let Some(p) = rss_peak(t) {
+        let _ = writeln!(o, "RSS peak         {} at {}", human_bytes(p.rss_bytes as f64), secs(p.t_ns));
+    }
     let health = if t.health.is_partial() { "DAMAGED (report will be marked partial)" } else { "ok" };
     let _ = writeln!(o, "file health      {health}");
     for n in &t.health.notes {
         let _ = writeln!(o, "  {n}");
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leaktrace_format::synth::TraceBuilder;
+
+    const MIB: u64 = 1 << 20;
+    const S: u64 = 1_000_000_000;
+
+    /// The report (and its JSON and text) of a synthetic trace, as `leak-analyze report` makes it.
+    fn report_of(b: &TraceBuilder) -> (Report, serde_json::Value, String) {
+        let bytes = b.build();
+        let trace = Trace::parse_from(&bytes).expect("synthetic trace parses");
+        let mut analysis = crate::analysis::analyze(&trace, &bytes, &[]);
+        let symbolizer = Symbolizer::new(&trace.modules, &Default::default());
+        let r = build(&trace, &mut analysis, &symbolizer, &Suppressions::default());
+        let json = serde_json::to_value(&r).unwrap();
+        let text = render_text(&r, 20);
+        (r, json, text)
+    }
+
+    fn html_of(b: &TraceBuilder) -> String {
+        let bytes = b.build();
+        let trace = Trace::parse_from(&bytes).unwrap();
+        let mut analysis = crate::analysis::analyze(&trace, &bytes, &[]);
+        let r = build(&trace, &mut analysis, &Symbolizer::new(&[], &Default::default()), &Suppressions::default());
+        crate::export::html::render(&r, &analysis, &trace, 20)
+    }
+
+    fn info_of(b: &TraceBuilder) -> String {
+        render_info(&Trace::parse_from(&b.build()).unwrap())
+    }
+
+    /// Exact mode; 8 MiB leaked in 1 MiB blocks from 1 s to 8 s; RSS samples every half second
+    /// from 0.5 s to 10 s that follow the heap, with leaktrace's own memory growing by 128 KiB
+    /// a sample on top (its trace pages): from 1.125 MiB to 3.5 MiB.
+    fn eight_mib_leak() -> TraceBuilder {
+        eight_mib_leak_in(TraceBuilder::new(4 * MIB))
+    }
+
+    fn eight_mib_leak_in(b: TraceBuilder) -> TraceBuilder {
+        let mut b = b.exited_at(10 * S);
+        let stack = b.stack(&[0x40_1000, 0x40_2000]);
+        for i in 0..8 {
+            b.alloc((i + 1) * S, 0x1000_0000 + i * 2 * MIB, MIB, stack);
+        }
+        for k in 1..=20u64 {
+            let t = k * S / 2;
+            let leaked = (t / S).min(8) * MIB;
+            let own = MIB + k * 128 * 1024;
+            b.rss(t, 10 * MIB + leaked + own, own);
+        }
+        b
+    }
+
+    #[test]
+    fn own_memory_is_taken_out_of_the_rss_growth_and_said() {
+        let (r, j, text) = report_of(&eight_mib_leak());
+        let v = r.rss_vs_heap.as_ref().expect("an RSS comparison");
+        // Raw RSS grew by the leak plus the tracer's 2.375 MiB; the program's growth is the leak.
+        let own_growth = 19 * 128 * 1024;
+        assert_eq!(v.tracer_growth_bytes, own_growth as f64);
+        assert_eq!(v.raw_rss_growth_bytes, (8 * MIB + own_growth) as f64);
+        assert_eq!(v.rss_growth_bytes, (8 * MIB) as f64);
+        assert_eq!(v.heap_growth_bytes, (8 * MIB) as f64);
+        assert_eq!(v.explained_fraction, Some(1.0));
+        assert!(!v.growth_outside_heap);
+        // JSON: additions, integers.
+        assert_eq!(j["rss_vs_heap"]["tracer_growth_bytes"], own_growth);
+        assert_eq!(j["rss_vs_heap"]["raw_rss_growth_bytes"], 8 * MIB + own_growth);
+        assert_eq!(j["rss_vs_heap"]["rss_growth_bytes"], 8 * MIB);
+        assert_eq!(
+            (j["rss_vs_heap"]["from_ns"].as_u64(), j["rss_vs_heap"]["to_ns"].as_u64()),
+            (Some(S / 2), Some(10 * S))
+        );
+        assert_eq!(j["rss"][0]["tracer_bytes"], MIB + 128 * 1024);
+        // Text: the summary names the span and the exclusion; the RSS line keeps the raw figures.
+        assert!(
+            r.summary.contains(
+                "RSS grew 8.0 MiB over the whole trace (0.5s to 10.0s; leaktrace's own 2.4 MiB excluded), \
+                 100% of it explained by sampled heap growth"
+            ),
+            "{}",
+            r.summary
+        );
+        assert!(
+            text.contains(
+                "RSS 11.1 MiB -> 21.5 MiB over the whole trace (0.5s to 10.0s); leaktrace's own 1.1 MiB -> 3.5 MiB of it"
+            ),
+            "{text}"
+        );
+        assert!(html_of(&eight_mib_leak()).contains("leaktrace's own 2.4 MiB excluded"), "the HTML's verdict");
+    }
+
+    /// Without the own series (a 1.0 trace), the growth is the kernel's and nothing is said to
+    /// be excluded.
+    #[test]
+    fn a_1_0_trace_excludes_nothing() {
+        let b10 = eight_mib_leak_in(TraceBuilder::new(4 * MIB).version_1_0());
+        let (r, j, text) = report_of(&b10);
+        let v = r.rss_vs_heap.as_ref().unwrap();
+        assert_eq!(v.tracer_growth_bytes, 0.0);
+        assert_eq!(v.rss_growth_bytes, v.raw_rss_growth_bytes);
+        assert!(v.explained_fraction.is_some_and(|e| e < 0.85), "{:?}", v.explained_fraction);
+        assert!(!r.summary.contains("excluded") && !text.contains("leaktrace's own"), "{text}");
+        assert_eq!(j["rss"][0]["tracer_bytes"], 0);
+    }
+
+    /// A process whose RSS peaked far above both ends: the peak the header kept (the series
+    /// lost it to halving) is in the JSON, the summary and the RSS line, with its time.
+    #[test]
+    fn the_peak_is_shown_beside_start_and_end() {
+        let mut b = TraceBuilder::new(4 * MIB).exited_at(60 * S);
+        let stack = b.stack(&[0x40_1000]);
+        b.alloc(10 * S, 0x1000_0000, 8 * MIB, stack);
+        for (t, rss) in [(1, 100 * MIB), (20, 1800 * MIB), (40, 900 * MIB), (59, 108 * MIB + 614 * 1024)] {
+            b.rss(t * S, rss, 0);
+        }
+        b.header.rss_peak_bytes = 2_350_000_000;
+        b.header.rss_peak_ns = 31 * S;
+        let (r, j, text) = report_of(&b);
+        assert_eq!(j["rss_peak"]["rss_bytes"], 2_350_000_000u64);
+        assert_eq!(j["rss_peak"]["t_ns"], 31 * S);
+        assert!(
+            r.summary
+                .contains("RSS grew 8.6 MiB over the whole trace (1.0s to 59.0s), after a peak of 2.2 GiB at 31.0s"),
+            "{}",
+            r.summary
+        );
+        assert!(
+            text.contains("RSS 100.0 MiB -> 108.6 MiB over the whole trace (1.0s to 59.0s), peak 2.2 GiB at 31.0s"),
+            "{text}"
+        );
+        assert!(info_of(&b).contains("RSS peak         2.2 GiB at 31.0s"));
+        let html = html_of(&b);
+        assert!(html.contains("(peak 2.2 GiB at 31.0s)"), "the HTML's RSS figure");
+        assert!(html.contains("after a peak of 2.2 GiB at 31.0s"), "the HTML's verdict");
+
+        // A 1.0 trace has no peak in its header: the series' highest sample stands for it.
+        b.header.rss_peak_bytes = 0;
+        b.header.rss_peak_ns = 0;
+        let (r, j, _) = report_of(&b);
+        assert_eq!(j["rss_peak"]["rss_bytes"], 1800 * MIB);
+        assert_eq!(j["rss_peak"]["t_ns"], 20 * S);
+        assert!(r.summary.contains("after a peak of 1.8 GiB at 20.0s"), "{}", r.summary);
+
+        // RSS that fell back below its start still says it peaked.
+        b.rss.last_mut().unwrap().rss_bytes = 90 * MIB;
+        let (r, _, _) = report_of(&b);
+        assert!(r.summary.contains("RSS peaked at 1.8 GiB at 20.0s and ended at 90.0 MiB"), "{}", r.summary);
+
+        // No RSS samples: no peak, whatever the header says.
+        b.rss.clear();
+        b.header.rss_peak_bytes = 5 * MIB;
+        let (r, j, _) = report_of(&b);
+        assert!(r.rss_peak.is_none() && j["rss_peak"].is_null() && j["rss_vs_heap"].is_null());
+    }
+
+    /// A trace started dormant and resumed at 3 s: the heap is compared from the resume, and
+    /// both the summary and the RSS line say so, with the same words and times; the RSS line
+    /// keeps the whole trace's ends too.
+    #[test]
+    fn one_span_stated_in_the_summary_and_the_rss_line() {
+        let mut b = TraceBuilder::new(4 * MIB).exited_at(10 * S);
+        b.sampling = vec![
+            leaktrace_format::SamplingChange { t_ns: 0, mean_bytes: 0 },
+            leaktrace_format::SamplingChange { t_ns: 3 * S, mean_bytes: 1 },
+        ];
+        let stack = b.stack(&[0x40_1000]);
+        for i in 0..6 {
+            b.alloc((4 + i) * S, 0x1000_0000 + i * 2 * MIB, 16 * MIB, stack);
+        }
+        for k in 1..=20u64 {
+            let t = k * S / 2;
+            // 100 MiB of growth before the resume that the heap cannot be asked about.
+            let before = (t.min(3 * S) * 100 / (3 * S)) * MIB;
+            let after = (t.saturating_sub(3 * S) / S).min(6) * 16 * MIB;
+            b.rss(t, 10 * MIB + before + after, 0);
+        }
+        let (r, j, text) = report_of(&b);
+        assert_eq!(j["rss_vs_heap"]["from_ns"], 3 * S);
+        assert_eq!(j["rss_vs_heap"]["rss_growth_bytes"], 96 * MIB);
+        assert!(r.summary.contains("RSS grew 96.0 MiB since sampling last started (3.0s to 10.0s)"), "{}", r.summary);
+        assert!(
+            text.contains(
+                "RSS 26.0 MiB -> 206.0 MiB over the whole trace (0.5s to 10.0s); \
+                 110.0 MiB -> 206.0 MiB since sampling last started (3.0s to 10.0s), the span the heap is compared over"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn children_counters_in_json_and_text_only_when_nonzero() {
+        let mut b = eight_mib_leak();
+        let (_, j, text) = report_of(&b);
+        assert_eq!(
+            j["process"]["children"],
+            serde_json::json!({"traced": 0, "untraced_budget": 0, "removed_empty": 0})
+        );
+        assert!(!text.contains("children:") && !info_of(&b).contains("children:"));
+        b.header.children_traced = 3;
+        b.header.children_untraced_budget = 312;
+        b.header.children_removed = 40;
+        let (_, j, text) = report_of(&b);
+        assert_eq!(
+            j["process"]["children"],
+            serde_json::json!({"traced": 3, "untraced_budget": 312, "removed_empty": 40})
+        );
+        let line = "children: 3 traced, 312 not traced (disk budget spent: LEAKTRACE_TREE_BUDGET), \
+                    40 traces removed (nothing unfreed)";
+        assert!(text.contains(line), "{text}");
+        assert!(info_of(&b).contains(line));
+        b.header.children_traced = 0;
+        b.header.children_removed = 0;
+        let (_, _, text) = report_of(&b);
+        assert!(text.contains("children: 312 not traced (disk budget spent"), "{text}");
+    }
+
+    /// The issue's example: 158 sampled allocations, none freed, in a ring that holds them all,
+    /// while the batched header counters say 128. info counts from the ring and the live table,
+    /// which agree, and does not show the batched figure beside them.
+    #[test]
+    fn info_counts_add_up_from_what_the_file_holds() {
+        let mut b = TraceBuilder::new(MIB);
+        let stack = b.stack(&[0x40_1000]);
+        for i in 0..158 {
+            b.alloc(i * 1000, 0x1000_0000 + i * 64, 48, stack);
+        }
+        b.header.sampled_allocs = 128;
+        b.header.live_count = 128;
+        let info = info_of(&b);
+        assert!(
+            info.contains(
+                "events           158 recorded: 158 sampled allocations, 0 of them freed since (all in the ring)"
+            ),
+            "{info}"
+        );
+        assert!(info.contains("live             158 sampled allocations unfreed"), "{info}");
+        assert!(!info.contains(" 128 ") && !info.contains("note:"), "{info}");
+
+        // Frees too: allocations less frees is the live table.
+        for i in 0..100 {
+            b.free(200_000 + i * 1000, 0x1000_0000 + i * 64);
+        }
+        let info = info_of(&b);
+        assert!(info.contains("258 recorded: 158 sampled allocations, 100 of them freed since"), "{info}");
+        assert!(info.contains("live             58 sampled"), "{info}");
+
+        // A wrapped ring: the newest it holds, and the header's batched counters, each labelled.
+        let mut b = TraceBuilder::new(MIB);
+        let cap = b.header.ring_capacity;
+        let stack = b.stack(&[0x40_1000]);
+        for i in 0..cap + 500 {
+            b.alloc(i * 1000, 0x1000_0000 + i * 64, 48, stack);
+            b.free(i * 1000 + 500, 0x1000_0000 + i * 64);
+        }
+        b.header.sampled_allocs = cap + 500 - 37;
+        b.header.sampled_frees = cap + 500 - 40;
+        let info = info_of(&b);
+        let total = 2 * (cap + 500);
+        assert!(
+            info.contains(&format!("events           {total} recorded; the ring holds the newest {cap}")),
+            "{info}"
+        );
+        assert!(
+            info.contains(&format!("counted {} allocations, {} frees (each thread adds", cap + 463, cap + 460)),
+            "{info}"
+        );
+        assert!(info.contains(&format!("{} events overwritten", total - cap)), "{info}");
+        assert!(info.contains("live             0 sampled"), "{info}");
+    }
+
+    /// Hostile values in every 1.1 place: every output renders, none panics.
+    #[test]
+    fn hostile_1_1_fields_never_panic() {
+        for v in [u64::MAX, u64::MAX / 2, 1] {
+            let mut b = eight_mib_leak();
+            let h = &mut b.header;
+            (h.rss_peak_bytes, h.rss_peak_ns, h.reserved_bytes, h.tree_budget, h.tree_id) = (v, v, v, v, v);
+            (h.children_traced, h.children_untraced_budget, h.children_removed) = (v, v, v);
+            (h.control_ack_seq, h.control_result) = (v as u32, v as u32);
+            for (i, r) in b.rss.iter_mut().enumerate() {
+                r.own_bytes = if i % 2 == 0 { v } else { 0 };
+                r.rss_bytes = r.rss_bytes.max(v >> (i % 3));
+            }
+            let (r, _, text) = report_of(&b);
+            assert!(!text.is_empty() && !r.summary.is_empty());
+            assert!(r.rss.iter().all(|p| p.tracer_bytes <= p.rss_bytes));
+            let _ = html_of(&b);
+            let _ = info_of(&b);
+        }
+    }
+
+    #[test]
+    fn info_says_how_much_disk_the_file_holds_and_the_tree_budget() {
+        let mut b = TraceBuilder::new(64 * MIB);
+        assert!(info_of(&b).contains("disk             64.0 MiB reserved: the whole file"));
+        b.header.reserved_bytes = MIB;
+        b.header.state = layout::TraceState::Paused as u32;
+        b.header.current_mean_bytes = 0;
+        b.header.tree_budget = 256 * MIB;
+        b.header.tree_id = 0x1234;
+        let info = info_of(&b);
+        assert!(
+            info.contains(
+                "disk             1.0 MiB of 64.0 MiB reserved (dormant-small: the rest is reserved at `ctl --resume`"
+            ),
+            "{info}"
+        );
+        assert!(
+            info.contains("tree budget      256.0 MiB for the traces of this process and its descendants"),
+            "{info}"
+        );
+        b.header.state = layout::TraceState::Tracing as u32;
+        b.header.current_mean_bytes = 524_288;
+        assert!(info_of(&b).contains("(small: the rest is reserved at the first sampled allocation)"));
+        // A 1.0 file (reserved_bytes 0) had all of it from the start.
+        b.header.reserved_bytes = 0;
+        assert!(info_of(&b).contains("64.0 MiB reserved: the whole file"));
+    }
 }

@@ -13,6 +13,8 @@
 pub mod layout;
 pub mod reader;
 pub mod records;
+#[cfg(any(test, feature = "synth"))]
+pub mod synth;
 
 pub use reader::{Event, Events, Header, Health, LiveAllocation, ParsedTrace, RssSample, Trace, TraceSource};
 pub use records::{MetaKind, ModuleRecord, ModuleUnloaded, ProcessInfo, SamplingChange, Segment};

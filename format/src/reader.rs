@@ -179,6 +179,10 @@ pub struct Trace {
     pub event_stack_ids: Vec<u32>,
     pub live: Vec<LiveAllocation>,
     pub rss: Vec<RssSample>,
+    /// True when the file has leaktrace's own-memory series (format 1.1, region 5) for every
+    /// RSS sample read, so that each sample's `own_bytes` is known; false in 1.0 files, where
+    /// they are 0 for want of the series, not because the tracer took nothing.
+    pub has_own_series: bool,
     pub health: Health,
     stacks: Vec<u8>,
     ring: RingView,
@@ -735,6 +739,7 @@ impl Trace {
             .filter(|o| o.len >= (n * layout::RSS_OWN_SIZE) as u64)
             .map(|o| o.prefix((n * layout::RSS_OWN_SIZE) as u64))
             .filter(|v| v.len() >= n * layout::RSS_OWN_SIZE);
+        self.has_own_series = own.is_some() && n > 0;
         let mut last = 0u64;
         for i in 0..n {
             let t_ns = u64_at(&region, i * 16);

@@ -15,7 +15,7 @@ use leaktrace_format::Trace;
 
 use super::{base_name, frame_label, stack_outermost_first, whole};
 use crate::analysis::Analysis;
-use crate::report::{human_bytes, naming_frame, FrameOut, Report, SiteOut};
+use crate::report::{human_bytes, naming_frame, secs, FrameOut, Report, SiteOut};
 
 // ---------------------------------------------------------------------------------------------
 // Text helpers
@@ -174,12 +174,7 @@ fn rss_sentence(report: &Report) -> Option<String> {
     } else {
         ""
     };
-    Some(format!(
-        "RSS grew {} {}{}{explained}.{outside}",
-        human_bytes(r.rss_growth_bytes),
-        crate::report::rss_span_words(r, &report.rss),
-        crate::report::tracer_words(r)
-    ))
+    Some(format!("{}{explained}.{outside}", crate::report::rss_growth_words(r, &report.rss, report.rss_peak)))
 }
 
 fn verdict_html(report: &Report, trace: &Trace) -> (String, &'static str) {
@@ -777,7 +772,13 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
     let growing = report.sites.iter().filter(|s| s.growing).count();
     let rss_first = report.rss.first().map(|r| r.rss_bytes);
     let rss_last = report.rss.last().map(|r| r.rss_bytes);
-    let rss_peak = report.rss_peak.map(|p| p.rss_bytes).or_else(|| report.rss.iter().map(|r| r.rss_bytes).max());
+    let rss_peak = report.rss_peak.or_else(|| {
+        report
+            .rss
+            .iter()
+            .max_by_key(|r| r.rss_bytes)
+            .map(|r| crate::report::RssPeak { rss_bytes: r.rss_bytes, t_ns: r.t_ns })
+    });
     let growth: f64 = report.sites.iter().filter(|s| s.growing).map(|s| fin(s.growth_bytes_per_sec)).sum();
     let _ = write!(
         o,
@@ -794,8 +795,12 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
         group(growing as u64),
         rss_last.map_or("—".to_string(), |b| human_bytes(b as f64)),
         match (rss_first, rss_peak) {
-            (Some(f), Some(pk)) if rss_last.is_some_and(|l| pk > l) =>
-                format!("at end, from {} (peak {})", human_bytes(f as f64), human_bytes(pk as f64)),
+            (Some(f), Some(pk)) if rss_last.is_some_and(|l| pk.rss_bytes > l) => format!(
+                "at end, from {} (peak {} at {})",
+                human_bytes(f as f64),
+                human_bytes(pk.rss_bytes as f64),
+                secs(pk.t_ns)
+            ),
             (Some(f), Some(_)) => format!("at end, from {} at start", human_bytes(f as f64)),
             _ => "no RSS samples".to_string(),
         },
