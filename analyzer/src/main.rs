@@ -8,6 +8,7 @@ mod diff;
 mod export;
 mod growth;
 mod launch;
+mod naming;
 mod progress;
 mod report;
 mod suppress;
@@ -213,11 +214,19 @@ fn report_on(
     probe_times: &[u64],
     progress: &progress::Progress,
 ) -> Loaded {
-    progress.stage(format!("analyzing {} events and {} live allocations", trace.readable_events, trace.live.len()));
-    let mut analysis = analysis::analyze(&trace, &file, probe_times);
-    progress.stage(format!("symbolizing {} call sites", analysis.sites.len()));
+    progress.stage(format!("collecting the call stacks of {} live allocations", trace.live.len()));
     let symbolizer = symbolize::Symbolizer::new(&trace.modules, opts);
-    let report = report::build(&trace, &mut analysis, &symbolizer, suppressions);
+    let mut symbols = None;
+    let analysis = analysis::analyze(&trace, &file, probe_times, |stacks| {
+        progress.stage(format!("symbolizing {} call stacks", stacks.len()));
+        let s = naming::Symbols::new(&trace.modules, &symbolizer, stacks);
+        let locations = s.locations(stacks);
+        progress.stage(format!("analyzing {} events and {} live allocations", trace.readable_events, trace.live.len()));
+        symbols = Some(s);
+        locations
+    });
+    let symbols = symbols.unwrap_or_else(|| naming::Symbols::new(&trace.modules, &symbolizer, &[]));
+    let report = report::build(&trace, &analysis, &symbols, &symbolizer, suppressions);
     Loaded { trace, analysis, report }
 }
 
@@ -255,7 +264,6 @@ fn run_diff(
             fn side<'a>(l: &'a Loaded, p: &Path) -> diff::Side<'a> {
                 diff::Side {
                     label: format!("{} (pid {})", p.display(), l.trace.header.pid),
-                    trace: &l.trace,
                     analysis: &l.analysis,
                     report: &l.report,
                     at_probe: None,
@@ -276,7 +284,6 @@ fn run_diff(
             let a = report_on(loaded, opts, &suppress::Suppressions::builtin(), &[t1, t2], &progress);
             let side = |t: u64, probe: usize| diff::Side {
                 label: format!("{:.1}s", t as f64 / 1e9),
-                trace: &a.trace,
                 analysis: &a.analysis,
                 report: &a.report,
                 at_probe: Some(probe),
@@ -307,7 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             let text: Vec<u8> = match format {
                 Format::Json => (serde_json::to_string_pretty(&r)? + "\n").into_bytes(),
                 Format::Text => report::render_text(&r, top).into_bytes(),
-                Format::Folded => export::folded::render(&r, &t.modules).into_bytes(),
+                Format::Folded => export::folded::render(&r).into_bytes(),
                 Format::Pprof => export::pprof::render(&r, &analysis, &t.modules)?,
                 Format::Html => export::html::render(&r, &analysis, &t, top).into_bytes(),
             };
