@@ -221,8 +221,9 @@ impl Analysis {
 /// ring's events from `source` (the source `trace` was parsed from). `probe_times`: moments at
 /// which every site's live bytes are wanted (`Site::live_at_probes`).
 ///
-/// `locate` is given every distinct raw stack of the trace (innermost first, sorted) and says
-/// which are one site: entry k is the location number of stack k (`naming::Symbols::locations`:
+/// `locate` is given every distinct raw stack of the trace (innermost first, sorted), and for
+/// each whether an allocation of it is still live, and says which stacks are one site: entry k
+/// is the location number of stack k (`naming::Symbols::locations`:
 /// stacks whose symbolized frames are equal). The stacks of one location are one site from the
 /// start: its estimates, its series and its growth verdict are drawn from all of their
 /// allocations, those that were freed included.
@@ -230,7 +231,7 @@ pub fn analyze<S: TraceSource + ?Sized>(
     trace: &Trace,
     source: &S,
     probe_times: &[u64],
-    locate: impl FnOnce(&[Vec<u64>]) -> Vec<usize>,
+    locate: impl FnOnce(&[Vec<u64>], &[bool]) -> Vec<usize>,
 ) -> Analysis {
     let tracer_modules: Vec<_> = trace.modules.iter().filter(|m| m.is_tracer).collect();
     let mut stacks: HashMap<u32, Vec<u64>> = HashMap::new();
@@ -271,12 +272,18 @@ pub fn analyze<S: TraceSource + ?Sized>(
     let mut distinct: Vec<Vec<u64>> = canonical_of.values().cloned().collect();
     distinct.sort_unstable();
     distinct.dedup();
-    let mut locations = locate(&distinct);
+    // Per stack id: its location, and its stack's index in `distinct`.
+    let stack_index: HashMap<&[u64], usize> = distinct.iter().enumerate().map(|(k, f)| (f.as_slice(), k)).collect();
+    let mut live = vec![false; distinct.len()];
+    for a in &trace.live {
+        if let Some(&k) = canonical_of.get(&a.stack_id).and_then(|f| stack_index.get(f.as_slice())) {
+            live[k] = true;
+        }
+    }
+    let mut locations = locate(&distinct, &live);
     if locations.len() != distinct.len() {
         locations = (0..distinct.len()).collect();
     }
-    // Per stack id: its location, and its stack's index in `distinct`.
-    let stack_index: HashMap<&[u64], usize> = distinct.iter().enumerate().map(|(k, f)| (f.as_slice(), k)).collect();
     let place_of = |id: u32| -> (usize, usize) {
         let k = canonical_of.get(&id).and_then(|f| stack_index.get(f.as_slice()).copied()).unwrap_or(usize::MAX);
         match locations.get(k) {

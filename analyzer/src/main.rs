@@ -217,10 +217,9 @@ fn report_on(
     progress.stage(format!("collecting the call stacks of {} live allocations", trace.live.len()));
     let symbolizer = symbolize::Symbolizer::new(&trace.modules, opts);
     let mut symbols = None;
-    let analysis = analysis::analyze(&trace, &file, probe_times, |stacks| {
-        progress.stage(format!("symbolizing {} call stacks", stacks.len()));
-        let s = naming::Symbols::new(&trace.modules, &symbolizer, stacks);
-        let locations = s.locations(stacks);
+    let analysis = analysis::analyze(&trace, &file, probe_times, |stacks, live| {
+        progress.stage(format!("symbolizing {} call stacks", live.iter().filter(|&&l| l).count()));
+        let (s, locations) = naming::Symbols::for_sites(&trace.modules, &symbolizer, stacks, live);
         progress.stage(format!("analyzing {} events and {} live allocations", trace.readable_events, trace.live.len()));
         symbols = Some(s);
         locations

@@ -118,6 +118,41 @@ impl Symbols {
         Symbols { by_addr }
     }
 
+    /// Symbolize what the sites of a trace need and say which of its `stacks` are one site
+    /// (see [`Symbols::locations`]). `live[k]`: stack k holds unfreed allocations.
+    ///
+    /// A stack whose allocations were all freed is no site of its own, but it belongs to the
+    /// series of a site on its source location. Symbolizing every such stack would cost more than
+    /// the rest of the report (a full trace of python3: 0.7 s and 230 MiB instead of 0.25 s and
+    /// 100 MiB), so only those that differ from a live stack of the same depth in a single return
+    /// address are looked up (one line reached by two call instructions, the cases this is
+    /// for); any other stops being a location of its own.
+    pub fn for_sites(
+        modules: &[ModuleRecord],
+        symbolizer: &Symbolizer,
+        stacks: &[Vec<u64>],
+        live: &[bool],
+    ) -> (Symbols, Vec<usize>) {
+        let near = near_live_stacks(stacks, live);
+        let wanted: Vec<Vec<u64>> = stacks.iter().zip(&near).filter(|(_, &n)| n).map(|(s, _)| s.clone()).collect();
+        let symbols = Symbols::new(modules, symbolizer, &wanted);
+        let mut numbers: HashMap<Vec<FrameKey>, usize> = HashMap::new();
+        let mut next = 0usize;
+        let locations = stacks
+            .iter()
+            .zip(&near)
+            .map(|(s, &n)| {
+                if !n {
+                    next += 1;
+                    return usize::MAX - next;
+                }
+                let k = numbers.len();
+                *numbers.entry(location_key(&symbols.site_frames(s))).or_insert(k)
+            })
+            .collect();
+        (symbols, locations)
+    }
+
     /// A raw stack (innermost first) as the frames a site shows: each return address expanded
     /// into its inlined frames, the leading allocator entry points stripped.
     pub fn site_frames(&self, raw: &[u64]) -> Vec<FrameOut> {
@@ -127,20 +162,37 @@ impl Symbols {
             .collect();
         without_allocator_entries(frames)
     }
+}
 
-    /// Which of `stacks` are one site: entry k is the location number of `stacks[k]`, equal for
-    /// stacks whose site frames read the same; numbers count up in the order of first appearance,
-    /// so the grouping depends only on the stacks and their order.
-    pub fn locations(&self, stacks: &[Vec<u64>]) -> Vec<usize> {
-        let mut numbers: HashMap<Vec<FrameKey>, usize> = HashMap::new();
-        stacks
-            .iter()
-            .map(|s| {
-                let next = numbers.len();
-                *numbers.entry(location_key(&self.site_frames(s))).or_insert(next)
-            })
-            .collect()
+/// Which stacks [`Symbols::for_sites`] looks up: the live ones, and those of the same depth as a
+/// live one that differ from it in one return address. Found by hashing each stack with one
+/// position left out (from prefix and suffix hashes, so linear in the stack); a hash collision
+/// only costs a look-up more.
+fn near_live_stacks(stacks: &[Vec<u64>], live: &[bool]) -> Vec<bool> {
+    const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, a: u64| (h ^ a).wrapping_mul(MUL).rotate_left(23);
+    // Hashes of `s` with position i left out, for every i.
+    let one_out = |s: &[u64]| -> Vec<u64> {
+        let n = s.len();
+        let mut prefix = vec![0u64; n + 1];
+        for i in 0..n {
+            prefix[i + 1] = mix(prefix[i], s[i]);
+        }
+        let mut suffix = vec![0u64; n + 1];
+        for i in (0..n).rev() {
+            suffix[i] = mix(suffix[i + 1], s[i]);
+        }
+        (0..n).map(|i| mix(mix(mix(prefix[i], suffix[i + 1]), i as u64), n as u64)).collect()
+    };
+    let mut index = std::collections::HashSet::new();
+    for (s, _) in stacks.iter().zip(live).filter(|(_, &l)| l) {
+        index.extend(one_out(s));
     }
+    stacks
+        .iter()
+        .zip(live)
+        .map(|(s, &l)| l || (!index.is_empty() && one_out(s).iter().any(|h| index.contains(h))))
+        .collect()
 }
 
 /// The frames of one return address: its inlined frames innermost first, or one unresolved.
@@ -387,6 +439,21 @@ mod tests {
         assert_ne!(location_key(&[f("0x10", Some("leak"))]), location_key(&[f("0x14", Some("leak"))]));
         assert_ne!(location_key(&[f("0x10", None)]), location_key(&[f("0x14", None)]));
         assert_eq!(location_key(&[f("0x10", None)]), location_key(&[f("0x10", None)]));
+    }
+
+    #[test]
+    fn freed_stacks_one_address_from_a_live_one_are_looked_up() {
+        let stacks = vec![
+            vec![0x10, 0x20, 0x30],
+            vec![0x11, 0x20, 0x30],
+            vec![0x10, 0x21, 0x30],
+            vec![0x11, 0x21, 0x30],
+            vec![0x10, 0x20],
+            vec![0x10, 0x20, 0x30, 0x40],
+        ];
+        let live = [true, false, false, false, false, false];
+        assert_eq!(near_live_stacks(&stacks, &live), [true, true, true, false, false, false]);
+        assert_eq!(near_live_stacks(&stacks, &[false; 6]), [false; 6]);
     }
 
     #[test]

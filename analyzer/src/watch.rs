@@ -38,9 +38,8 @@ pub fn run<S: TraceSource>(load: impl Fn() -> Result<(Trace, S)>, opts: &Options
         }
         let sym = &symbolizer.as_ref().expect("set just above").1;
         let mut symbols = None;
-        let analysis = analysis::analyze(&trace, &source, &[], |stacks| {
-            let s = Symbols::new(&trace.modules, sym, stacks);
-            let locations = s.locations(stacks);
+        let analysis = analysis::analyze(&trace, &source, &[], |stacks, live| {
+            let (s, locations) = Symbols::for_sites(&trace.modules, sym, stacks, live);
             symbols = Some(s);
             locations
         });
