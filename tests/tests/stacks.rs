@@ -199,6 +199,27 @@ fn one_source_line_is_one_site() {
                 failures
                     .push(format!("{opt}: leak_both_arms merges two call instructions but lists {stacks} raw stacks"));
             }
+            // The HTML lists them under the site's stack too.
+            let html_path = dir.path.join(format!("report{opt}.html"));
+            let html = leaktrace_tests::analyze(
+                &[
+                    std::ffi::OsStr::new("report"),
+                    run.trace.as_os_str(),
+                    "--format".as_ref(),
+                    "html".as_ref(),
+                    "-o".as_ref(),
+                    html_path.as_os_str(),
+                ],
+                std::time::Duration::from_secs(60),
+            );
+            let page = std::fs::read_to_string(&html_path).unwrap_or_default();
+            let first = s.json["stacks"][0][0].as_str().unwrap_or("?");
+            if !html.status.success()
+                || !page.contains(&format!("reached by {stacks} call stacks"))
+                || !page.contains(first)
+            {
+                failures.push(format!("{opt}: the HTML does not list leak_both_arms's {stacks} raw stacks"));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

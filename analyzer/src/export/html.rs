@@ -656,6 +656,8 @@ ol.stack li{padding:1px 0}
 ol.stack .fn{color:#1b3f8f}
 ol.stack .fn.unres{color:var(--muted)}
 ol.stack .addr{color:#a1a8b6;font-size:11px;margin-left:6px;font-family:ui-monospace,"DejaVu Sans Mono",monospace}
+.rawstacks{font-size:12px;margin-top:6px}
+.rawstacks ol{margin:4px 0;padding-left:22px;font-size:11px;font-family:ui-monospace,"DejaVu Sans Mono",monospace;word-break:break-all}
 .tag{font-size:10.5px;background:#eef2fb;color:#3b5aa6;border-radius:3px;padding:0 4px}
 svg.spark{display:block}
 .spark .sl{fill:none;stroke:#7d8797;stroke-width:1.6}
