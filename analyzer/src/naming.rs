@@ -136,15 +136,16 @@ impl Symbols {
         let near = near_live_stacks(stacks, live);
         let wanted: Vec<Vec<u64>> = stacks.iter().zip(&near).filter(|(_, &n)| n).map(|(s, _)| s.clone()).collect();
         let symbols = Symbols::new(modules, symbolizer, &wanted);
+        // Locations by key count up from 0; a stack not looked up is location `stacks.len() + k`,
+        // its own (k: its index).
         let mut numbers: HashMap<Vec<FrameKey>, usize> = HashMap::new();
-        let mut next = 0usize;
         let locations = stacks
             .iter()
             .zip(&near)
-            .map(|(s, &n)| {
+            .enumerate()
+            .map(|(k, (s, &n))| {
                 if !n {
-                    next += 1;
-                    return usize::MAX - next;
+                    return stacks.len() + k;
                 }
                 let k = numbers.len();
                 *numbers.entry(location_key(&symbols.site_frames(s))).or_insert(k)
