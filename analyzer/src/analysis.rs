@@ -223,8 +223,8 @@ impl Analysis {
 ///
 /// `locate` is given every distinct raw stack of the trace (innermost first, sorted), and for
 /// each whether an allocation of it is still live, and says which stacks are one site: entry k
-/// is the location number of stack k (`naming::Symbols::locations`:
-/// stacks whose symbolized frames are equal). The stacks of one location are one site from the
+/// is the location number of stack k (`naming::Symbols::for_sites`: stacks whose symbolized
+/// frames are equal). The stacks of one location are one site from the
 /// start: its estimates, its series and its growth verdict are drawn from all of their
 /// allocations, those that were freed included.
 pub fn analyze<S: TraceSource + ?Sized>(
