@@ -10,10 +10,12 @@ use leaktrace_format::{sample_probability, sample_weight, Trace, TraceSource};
 
 use crate::growth::{self, Trend};
 
-/// One call site: a distinct stack (after trimming leaktrace's own frames).
+/// One call site: a source location, reached by one raw stack (after trimming leaktrace's own
+/// frames) or several (one line, several call instructions; see [`analyze`]'s `locate`).
 #[derive(Clone, Debug)]
 pub struct Site {
-    /// Raw return addresses, innermost first. Empty when the stack was lost.
+    /// Raw return addresses, innermost first, of the stack that holds the most of the site's
+    /// unfreed bytes: it stands for the site. Empty when the stack was lost.
     pub frames: Vec<u64>,
     pub unfreed_bytes: f64,
     pub unfreed_allocations: f64,
@@ -28,13 +30,9 @@ pub struct Site {
     /// Estimated live bytes of this site at each of the probe times given to [`analyze`], as far
     /// as the trace knows (allocations freed before the ring's window are not known).
     pub live_at_probes: Vec<f64>,
-    /// What the verdict was drawn from, kept so that sites can be merged and judged again
-    /// ([`merge_sites`]): the live sampled allocations, the freed ones' variance at each series
-    /// point, and when the site first held memory.
-    pub live: Vec<Lifetime>,
-    pub freed_variance: Vec<f64>,
-    pub active_from: u64,
-    /// The raw stacks (their frames) this site stands for: one, or several merged.
+    /// The raw stacks this site stands for, the one with the most unfreed bytes first (ties in
+    /// address order): one, or several on one source location. Stacks whose allocations were
+    /// all freed count too: their history is part of the site's series.
     pub stacks: Vec<Vec<u64>>,
 }
 
@@ -222,7 +220,19 @@ impl Analysis {
 /// Group a trace's sampled allocations into sites and judge each one's growth, streaming the
 /// ring's events from `source` (the source `trace` was parsed from). `probe_times`: moments at
 /// which every site's live bytes are wanted (`Site::live_at_probes`).
-pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: &[u64]) -> Analysis {
+///
+/// `locate` is given every distinct raw stack of the trace (innermost first, sorted), and for
+/// each whether an allocation of it is still live, and says which stacks are one site: entry k
+/// is the location number of stack k (`naming::Symbols::for_sites`: stacks whose symbolized
+/// frames are equal). The stacks of one location are one site from the
+/// start: its estimates, its series and its growth verdict are drawn from all of their
+/// allocations, those that were freed included.
+pub fn analyze<S: TraceSource + ?Sized>(
+    trace: &Trace,
+    source: &S,
+    probe_times: &[u64],
+    locate: impl FnOnce(&[Vec<u64>], &[bool]) -> Vec<usize>,
+) -> Analysis {
     let tracer_modules: Vec<_> = trace.modules.iter().filter(|m| m.is_tracer).collect();
     let mut stacks: HashMap<u32, Vec<u64>> = HashMap::new();
     let mut frames_of = |id: u32| -> Vec<u64> {
@@ -257,18 +267,47 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
     }
     let canonical = |f: Vec<u64>| -> Vec<u64> { longest_extension.get(&f).cloned().unwrap_or(f) };
 
+    // Every distinct stack, and the location each one is at.
+    let canonical_of: HashMap<u32, Vec<u64>> = ids.iter().map(|&id| (id, canonical(frames_of(id)))).collect();
+    let mut distinct: Vec<Vec<u64>> = canonical_of.values().cloned().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    // Per stack id: its location, and its stack's index in `distinct`.
+    let stack_index: HashMap<&[u64], usize> = distinct.iter().enumerate().map(|(k, f)| (f.as_slice(), k)).collect();
+    let mut live = vec![false; distinct.len()];
+    for a in &trace.live {
+        if let Some(&k) = canonical_of.get(&a.stack_id).and_then(|f| stack_index.get(f.as_slice())) {
+            live[k] = true;
+        }
+    }
+    let mut locations = locate(&distinct, &live);
+    if locations.len() != distinct.len() {
+        locations = (0..distinct.len()).collect();
+    }
+    let place_of = |id: u32| -> (usize, usize) {
+        let k = canonical_of.get(&id).and_then(|f| stack_index.get(f.as_slice()).copied()).unwrap_or(usize::MAX);
+        match locations.get(k) {
+            Some(&loc) => (loc, k),
+            // Not among the ids collected above (cannot happen): a location of its own.
+            None => (usize::MAX - id as usize, usize::MAX),
+        }
+    };
+
     let end_ns = trace.end_ns();
-    let mut index: HashMap<Vec<u64>, usize> = HashMap::new();
+    let mut index: HashMap<usize, usize> = HashMap::new();
     let mut sites: Vec<Site> = Vec::new();
-    let mut site_of_stack: HashMap<u32, usize> = HashMap::new();
-    let mut site_for = |id: u32, sites: &mut Vec<Site>| -> usize {
+    // Per site: its stacks (indices into `distinct`) with the unfreed bytes of each.
+    let mut parts: Vec<Vec<(usize, f64)>> = Vec::new();
+    let mut site_of_stack: HashMap<u32, (usize, usize)> = HashMap::new();
+    let mut site_for = |id: u32, sites: &mut Vec<Site>, parts: &mut Vec<Vec<(usize, f64)>>| -> (usize, usize) {
         if let Some(&i) = site_of_stack.get(&id) {
             return i;
         }
-        let frames = canonical(frames_of(id));
-        let i = *index.entry(frames.clone()).or_insert_with(|| {
+        let (location, k) = place_of(id);
+        let i = *index.entry(location).or_insert_with(|| {
+            parts.push(Vec::new());
             sites.push(Site {
-                frames,
+                frames: Vec::new(),
                 unfreed_bytes: 0.0,
                 unfreed_allocations: 0.0,
                 sampled_unfreed: 0,
@@ -278,22 +317,26 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
                 trend: Trend::default(),
                 series: Vec::new(),
                 live_at_probes: Vec::new(),
-                live: Vec::new(),
-                freed_variance: Vec::new(),
-                active_from: 0,
                 stacks: Vec::new(),
             });
             sites.len() - 1
         });
-        site_of_stack.insert(id, i);
-        i
+        let part = match parts[i].iter().position(|&(s, _)| s == k) {
+            Some(p) => p,
+            None => {
+                parts[i].push((k, 0.0));
+                parts[i].len() - 1
+            }
+        };
+        site_of_stack.insert(id, (i, part));
+        (i, part)
     };
 
     let series_times = series_times(end_ns);
     // Live allocations first: only sites with some are reported, so only they need history.
     let mut histories: Vec<History> = Vec::new();
     for a in &trace.live {
-        let s = site_for(a.stack_id, &mut sites);
+        let (s, part) = site_for(a.stack_id, &mut sites, &mut parts);
         let mean = u64::from(a.mean_bytes);
         let (w, n) = estimate(a.size, mean);
         // Var of the HT estimator for one sampled unit: (1 - p) / p^2 * s^2 = w^2 (1 - p).
@@ -303,6 +346,7 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
         site.unfreed_allocations += n;
         site.sampled_unfreed += 1;
         site.bytes_variance += var;
+        parts[s][part].1 += w;
         site.first_alloc_ns = site.first_alloc_ns.min(a.time_ns);
         site.last_alloc_ns = site.last_alloc_ns.max(a.time_ns);
         if histories.len() <= s {
@@ -319,13 +363,13 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
         let window_start = *first_event_ns.get_or_insert(e.time_ns);
         match e.kind {
             EventKind::Alloc => {
-                let s = site_for(e.stack_id, &mut sites);
+                let (s, _) = site_for(e.stack_id, &mut sites, &mut parts);
                 open.insert(e.addr, (e.time_ns, s));
             }
             EventKind::Free => {
                 let (alloc_ns, s) = open.remove(&e.addr).unwrap_or_else(|| {
                     // Allocated before the window: it was live from (at least) its start.
-                    (if wrapped { window_start } else { 0 }, site_for(e.stack_id, &mut sites))
+                    (if wrapped { window_start } else { 0 }, site_for(e.stack_id, &mut sites, &mut parts).0)
                 });
                 // A site created by events alone holds nothing at the end and is not reported.
                 let Some(h) = histories.get_mut(s) else { continue };
@@ -338,7 +382,11 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
     }
 
     sites.truncate(histories.len());
-    for (site, h) in sites.iter_mut().zip(histories) {
+    for (site, (h, mut stacks)) in sites.iter_mut().zip(histories.into_iter().zip(parts)) {
+        // The stack holding the most unfreed bytes first, then in address order.
+        stacks.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| distinct.get(a.0).cmp(&distinct.get(b.0))));
+        site.stacks = stacks.iter().filter_map(|&(k, _)| distinct.get(k).cloned()).collect();
+        site.frames = site.stacks.first().cloned().unwrap_or_default();
         let (series, freed_variance) = h.series(&series_times);
         site.trend = growth::assess(&growth::Evidence {
             times_ns: &series_times,
@@ -351,10 +399,6 @@ pub fn analyze<S: TraceSource + ?Sized>(trace: &Trace, source: &S, probe_times: 
         });
         site.series = series;
         site.live_at_probes = h.at_probes(probe_times);
-        site.active_from = h.active_from.unwrap_or(0);
-        site.freed_variance = freed_variance;
-        site.stacks = vec![site.frames.clone()];
-        site.live = h.live;
     }
 
     sites.retain(|s| s.sampled_unfreed > 0);
@@ -376,70 +420,6 @@ fn sort_sites(sites: &mut [Site]) {
             .then(b.unfreed_bytes.total_cmp(&a.unfreed_bytes))
             .then(a.frames.cmp(&b.frames))
     });
-}
-
-/// Merge the sites that `key` says are one (the same source location: two call instructions on
-/// one line, an unrolled loop, both arms of a conditional) into one site each, summing their
-/// figures and judging the merged site's growth on its summed series, as if its allocations
-/// had come from one stack. The merged site keeps the frames of its largest part and the list
-/// of every raw stack.
-pub fn merge_sites<K: Eq + std::hash::Hash>(analysis: &mut Analysis, key: impl Fn(&Site) -> K) {
-    let mut groups: HashMap<K, usize> = HashMap::new();
-    let mut merged: Vec<Site> = Vec::with_capacity(analysis.sites.len());
-    let mut changed = false;
-    for site in analysis.sites.drain(..) {
-        match groups.entry(key(&site)) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                absorb(&mut merged[*e.get()], site);
-                changed = true;
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(merged.len());
-                merged.push(site);
-            }
-        }
-    }
-    if changed {
-        let times = series_times(analysis.end_ns);
-        for site in merged.iter_mut().filter(|s| s.stacks.len() > 1) {
-            site.trend = growth::assess(&growth::Evidence {
-                times_ns: &times,
-                live_bytes: &site.series,
-                end_ns: analysis.end_ns,
-                unfreed_bytes: site.unfreed_bytes,
-                active_from: site.active_from,
-                live: &site.live,
-                freed_variance: &site.freed_variance,
-            });
-        }
-        sort_sites(&mut merged);
-    }
-    analysis.sites = merged;
-}
-
-/// Add `other`'s figures, series and evidence to `into` (sites are sorted by size, so `into`,
-/// met first, is the larger part: its frames stand for both).
-fn absorb(into: &mut Site, other: Site) {
-    let add = |a: &mut Vec<f64>, b: &[f64]| {
-        if a.len() < b.len() {
-            a.resize(b.len(), 0.0);
-        }
-        for (x, y) in a.iter_mut().zip(b) {
-            *x += y;
-        }
-    };
-    into.unfreed_bytes += other.unfreed_bytes;
-    into.unfreed_allocations += other.unfreed_allocations;
-    into.sampled_unfreed += other.sampled_unfreed;
-    into.bytes_variance += other.bytes_variance;
-    into.first_alloc_ns = into.first_alloc_ns.min(other.first_alloc_ns);
-    into.last_alloc_ns = into.last_alloc_ns.max(other.last_alloc_ns);
-    add(&mut into.series, &other.series);
-    add(&mut into.live_at_probes, &other.live_at_probes);
-    add(&mut into.freed_variance, &other.freed_variance);
-    into.live.extend(other.live);
-    into.active_from = into.active_from.min(other.active_from);
-    into.stacks.extend(other.stacks);
 }
 
 #[cfg(test)]

@@ -9,15 +9,13 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use leaktrace_format::Trace;
-
 use crate::analysis::Analysis;
-use crate::report::{human_bytes, site_label, FrameOut, Report, SiteOut};
+use crate::naming::SiteName;
+use crate::report::{human_bytes, FrameOut, Report, SiteOut};
 
 /// One side of a comparison: a trace's report, and the moment it is read at.
 pub struct Side<'a> {
     pub label: String,
-    pub trace: &'a Trace,
     pub analysis: &'a Analysis,
     pub report: &'a Report,
     /// None: the end of the trace (the live table); Some(k): live bytes from the history at the
@@ -52,7 +50,7 @@ pub struct SiteDiff {
     label: String,
 }
 
-fn frame_key(trace: &Trace, f: &FrameOut) -> String {
+fn frame_key(f: &FrameOut) -> String {
     match &f.function {
         Some(func) => format!(
             "{}|{func}|{}|{}",
@@ -61,23 +59,25 @@ fn frame_key(trace: &Trace, f: &FrameOut) -> String {
             f.line.unwrap_or(0)
         ),
         // Unresolved: module + offset from its load bias, the same in every process.
-        None => crate::export::frame_label(f, &trace.modules),
+        None => crate::naming::frame_label(f),
     }
 }
 
-fn site_key(trace: &Trace, s: &SiteOut) -> Vec<String> {
-    s.frames.iter().map(|f| frame_key(trace, f)).collect()
+fn site_key(s: &SiteOut) -> Vec<String> {
+    s.frames.iter().map(frame_key).collect()
 }
 
 /// Unfreed bytes of every site of `side`, keyed by meaning.
 fn bytes_by_key<'a>(side: &Side<'a>) -> BTreeMap<Vec<String>, (f64, bool, &'a SiteOut)> {
     let mut out = BTreeMap::new();
-    for (s, site) in side.report.sites.iter().zip(&side.analysis.sites) {
+    for s in &side.report.sites {
+        // The report numbers its sites 1.. in the analysis's order (suppressed ones included).
+        let site = s.id.checked_sub(1).and_then(|i| side.analysis.sites.get(i));
         let bytes = match side.at_probe {
             None => s.unfreed_bytes,
-            Some(k) => site.live_at_probes.get(k).map_or(0.0, |b| b.round()),
+            Some(k) => site.and_then(|site| site.live_at_probes.get(k)).map_or(0.0, |b| b.round()),
         };
-        let e = out.entry(site_key(side.trace, s)).or_insert((0.0, false, s));
+        let e = out.entry(site_key(s)).or_insert((0.0, false, s));
         e.0 += bytes;
         e.1 |= s.growing;
     }
@@ -95,7 +95,7 @@ pub fn diff(old: &Side<'_>, new: &Side<'_>) -> Diff {
             delta_bytes: nb - ob,
             growing_in_new: growing,
             frames: s.frames.clone(),
-            label: site_label(s),
+            label: SiteName::of(&s.frames).quoted(),
         });
     }
     for (key, &(ob, _, s)) in &a {
@@ -106,7 +106,7 @@ pub fn diff(old: &Side<'_>, new: &Side<'_>) -> Diff {
                 delta_bytes: -ob,
                 growing_in_new: false,
                 frames: s.frames.clone(),
-                label: site_label(s),
+                label: SiteName::of(&s.frames).quoted(),
             });
         }
     }

@@ -8,6 +8,7 @@ mod diff;
 mod export;
 mod growth;
 mod launch;
+mod naming;
 mod progress;
 mod report;
 mod suppress;
@@ -222,11 +223,18 @@ fn report_on(
     probe_times: &[u64],
     progress: &progress::Progress,
 ) -> Loaded {
-    progress.stage(format!("analyzing {} events and {} live allocations", trace.readable_events, trace.live.len()));
-    let mut analysis = analysis::analyze(&trace, &file, probe_times);
-    progress.stage(format!("symbolizing {} call sites", analysis.sites.len()));
+    progress.stage(format!("collecting the call stacks of {} live allocations", trace.live.len()));
     let symbolizer = symbolize::Symbolizer::new(&trace.modules, opts);
-    let report = report::build(&trace, &mut analysis, &symbolizer, suppressions);
+    let mut symbols = None;
+    let analysis = analysis::analyze(&trace, &file, probe_times, |stacks, live| {
+        progress.stage(format!("symbolizing {} call stacks", live.iter().filter(|&&l| l).count()));
+        let (s, locations) = naming::Symbols::for_sites(&trace.modules, &symbolizer, stacks, live);
+        progress.stage(format!("analyzing {} events and {} live allocations", trace.readable_events, trace.live.len()));
+        symbols = Some(s);
+        locations
+    });
+    let symbols = symbols.unwrap_or_else(|| naming::Symbols::new(&trace.modules, &symbolizer, &[]));
+    let report = report::build(&trace, &analysis, &symbols, &symbolizer, suppressions);
     Loaded { trace, analysis, report }
 }
 
@@ -264,7 +272,6 @@ fn run_diff(
             fn side<'a>(l: &'a Loaded, p: &Path) -> diff::Side<'a> {
                 diff::Side {
                     label: format!("{} (pid {})", p.display(), l.trace.header.pid),
-                    trace: &l.trace,
                     analysis: &l.analysis,
                     report: &l.report,
                     at_probe: None,
@@ -285,7 +292,6 @@ fn run_diff(
             let a = report_on(loaded, opts, &suppress::Suppressions::builtin(), &[t1, t2], &progress);
             let side = |t: u64, probe: usize| diff::Side {
                 label: format!("{:.1}s", t as f64 / 1e9),
-                trace: &a.trace,
                 analysis: &a.analysis,
                 report: &a.report,
                 at_probe: Some(probe),
@@ -315,7 +321,7 @@ fn run(cli: Cli) -> Result<()> {
             let text: Vec<u8> = match format {
                 Format::Json => (serde_json::to_string_pretty(&r)? + "\n").into_bytes(),
                 Format::Text => report::render_text(&r, top).into_bytes(),
-                Format::Folded => export::folded::render(&r, &t.modules).into_bytes(),
+                Format::Folded => export::folded::render(&r).into_bytes(),
                 Format::Pprof => export::pprof::render(&r, &analysis, &t.modules)?,
                 Format::Html => export::html::render(&r, &analysis, &t, top).into_bytes(),
             };

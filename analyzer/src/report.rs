@@ -1,16 +1,15 @@
 //! The report: a stable JSON document (see README, "JSON report") and a text rendering of it.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::Path;
 
 use serde::Serialize;
 
 use leaktrace_format::{layout, Trace};
 
 use crate::analysis::Analysis;
+use crate::naming::{SiteName, Symbols};
 use crate::suppress::Suppressions;
-use crate::symbolize::{SourceFrame, Symbolizer};
+use crate::symbolize::Symbolizer;
 
 #[derive(Serialize)]
 pub struct Report {
@@ -129,6 +128,8 @@ pub struct RssVsHeap {
 #[derive(Serialize)]
 pub struct SiteOut {
     pub id: usize,
+    /// What every output calls the site: its naming frame and where it is (see `naming`).
+    pub name: String,
     #[serde(serialize_with = "as_integer")]
     pub unfreed_bytes: f64,
     /// Half-width of the 95% confidence interval of `unfreed_bytes` (0 in exact mode).
@@ -144,18 +145,29 @@ pub struct SiteOut {
     pub last_alloc_ns: u64,
     pub frames: Vec<FrameOut>,
     /// When the site merges several raw call stacks (one source location reached by several
-    /// call instructions), their return addresses, innermost first; empty otherwise.
+    /// call instructions), their return addresses, innermost first, the stack with the most
+    /// unfreed bytes first; empty otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<Vec<String>>,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, Debug)]
 pub struct FrameOut {
     pub address: String,
     pub module: Option<String>,
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// The address relative to its module's load bias (how an unresolved frame is named).
+    #[serde(skip)]
+    pub module_offset: Option<u64>,
+}
+
+impl FrameOut {
+    /// A frame that did not resolve: its address, and its module if known.
+    pub fn unresolved(addr: u64, module: Option<String>, module_offset: Option<u64>) -> FrameOut {
+        FrameOut { address: format!("{addr:#x}"), module, function: None, file: None, line: None, module_offset }
+    }
 }
 
 /// Counts and byte figures go out as integers (estimates rounded): a consumer in jq or Go should
@@ -165,72 +177,41 @@ pub fn as_integer<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error
     s.serialize_i64(if v.is_finite() { v.round() as i64 } else { 0 })
 }
 
-fn module_name(path: &str) -> String {
-    Path::new(path).file_name().map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
-}
-
-pub fn build(trace: &Trace, analysis: &mut Analysis, symbolizer: &Symbolizer, suppressions: &Suppressions) -> Report {
-    let mut addrs: Vec<u64> = analysis.sites.iter().flat_map(|s| s.frames.iter().copied()).collect();
-    addrs.sort_unstable();
-    addrs.dedup();
-    let resolved: HashMap<u64, Vec<SourceFrame>> = symbolizer.symbolize_all(&addrs);
-
-    let frames_out = |addr: u64| -> Vec<FrameOut> {
-        let module = crate::export::module_of(&trace.modules, addr).map(|(_, m)| m);
-        let module_label = module.map(|m| module_name(&m.path));
-        let address = format!("{addr:#x}");
-        match resolved.get(&addr).filter(|f| !f.is_empty()) {
-            Some(frames) => frames
-                .iter()
-                .map(|f| FrameOut {
-                    address: address.clone(),
-                    module: module_label.clone(),
-                    function: f.function.clone(),
-                    file: f.file.clone(),
-                    line: f.line,
-                })
-                .collect(),
-            None => vec![FrameOut { address, module: module_label, function: None, file: None, line: None }],
-        }
-    };
-
-    // Sites are source locations: stacks whose symbolized frames are the same (function, file,
-    // line, inlined frames included; unresolved frames by module and address) are one site.
-    let site_frames =
-        |raw: &[u64]| -> Vec<FrameOut> { without_allocator_entries(raw.iter().flat_map(|&a| frames_out(a)).collect()) };
-    crate::analysis::merge_sites(analysis, |site| {
-        site_frames(&site.frames)
-            .into_iter()
-            .map(|f| match f.function {
-                Some(_) => (f.module, f.function, f.file, f.line, None),
-                None => (f.module, None, None, None, Some(f.address)),
-            })
-            .collect::<Vec<_>>()
-    });
-
+/// The report of an analysis whose sites were grouped by `symbols` (see [`crate::naming`]).
+pub fn build(
+    trace: &Trace,
+    analysis: &Analysis,
+    symbols: &Symbols,
+    symbolizer: &Symbolizer,
+    suppressions: &Suppressions,
+) -> Report {
     let h = &trace.header;
     let process = trace.process.clone().unwrap_or_default();
     let sites: Vec<SiteOut> = analysis
         .sites
         .iter()
         .enumerate()
-        .map(|(i, s)| SiteOut {
-            id: i + 1,
-            unfreed_bytes: s.unfreed_bytes.round(),
-            unfreed_bytes_ci95: (1.96 * s.bytes_variance.sqrt()).round(),
-            unfreed_allocations: s.unfreed_allocations.round(),
-            sampled_unfreed: s.sampled_unfreed,
-            growing: s.trend.growing,
-            growth_bytes_per_sec: s.trend.bytes_per_sec.round(),
-            trend_confidence: (s.trend.confidence * 1000.0).round() / 1000.0,
-            first_alloc_ns: s.first_alloc_ns,
-            last_alloc_ns: s.last_alloc_ns,
-            frames: site_frames(&s.frames),
-            stacks: if s.stacks.len() > 1 {
-                s.stacks.iter().map(|st| st.iter().map(|a| format!("{a:#x}")).collect()).collect()
-            } else {
-                Vec::new()
-            },
+        .map(|(i, s)| {
+            let frames = symbols.site_frames(&s.frames);
+            SiteOut {
+                id: i + 1,
+                name: SiteName::of(&frames).plain(),
+                unfreed_bytes: s.unfreed_bytes.round(),
+                unfreed_bytes_ci95: (1.96 * s.bytes_variance.sqrt()).round(),
+                unfreed_allocations: s.unfreed_allocations.round(),
+                sampled_unfreed: s.sampled_unfreed,
+                growing: s.trend.growing,
+                growth_bytes_per_sec: s.trend.bytes_per_sec.round(),
+                trend_confidence: (s.trend.confidence * 1000.0).round() / 1000.0,
+                first_alloc_ns: s.first_alloc_ns,
+                last_alloc_ns: s.last_alloc_ns,
+                frames,
+                stacks: if s.stacks.len() > 1 {
+                    s.stacks.iter().map(|st| st.iter().map(|a| format!("{a:#x}")).collect()).collect()
+                } else {
+                    Vec::new()
+                },
+            }
         })
         .collect();
     let (sites, suppressed_sites): (Vec<SiteOut>, Vec<SiteOut>) =
@@ -247,7 +228,7 @@ pub fn build(trace: &Trace, analysis: &mut Analysis, symbolizer: &Symbolizer, su
         .map(|r| RssPoint { t_ns: r.t_ns, rss_bytes: r.rss_bytes, tracer_bytes: r.own_bytes })
         .collect();
     let peak = rss_peak(trace);
-    let summary = summarize(&sites, rss_vs_heap.as_ref(), &rss_points, peak);
+    let summary = crate::naming::summary(&sites, rss_vs_heap.as_ref(), &rss_points, peak);
     Report {
         format_version: format!("{}.{}", h.version_major, h.version_minor),
         summary,
@@ -374,98 +355,6 @@ pub fn tracer_words(r: &RssVsHeap) -> Option<String> {
 pub fn notable_peak(rss: &[RssPoint], peak: Option<RssPeak>) -> Option<RssPeak> {
     let ends = rss.first()?.rss_bytes.max(rss.last()?.rss_bytes);
     peak.filter(|p| p.rss_bytes as f64 >= ends as f64 * 1.25 && p.rss_bytes.saturating_sub(ends) >= 4 << 20)
-}
-
-/// Allocator entry points: what malloc is to C, `operator new` (every variant: array, nothrow,
-/// sized, aligned; libstdc++ and libc++) is to C++ and the `__rust_alloc` shims are to Rust.
-/// Leading frames in them are stripped from every site, as the preload strips malloc's own, so
-/// that frames[0] is the code that asked for memory.
-pub fn is_allocator_entry(function: &str) -> bool {
-    const ENTRIES: &[&str] = &[
-        "operator new",
-        "operator new[]",
-        "__rust_alloc",
-        "__rust_alloc_zeroed",
-        "__rust_realloc",
-        "__rdl_alloc",
-        "__rdl_alloc_zeroed",
-        "__rdl_realloc",
-        "__rg_alloc",
-        "__rg_alloc_zeroed",
-        "__rg_realloc",
-    ];
-    let base = function.split('(').next().unwrap_or(function).trim_end();
-    ENTRIES.contains(&base)
-}
-
-/// A site's frames without the leading allocator entry points (one frame is always kept).
-fn without_allocator_entries(mut frames: Vec<FrameOut>) -> Vec<FrameOut> {
-    let entries = frames.iter().take_while(|f| f.function.as_deref().is_some_and(is_allocator_entry)).count();
-    frames.drain(..entries.min(frames.len().saturating_sub(1)));
-    frames
-}
-
-/// The frame a site is named by, in every output: the first past any allocator entry point,
-/// resolved or not (an unresolved frame is named by module + address rather than skipped, so a
-/// site is never named after a distant caller).
-pub fn naming_frame(frames: &[FrameOut]) -> Option<&FrameOut> {
-    frames.iter().find(|f| !f.function.as_deref().is_some_and(is_allocator_entry)).or_else(|| frames.first())
-}
-
-/// Where a site allocates, in source terms when its naming frame resolved, else as an address
-/// in its module (never a caller further out, which would name the wrong place).
-pub fn site_label(s: &SiteOut) -> String {
-    let Some(f) = naming_frame(&s.frames) else { return "an unknown call stack".into() };
-    match (&f.function, &f.file, f.line) {
-        (Some(func), Some(file), Some(line)) => {
-            let short = Path::new(file).file_name().and_then(|n| n.to_str()).unwrap_or(file);
-            format!("`{func}` at {short}:{line}")
-        }
-        (Some(func), _, _) => format!("`{func}`"),
-        _ => format!("{} in {}", f.address, f.module.as_deref().unwrap_or("an unknown module")),
-    }
-}
-
-fn summarize(sites: &[SiteOut], rss: Option<&RssVsHeap>, rss_series: &[RssPoint], peak: Option<RssPeak>) -> String {
-    let rss_part = match rss {
-        Some(r) if r.rss_growth_bytes > 0.0 => {
-            let explained = r.explained_fraction.map_or(String::new(), |e| {
-                format!(", {:.0}% of it explained by sampled heap growth", (e * 100.0).min(100.0))
-            });
-            let outside = if r.growth_outside_heap {
-                " — most of the growth is outside malloc'd memory (fragmentation, mmap, thread stacks)"
-            } else {
-                ""
-            };
-            format!("; {}{explained}{outside}", rss_growth_words(r, rss_series, peak))
-        }
-        // RSS did not grow, but it peaked high on the way: say so.
-        _ => match (notable_peak(rss_series, peak), rss_series.last()) {
-            (Some(p), Some(last)) => format!(
-                "; RSS peaked at {} at {} and ended at {}",
-                human_bytes(p.rss_bytes as f64),
-                secs(p.t_ns),
-                human_bytes(last.rss_bytes as f64)
-            ),
-            _ => String::new(),
-        },
-    };
-    match sites.iter().find(|s| s.growing) {
-        Some(s) => format!(
-            "{} grows {}/min with confidence {:.2}{rss_part}.",
-            site_label(s),
-            human_bytes(s.growth_bytes_per_sec * 60.0),
-            s.trend_confidence
-        ),
-        None => match sites.first() {
-            Some(s) => format!(
-                "No call site's live memory grows steadily; the largest unfreed site is {} with {}{rss_part}.",
-                site_label(s),
-                human_bytes(s.unfreed_bytes)
-            ),
-            None => format!("No sampled allocation was left unfreed{rss_part}."),
-        },
-    }
 }
 
 pub fn human_bytes(b: f64) -> String {
@@ -803,9 +692,8 @@ mod tests {
     fn report_of(b: &TraceBuilder) -> (Report, serde_json::Value, String) {
         let bytes = b.build();
         let trace = Trace::parse_from(&bytes).expect("synthetic trace parses");
-        let mut analysis = crate::analysis::analyze(&trace, &bytes, &[]);
-        let symbolizer = Symbolizer::new(&trace.modules, &Default::default());
-        let r = build(&trace, &mut analysis, &symbolizer, &Suppressions::default());
+        let (analysis, r) = analyze_and_build(&trace, &bytes);
+        let _ = analysis;
         let json = serde_json::to_value(&r).unwrap();
         let text = render_text(&r, 20);
         (r, json, text)
@@ -814,9 +702,22 @@ mod tests {
     fn html_of(b: &TraceBuilder) -> String {
         let bytes = b.build();
         let trace = Trace::parse_from(&bytes).unwrap();
-        let mut analysis = crate::analysis::analyze(&trace, &bytes, &[]);
-        let r = build(&trace, &mut analysis, &Symbolizer::new(&[], &Default::default()), &Suppressions::default());
+        let (analysis, r) = analyze_and_build(&trace, &bytes);
         crate::export::html::render(&r, &analysis, &trace, 20)
+    }
+
+    /// As `leak-analyze report` does it (main.rs `report_on`), without suppressions.
+    fn analyze_and_build(trace: &Trace, bytes: &Vec<u8>) -> (Analysis, Report) {
+        let symbolizer = Symbolizer::new(&trace.modules, &Default::default());
+        let mut symbols = None;
+        let analysis = crate::analysis::analyze(trace, bytes, &[], |stacks, live| {
+            let (s, locations) = crate::naming::Symbols::for_sites(&trace.modules, &symbolizer, stacks, live);
+            symbols = Some(s);
+            locations
+        });
+        let symbols = symbols.unwrap_or_else(|| crate::naming::Symbols::new(&trace.modules, &symbolizer, &[]));
+        let r = build(trace, &analysis, &symbols, &symbolizer, &Suppressions::default());
+        (analysis, r)
     }
 
     fn info_of(b: &TraceBuilder) -> String {
@@ -881,7 +782,8 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(html_of(&eight_mib_leak()).contains("leaktrace's own 2.4 MiB excluded"), "the HTML's verdict");
+        // The page escapes the apostrophe.
+        assert!(html_of(&eight_mib_leak()).contains("leaktrace&#39;s own 2.4 MiB excluded"), "the HTML's verdict");
     }
 
     /// Without the own series (a 1.0 trace), the growth is the kernel's and nothing is said to

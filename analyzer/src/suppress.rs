@@ -188,6 +188,7 @@ mod tests {
             function: function.map(String::from),
             file: file.map(String::from),
             line: None,
+            module_offset: None,
         }
     }
 

@@ -9,7 +9,8 @@ use anyhow::Result;
 
 use leaktrace_format::{Trace, TraceSource};
 
-use crate::report::{human_bytes, site_label, Report};
+use crate::naming::{SiteName, Symbols};
+use crate::report::{human_bytes, Report};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
 use crate::{analysis, report};
 
@@ -32,12 +33,18 @@ pub fn run<S: TraceSource>(load: impl Fn() -> Result<(Trace, S)>, opts: &Options
     let mut refreshes = 0u64;
     loop {
         let (trace, source) = load()?;
-        let mut analysis = analysis::analyze(&trace, &source, &[]);
         if symbolizer.as_ref().is_none_or(|(n, _)| *n != trace.modules.len()) {
             symbolizer = Some((trace.modules.len(), Symbolizer::new(&trace.modules, &opts.symbolize)));
         }
         let sym = &symbolizer.as_ref().expect("set just above").1;
-        let r = report::build(&trace, &mut analysis, sym, &crate::suppress::Suppressions::builtin());
+        let mut symbols = None;
+        let analysis = analysis::analyze(&trace, &source, &[], |stacks, live| {
+            let (s, locations) = Symbols::for_sites(&trace.modules, sym, stacks, live);
+            symbols = Some(s);
+            locations
+        });
+        let symbols = symbols.unwrap_or_else(|| Symbols::new(&trace.modules, sym, &[]));
+        let r = report::build(&trace, &analysis, &symbols, sym, &crate::suppress::Suppressions::builtin());
         let mut out = std::io::stdout().lock();
         if tty {
             out.write_all(CLEAR.as_bytes())?;
@@ -105,7 +112,7 @@ pub fn render(t: &Trace, r: &Report, top: usize) -> String {
             human_bytes(s.unfreed_bytes),
             growth,
             s.trend_confidence,
-            site_label(s)
+            SiteName::of(&s.frames).quoted()
         );
     }
     if r.sites.is_empty() {

@@ -148,6 +148,26 @@ NOINLINE void leak_pvalloc(void) {
     }
 }
 
+/* One source line, two call instructions (issue 11): both arms of a conditional, and a
+ * statement written twice by a macro. Each line is one site with all of its blocks. */
+#define TWICE(stmt) stmt; stmt
+
+NOINLINE void leak_both_arms(void) {
+    struct site *s = site("leak_both_arms");
+    for (int i = 0; i < 6; i++) {
+        size_t n = 333 + i;
+        void *p = (i & 1) ? realloc(NULL, n) : malloc(n); s->line = __LINE__;
+        leaked(s, p, n);
+    }
+}
+
+NOINLINE void leak_twice_per_line(void) {
+    struct site *s = site("leak_twice_per_line");
+    for (int i = 0; i < 3; i++) {
+        TWICE(leaked(s, realloc(NULL, 333), 333)); s->line = __LINE__;
+    }
+}
+
 /* A realloc that fails must leave the block allocated, and tracked, where it was. */
 NOINLINE void leak_realloc_failed(void) {
     struct site *s = site("leak_realloc_failed");
@@ -222,6 +242,8 @@ int main(int argc, char **argv) {
     leak_valloc();
     leak_pvalloc();
     leak_realloc_failed();
+    leak_both_arms();
+    leak_twice_per_line();
     int failed = leak_failed();
     int realloc_zero_null = free_by_realloc_zero();
     churn(30000);

@@ -532,26 +532,11 @@ impl Report {
         ] {
             self.at(p);
         }
-        // Counts and byte figures are integers in the JSON (README); rates may be fractional.
-        let integral = |v: &Value| v.is_u64() || v.is_i64();
-        for p in ["/totals/unfreed_bytes", "/totals/unfreed_allocations"] {
-            if !integral(self.at(p)) {
-                self.fail(format!("{p} is {}, not an integer", self.at(p)));
-            }
-        }
-        if let Some(r) = self.json.pointer("/rss_vs_heap").filter(|v| !v.is_null()) {
-            for key in ["rss_growth_bytes", "raw_rss_growth_bytes", "tracer_growth_bytes", "heap_growth_bytes"] {
-                if !r.get(key).is_some_and(integral) {
-                    self.fail(format!("rss_vs_heap.{key} is {:?}, not an integer", r.get(key)));
-                }
-            }
-        }
-        for site in self.sites() {
-            for key in ["unfreed_bytes", "unfreed_bytes_ci95", "unfreed_allocations", "sampled_unfreed"] {
-                if !site.json.get(key).is_some_and(integral) {
-                    self.fail(format!("site {}: {key} is {:?}, not an integer", site.json["id"], site.json.get(key)));
-                }
-            }
+        // Counts and byte figures are integers in the JSON (README); rates and confidences may
+        // be fractional.
+        let fractional = non_integer_numbers(&self.json);
+        if !fractional.is_empty() {
+            self.fail(format!("counts and byte figures that are not integers: {}", fractional.join(", ")));
         }
         let mut ids = std::collections::HashSet::new();
         let sites = self.sites();
@@ -671,7 +656,30 @@ fn frame_text(f: &Value) -> String {
     }
 }
 
-/// `v` as a non-negative integer, accepting a float only if it has no fractional part.
+/// The fields of a report or diff whose numbers may have fractions (README: rates and
+/// confidences). Every other number is a count or a byte figure (or a time in ns): an integer.
+pub const FRACTIONAL_FIELDS: &[&str] = &["growth_bytes_per_sec", "trend_confidence", "explained_fraction"];
+
+/// Where `json` holds a number that is not written as an integer (`39.0` counts as not),
+/// outside [`FRACTIONAL_FIELDS`]: JSON pointers with their values.
+pub fn non_integer_numbers(json: &Value) -> Vec<String> {
+    fn walk(v: &Value, path: &str, key: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Number(n) if !(n.is_u64() || n.is_i64() || FRACTIONAL_FIELDS.contains(&key)) => {
+                out.push(format!("{path} = {n}"))
+            }
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, e)| walk(e, &format!("{path}/{i}"), key, out)),
+            Value::Object(o) => o.iter().for_each(|(k, e)| walk(e, &format!("{path}/{k}"), k, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(json, "", "", &mut out);
+    out
+}
+
+/// `v` as a non-negative integer, accepting a float only if it has no fractional part (the
+/// reports of analyzers before the JSON's figures were integers wrote `39.0`).
 pub fn as_exact_u64(v: &Value) -> Option<u64> {
     if let Some(n) = v.as_u64() {
         return Some(n);
@@ -722,6 +730,11 @@ impl<'a> Site<'a> {
         let v = self.field(report, "unfreed_allocations");
         as_exact_u64(v)
             .unwrap_or_else(|| report.fail(format!("unfreed_allocations is not an integer in exact mode: {v}")))
+    }
+
+    pub fn unfreed_bytes_ci95(&self, report: &Report) -> f64 {
+        let v = self.field(report, "unfreed_bytes_ci95");
+        v.as_f64().unwrap_or_else(|| report.fail(format!("unfreed_bytes_ci95 is not a number: {v}")))
     }
 
     pub fn sampled_unfreed(&self, report: &Report) -> u64 {
@@ -1166,6 +1179,16 @@ mod tests {
         assert!(function_is("rust_box::leak_box", "leak_box"));
         assert!(function_is("ns::Widget::leak_new(int, char const*)", "leak_new"));
         assert!(function_is("rust_box::leak_box::h0123456789abcdef", "leak_box"));
+    }
+
+    #[test]
+    fn integer_figures_are_told_from_fractional_ones() {
+        let v = serde_json::json!({
+            "totals": {"unfreed_bytes": 2121025, "unfreed_allocations": 39.0},
+            "sites": [{"growth_bytes_per_sec": 12.5, "trend_confidence": 0.97, "unfreed_bytes": 1.5}],
+            "rss_vs_heap": {"explained_fraction": 0.25}
+        });
+        assert_eq!(non_integer_numbers(&v), ["/sites/0/unfreed_bytes = 1.5", "/totals/unfreed_allocations = 39.0"]);
     }
 
     #[test]

@@ -105,6 +105,16 @@ fn every_entry_point_is_recorded_exactly() {
         }
     }
 
+    // Sites are source locations: a line with two call instructions (both arms of a
+    // conditional, a statement written twice) is one site above, and lists both raw stacks.
+    for name in ["leak_both_arms", "leak_twice_per_line"] {
+        let sites = report.sites_allocated_in(name);
+        let stacks = sites.first().and_then(|s| s.json["stacks"].as_array()).map_or(0, Vec::len);
+        if stacks < 2 {
+            report.fail(format!("{name} reaches the allocator from two call instructions on one line; its site lists {stacks} raw stacks"));
+        }
+    }
+
     // A failed allocation records nothing; realloc(p, 0) and the churn free what they got.
     assert_exact_sites(&report, &json, false);
     if !report.sites_through("leak_failed").is_empty() {
@@ -143,8 +153,8 @@ fn first_frame_is_the_allocation_call_with_file_and_line() {
     for (name, _, _) in program_sites(&json) {
         let line = get_u64(&json, &format!("/sites/{name}/line"));
         let sites = report.sites_allocated_in(&name);
-        // One source location, one site: realloc(NULL, n) twice in a loop, new[] with a
-        // destructor, malloc(1 MiB + 17) each reach malloc from more than one call instruction.
+        // One source location, one site: leak_both_arms and leak_twice_per_line reach the
+        // allocator from two call instructions on one line.
         if sites.len() != 1 {
             report.fail(format!(
                 "{name}: {} sites for one allocation call on line {line}; sites are source locations",
@@ -212,7 +222,7 @@ fn cxx_new_and_new_array_are_recorded() {
     assert_exact_sites(&report, &json, false);
     // operator new (plain, array, aligned) is an allocator entry point, stripped like malloc:
     // frames[0] is the function that said `new`, in every site.
-    for name in ["leak_new", "leak_new_array", "leak_new_aligned"] {
+    for name in ["leak_new", "leak_new_array", "leak_new_aligned", "leak_new_dtor_array", "leak_new_nothrow"] {
         for site in report.sites_through(name) {
             let top = site.top_function().unwrap_or("");
             if !leaktrace_tests::function_is(top, name) {
@@ -234,6 +244,51 @@ fn rust_box_and_vec_are_recorded() {
     let dir = TestDir::new("rust_box");
     let (_run, report, json) = run_exact(&dir, "rust_box.rs", &[]);
     assert_exact_sites(&report, &json, true);
+}
+
+/// Every count and byte figure of the JSON report and of the JSON diff is an integer, estimates
+/// rounded (README); only rates and confidences have fractions. Sampled mode, where every
+/// estimate is a sum of fractional weights (before, `"unfreed_allocations": 39.0`).
+#[test]
+fn json_counts_and_bytes_are_integers() {
+    use leaktrace_tests::{analyze, non_integer_numbers};
+    let dir = TestDir::new("json_integers");
+    let exe = dir.compile("sampled.c");
+    let run = dir.run(&exe, &["96", "128"], &Settings::sampled(7));
+    let report = run.report();
+    let rounded = report.sites().iter().any(|s| {
+        s.unfreed_allocations(&report) != s.sampled_unfreed(&report) as f64 && s.unfreed_bytes_ci95(&report) > 0.0
+    });
+    assert!(rounded, "no site has an estimated (not exact) figure to round\n{}", report.site_summary());
+    for key in ["unfreed_bytes", "unfreed_allocations", "unfreed_bytes_ci95", "sampled_unfreed"] {
+        for s in report.sites() {
+            assert!(s.json[key].is_u64(), "site {}: {key} is {}", s.json["id"], s.json[key]);
+        }
+    }
+    for p in ["/totals/unfreed_bytes", "/totals/unfreed_allocations", "/suppressed/bytes", "/suppressed/allocations"] {
+        assert!(report.at(p).is_u64(), "{p} is {}", report.at(p));
+    }
+    let bad = non_integer_numbers(&report.json);
+    assert!(bad.is_empty(), "not integers in the report: {bad:?}");
+
+    let end = report.int("/process/duration_ns") as f64 / 1e9;
+    let from = format!("{:.3}s", end / 3.0);
+    let out = analyze(
+        &[
+            std::ffi::OsStr::new("diff"),
+            run.trace.as_os_str(),
+            "--from".as_ref(),
+            from.as_ref(),
+            "--format".as_ref(),
+            "json".as_ref(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    let diff: Value = serde_json::from_str(&out.stdout).expect("diff JSON");
+    assert!(diff["sites"].as_array().is_some_and(|a| !a.is_empty()), "the diff lists no site: {}", out.stdout);
+    let bad = non_integer_numbers(&diff);
+    assert!(bad.is_empty(), "not integers in the diff: {bad:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use leaktrace_format::ModuleRecord;
-
 use super::{stack_outermost_first, whole};
 use crate::report::Report;
 
@@ -31,23 +29,23 @@ pub fn clean(label: &str) -> String {
 }
 
 /// Merged stacks (labels joined by `;`) with their unfreed bytes, sorted by stack.
-pub fn stacks(report: &Report, modules: &[ModuleRecord]) -> BTreeMap<String, u64> {
+pub fn stacks(report: &Report) -> BTreeMap<String, u64> {
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
     for s in &report.sites {
         let bytes = whole(s.unfreed_bytes);
         if bytes == 0 {
             continue;
         }
-        let key = stack_outermost_first(s, modules).iter().map(|l| clean(l)).collect::<Vec<_>>().join(";");
+        let key = stack_outermost_first(s).iter().map(|l| clean(l)).collect::<Vec<_>>().join(";");
         let e = out.entry(key).or_insert(0);
         *e = e.saturating_add(bytes);
     }
     out
 }
 
-pub fn render(report: &Report, modules: &[ModuleRecord]) -> String {
+pub fn render(report: &Report) -> String {
     let mut o = String::new();
-    for (stack, bytes) in stacks(report, modules) {
+    for (stack, bytes) in stacks(report) {
         o.push_str(&stack);
         o.push(' ');
         o.push_str(&bytes.to_string());

@@ -15,7 +15,8 @@ use leaktrace_format::Trace;
 
 use super::{base_name, frame_label, stack_outermost_first, whole};
 use crate::analysis::Analysis;
-use crate::report::{human_bytes, naming_frame, secs, FrameOut, Report, SiteOut};
+use crate::naming::{naming_frame, per_min, Headline, Place, SiteName};
+use crate::report::{human_bytes, secs, FrameOut, Report, SiteOut};
 
 // ---------------------------------------------------------------------------------------------
 // Text helpers
@@ -85,10 +86,6 @@ fn utc(unix_ns: u64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-fn per_min(bytes_per_sec: f64) -> String {
-    format!("{}/min", human_bytes(bytes_per_sec * 60.0))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Frames
 
@@ -113,22 +110,22 @@ fn loc_html(f: &FrameOut) -> String {
     }
 }
 
-/// How a site is named in one line: its naming frame, at file:line.
-fn site_title(s: &SiteOut, trace: &Trace) -> String {
-    match naming_frame(&s.frames) {
-        Some(f) if f.file.is_some() => {
-            format!("<code>{}</code> at {}", esc(&frame_label(f, &trace.modules)), loc_html(f))
-        }
-        Some(f) => format!("<code>{}</code> {}", esc(&frame_label(f, &trace.modules)), loc_html(f)),
-        None => format!("<code>{}</code>", esc(super::LOST_STACK)),
+/// How a site is named in one line: its name (`naming::SiteName`, as every output names it),
+/// with the full path of its file in a title.
+fn site_title(s: &SiteOut) -> String {
+    let name = SiteName::of(&s.frames);
+    let label = format!("<code>{}</code>", esc(&name.label));
+    match (name.frame, name.place) {
+        (Some(f), Place::Line { .. }) => format!("{label} at {}", loc_html(f)),
+        (_, Place::Module(m)) => format!(r#"{label} <span class="loc">in {}</span>"#, esc(m)),
+        _ => label,
     }
 }
 
 /// The few callers after the named frame, for context in the collapsed row.
-fn callers_preview(s: &SiteOut, trace: &Trace) -> String {
+fn callers_preview(s: &SiteOut) -> String {
     let start = naming_frame(&s.frames).and_then(|n| s.frames.iter().position(|f| std::ptr::eq(f, n))).unwrap_or(0);
-    let names: Vec<String> =
-        s.frames.iter().skip(start + 1).take(3).map(|f| esc(&frame_label(f, &trace.modules))).collect();
+    let names: Vec<String> = s.frames.iter().skip(start + 1).take(3).map(|f| esc(&frame_label(f))).collect();
     if names.is_empty() {
         return String::new();
     }
@@ -136,7 +133,30 @@ fn callers_preview(s: &SiteOut, trace: &Trace) -> String {
     format!(r#"<div class="callers">← {}{more}</div>"#, names.join(" ← "))
 }
 
-fn stack_html(s: &SiteOut, trace: &Trace) -> String {
+/// Most raw stacks listed under a site that merges several.
+const MAX_LISTED_STACKS: usize = 16;
+
+/// The raw stacks a site merges (one source location, several call instructions), when more
+/// than one: the return addresses of each, innermost first (JSON `sites[].stacks`).
+fn raw_stacks_html(s: &SiteOut) -> String {
+    if s.stacks.len() < 2 {
+        return String::new();
+    }
+    let mut o = format!(
+        r#"<div class="rawstacks muted">One source location reached by {} call stacks (return addresses, innermost first):<ol>"#,
+        s.stacks.len()
+    );
+    for st in s.stacks.iter().take(MAX_LISTED_STACKS) {
+        let _ = write!(o, r#"<li class="addr">{}</li>"#, esc(&st.join(" ")));
+    }
+    if s.stacks.len() > MAX_LISTED_STACKS {
+        let _ = write!(o, "<li>… {} more</li>", s.stacks.len() - MAX_LISTED_STACKS);
+    }
+    o.push_str("</ol></div>");
+    o
+}
+
+fn stack_html(s: &SiteOut) -> String {
     if s.frames.is_empty() {
         return format!(
             r#"<p class="muted">{}: the stack of these allocations could not be read.</p>"#,
@@ -150,88 +170,85 @@ fn stack_html(s: &SiteOut, trace: &Trace) -> String {
         let _ = write!(
             o,
             r#"<li><code class="{class}">{}</code> {}{}<span class="addr">{}</span></li>"#,
-            esc(&frame_label(f, &trace.modules)),
+            esc(&frame_label(f)),
             loc_html(f),
             if inlined { r#" <span class="tag">inlined</span>"# } else { "" },
             esc(&f.address)
         );
     }
     o.push_str("</ol>");
+    o.push_str(&raw_stacks_html(s));
     o
 }
 
 // ---------------------------------------------------------------------------------------------
 // The verdict
 
-/// The report's RSS-versus-heap comparison as a sentence, if RSS grew.
+/// The report's RSS-versus-heap comparison as a sentence, if RSS grew (the summary's clause).
 fn rss_sentence(report: &Report) -> Option<String> {
-    let r = report.rss_vs_heap.as_ref().filter(|r| r.rss_growth_bytes > 0.0)?;
-    let explained = r.explained_fraction.filter(|e| e.is_finite()).map_or(String::new(), |e| {
-        format!(", {:.0}% of it explained by sampled heap growth", (e * 100.0).clamp(0.0, 100.0))
-    });
-    let outside = if r.growth_outside_heap {
+    let r = report.rss_vs_heap.as_ref();
+    let clause = crate::naming::rss_clause(r, &report.rss, report.rss_peak)?;
+    let outside = if r.is_some_and(|r| r.growth_outside_heap && r.rss_growth_bytes > 0.0) {
         " <b>Most of the growth is outside malloc'd memory</b> (fragmentation, mmap, thread stacks)."
     } else {
         ""
     };
-    Some(format!("{}{explained}.{outside}", crate::report::rss_growth_words(r, &report.rss, report.rss_peak)))
+    Some(format!("{}.{outside}", esc(&clause)))
 }
 
-fn verdict_html(report: &Report, trace: &Trace) -> (String, &'static str) {
-    let (mut html, class) = verdict_sentence(report, trace);
+fn verdict_html(report: &Report) -> (String, &'static str) {
+    let (mut html, class) = verdict_sentence(report);
     if let Some(rss) = rss_sentence(report) {
         let _ = write!(html, r#"<span class="sub">{rss}</span>"#);
     }
     (html, class)
 }
 
-/// The one-sentence verdict (the report's `summary`, with markup): the first growing site, its
-/// rate and confidence; else the largest site.
-fn verdict_sentence(report: &Report, trace: &Trace) -> (String, &'static str) {
-    let growing: Vec<&SiteOut> = report.sites.iter().filter(|s| s.growing).collect();
-    if let Some(s) = growing.first() {
-        let mut o = format!(
-            "{} grows <b>{}</b> with confidence {:.2}.",
-            site_title(s, trace),
-            per_min(s.growth_bytes_per_sec),
-            fin(s.trend_confidence)
-        );
-        let ci = if s.unfreed_bytes_ci95 > 0.0 {
-            format!(" ± {}", human_bytes(s.unfreed_bytes_ci95))
-        } else {
-            String::new()
-        };
-        let _ = write!(
-            o,
-            r#" <span class="sub">It holds {}{} unfreed in {} allocations at the end of the trace"#,
-            human_bytes(s.unfreed_bytes),
-            ci,
-            group(whole(s.unfreed_allocations))
-        );
-        match growing.len() {
-            1 => o.push_str(".</span>"),
-            n => {
-                let _ = write!(
-                    o,
-                    "; {} other site{} grow{} too.</span>",
-                    n - 1,
-                    if n == 2 { "" } else { "s" },
-                    if n == 2 { "s" } else { "" }
-                );
+/// The one-sentence verdict (the report's `summary`, with markup, of the same site: see
+/// `naming::Headline`): the first growing site, its rate and confidence; else the largest site.
+fn verdict_sentence(report: &Report) -> (String, &'static str) {
+    match Headline::of(&report.sites) {
+        Headline::Growing { site: s, others } => {
+            let mut o = format!(
+                "{} grows <b>{}</b> with confidence {:.2}.",
+                site_title(s),
+                per_min(s.growth_bytes_per_sec),
+                fin(s.trend_confidence)
+            );
+            let ci = if s.unfreed_bytes_ci95 > 0.0 {
+                format!(" ± {}", human_bytes(s.unfreed_bytes_ci95))
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                o,
+                r#" <span class="sub">It holds {}{} unfreed in {} allocations at the end of the trace"#,
+                human_bytes(s.unfreed_bytes),
+                ci,
+                group(whole(s.unfreed_allocations))
+            );
+            match others {
+                0 => o.push_str(".</span>"),
+                n => {
+                    let _ = write!(
+                        o,
+                        "; {n} other site{} grow{} too.</span>",
+                        if n == 1 { "" } else { "s" },
+                        if n == 1 { "s" } else { "" }
+                    );
+                }
             }
+            (o, "leak")
         }
-        (o, "leak")
-    } else if let Some(s) = report.sites.first() {
-        (
+        Headline::Largest { site: s } => (
             format!(
                 "No call site's live memory grows steadily. The largest unfreed site is {} with <b>{}</b>.",
-                site_title(s, trace),
+                site_title(s),
                 human_bytes(s.unfreed_bytes)
             ),
             "calm",
-        )
-    } else {
-        ("No sampled allocation was left unfreed.".to_string(), "calm")
+        ),
+        Headline::Nothing => ("No sampled allocation was left unfreed.".to_string(), "calm"),
     }
 }
 
@@ -483,7 +500,7 @@ fn fit_label(name: &str, width: f64) -> String {
     }
 }
 
-fn flame_graph(report: &Report, trace: &Trace) -> String {
+fn flame_graph(report: &Report) -> String {
     let mut nodes = vec![Node { name: "all".into(), bytes: 0, growing_bytes: 0, children: BTreeMap::new() }];
     for s in &report.sites {
         let b = whole(s.unfreed_bytes);
@@ -494,7 +511,7 @@ fn flame_graph(report: &Report, trace: &Trace) -> String {
         let mut cur = 0usize;
         nodes[0].bytes = nodes[0].bytes.saturating_add(b);
         nodes[0].growing_bytes = nodes[0].growing_bytes.saturating_add(g);
-        for label in stack_outermost_first(s, &trace.modules).into_iter().take(FLAME_MAX_DEPTH) {
+        for label in stack_outermost_first(s).into_iter().take(FLAME_MAX_DEPTH) {
             let next = match nodes[cur].children.get(&label) {
                 Some(&i) => i,
                 None => {
@@ -639,6 +656,8 @@ ol.stack li{padding:1px 0}
 ol.stack .fn{color:#1b3f8f}
 ol.stack .fn.unres{color:var(--muted)}
 ol.stack .addr{color:#a1a8b6;font-size:11px;margin-left:6px;font-family:ui-monospace,"DejaVu Sans Mono",monospace}
+.rawstacks{font-size:12px;margin-top:6px}
+.rawstacks ol{margin:4px 0;padding-left:22px;font-size:11px;font-family:ui-monospace,"DejaVu Sans Mono",monospace;word-break:break-all}
 .tag{font-size:10.5px;background:#eef2fb;color:#3b5aa6;border-radius:3px;padding:0 4px}
 svg.spark{display:block}
 .spark .sl{fill:none;stroke:#7d8797;stroke-width:1.6}
@@ -750,7 +769,7 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
     o.push_str("</div></div></header>\n<main class=\"wrap\">\n");
 
     // Verdict.
-    let (verdict, class) = verdict_html(report, trace);
+    let (verdict, class) = verdict_html(report);
     let _ = writeln!(o, r#"<section class="card verdict {class}" id="verdict">{verdict}</section>"#);
 
     // Damage and symbolization problems.
@@ -855,9 +874,9 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
             if s.growing { "growing" } else { "flat" },
             s.id,
             if row == 0 { " open" } else { "" },
-            site_title(s, trace),
-            stack_html(s, trace),
-            callers_preview(s, trace),
+            site_title(s),
+            stack_html(s),
+            callers_preview(s),
             human_bytes(s.unfreed_bytes),
             ci,
             group(whole(s.unfreed_allocations)),
@@ -890,7 +909,7 @@ pub fn render(report: &Report, analysis: &Analysis, trace: &Trace, top: usize) -
 "#,
         flame_color("", 1.0),
         flame_color("", 0.0),
-        flame_graph(report, trace)
+        flame_graph(report)
     );
 
     if !report.symbolization_warnings.is_empty() {
@@ -929,27 +948,6 @@ mod tests {
         );
         assert_eq!(esc("a\u{0}b\u{1b}c"), "a\u{fffd}b\u{fffd}c");
         assert_eq!(esc("std::map<int, int>::operator[]"), "std::map&lt;int, int&gt;::operator[]");
-    }
-
-    #[test]
-    fn sites_are_named_past_allocator_entries_but_not_past_unresolved_frames() {
-        let f = |addr: &str, func: Option<&str>| FrameOut {
-            address: addr.into(),
-            module: Some("app".into()),
-            function: func.map(String::from),
-            file: None,
-            line: None,
-        };
-        let s = [f("0x1", Some("operator new(unsigned long)")), f("0x2", Some("Cache::add")), f("0x3", Some("main"))];
-        assert_eq!(naming_frame(&s).and_then(|f| f.function.as_deref()), Some("Cache::add"));
-        let s = [f("0x1", None), f("0x2", Some("__libc_start_call_main"))];
-        assert_eq!(naming_frame(&s).map(|f| f.address.as_str()), Some("0x1"));
-        let s = [f("0x1", Some("__rust_alloc"))];
-        assert_eq!(naming_frame(&s).map(|f| f.address.as_str()), Some("0x1"));
-        // A libc function that allocates is the code that asked: the site is named by it.
-        let s = [f("0x1", Some("__GI___strdup")), f("0x2", Some("leak_strdup"))];
-        assert_eq!(naming_frame(&s).and_then(|f| f.function.as_deref()), Some("__GI___strdup"));
-        assert!(naming_frame(&[]).is_none());
     }
 
     #[test]

@@ -11,15 +11,9 @@ pub mod html;
 pub mod pprof;
 pub mod proto;
 
-use std::path::Path;
-
-use leaktrace_format::ModuleRecord;
-
 use crate::analysis::Analysis;
+pub use crate::naming::{base_name, frame_label, module_of, LOST_STACK};
 use crate::report::{FrameOut, SiteOut};
-
-/// Shown in place of a stack that was lost (stack table full or damaged).
-pub const LOST_STACK: &str = "[stack lost]";
 
 /// The frames of one return address: the inlined functions innermost first, the function that
 /// holds the call instruction last. One entry, unresolved, when symbolization failed.
@@ -78,38 +72,13 @@ fn group_with_raw<'a>(raw: &[u64], frames: &'a [FrameOut]) -> Option<Vec<AddrFra
     (i == frames.len()).then_some(out)
 }
 
-/// The module holding a return address: the call instruction (`addr - 1`) decides, as in
-/// symbolization; the address itself is the fallback.
-pub fn module_of(modules: &[ModuleRecord], addr: u64) -> Option<(usize, &ModuleRecord)> {
-    let by = |a: u64| modules.iter().enumerate().find(|(_, m)| m.contains(a));
-    addr.checked_sub(1).and_then(by).or_else(|| by(addr))
-}
-
-/// A file name without its directories.
-pub fn base_name(path: &str) -> &str {
-    Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or(path)
-}
-
-/// How one frame is named in a flame graph: its function, else `module+0xoffset` (the offset
-/// from the module's load bias, as `addr2line -e module` takes it), else the raw address.
-pub fn frame_label(f: &FrameOut, modules: &[ModuleRecord]) -> String {
-    if let Some(func) = f.function.as_deref().filter(|s| !s.is_empty()) {
-        return func.to_string();
-    }
-    let addr = parse_addr(&f.address);
-    match module_of(modules, addr) {
-        Some((_, m)) => format!("{}+{:#x}", base_name(&m.path), addr.wrapping_sub(m.base)),
-        None => f.address.clone(),
-    }
-}
-
 /// A site's stack for flame graphs: frame labels outermost first (inlined frames after the
 /// function they were inlined into).
-pub fn stack_outermost_first(s: &SiteOut, modules: &[ModuleRecord]) -> Vec<String> {
+pub fn stack_outermost_first(s: &SiteOut) -> Vec<String> {
     if s.frames.is_empty() {
         return vec![LOST_STACK.to_string()];
     }
-    s.frames.iter().rev().map(|f| frame_label(f, modules)).collect()
+    s.frames.iter().rev().map(frame_label).collect()
 }
 
 /// A finite, non-negative f64 as an integer (NaN and negatives read as 0, huge values saturate).
@@ -126,7 +95,14 @@ mod tests {
     use super::*;
 
     fn f(addr: &str, func: Option<&str>) -> FrameOut {
-        FrameOut { address: addr.into(), module: None, function: func.map(String::from), file: None, line: None }
+        FrameOut {
+            address: addr.into(),
+            module: None,
+            function: func.map(String::from),
+            file: None,
+            line: None,
+            module_offset: None,
+        }
     }
 
     #[test]
@@ -156,18 +132,5 @@ mod tests {
         assert_eq!(whole(-3.0), 0);
         assert_eq!(whole(f64::INFINITY), 0);
         assert_eq!(whole(2.6), 3);
-    }
-
-    #[test]
-    fn unresolved_frames_are_named_by_module_offset() {
-        let m = ModuleRecord {
-            path: "/opt/app/libx.so".into(),
-            base: 0x7f00_0000_0000,
-            segments: vec![leaktrace_format::Segment { vaddr: 0x1000, memsz: 0x2000, flags: 5 }],
-            ..Default::default()
-        };
-        assert_eq!(frame_label(&f("0x7f0000001234", None), std::slice::from_ref(&m)), "libx.so+0x1234");
-        assert_eq!(frame_label(&f("0x99", None), std::slice::from_ref(&m)), "0x99");
-        assert_eq!(frame_label(&f("0x99", Some("main")), &[]), "main");
     }
 }
