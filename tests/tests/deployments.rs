@@ -580,6 +580,32 @@ fn fork_per_connection_children_with_nothing_unfreed_leave_no_file() {
 // ---------------------------------------------------------------------------------------------
 // 5. Dormant prefork trees and children forked after a ctl
 
+/// prefork.c's dormant master and two workers, exact mode, `file_size` traces within a tree
+/// budget of `budget`, 300 ms after the fork: the running master, the workers' pids, the trace
+/// directory and the flag that lets the workers finish.
+fn dormant_prefork(dir: &TestDir, file_size: &str, budget: &str) -> (Background, Vec<u32>, PathBuf, PathBuf) {
+    let exe = dir.compile("prefork.c");
+    let traces = dir.path.join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
+    let flag = dir.path.join("resumed");
+    let mut settings = Settings::exact().file_size(file_size);
+    settings.start = "off".into();
+    let mut bg = Background::spawn(&mut traced_to(
+        dir,
+        &exe,
+        &[OsString::from("workers"), flag.clone().into()],
+        &settings,
+        &traces,
+        &[("LEAKTRACE_TREE_BUDGET", budget)],
+    ));
+    bg.wait_for_stdout("workers ", Duration::from_secs(20));
+    let line = bg.stdout_now().lines().find(|l| l.starts_with("workers ")).unwrap().to_string();
+    let workers: Vec<u32> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(workers.len(), 2, "cannot read the workers' pids from {line:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    (bg, workers, traces, flag)
+}
+
 /// A dormant master (LEAKTRACE_START=off) forks two workers that leak in worker_leak. Each
 /// worker has its own trace file from its fork; `leak-analyze ctl DIR --resume` on the trace
 /// directory resumes them all; after 1.5 s more of leaking, each worker's trace names
@@ -587,25 +613,7 @@ fn fork_per_connection_children_with_nothing_unfreed_leave_no_file() {
 #[test]
 fn dormant_prefork_workers_can_be_resumed() {
     let dir = TestDir::new("deploy_prefork");
-    let exe = dir.compile("prefork.c");
-    let traces = dir.path.join("traces");
-    std::fs::create_dir_all(&traces).unwrap();
-    let flag = dir.path.join("resumed");
-    let mut settings = Settings::exact().file_size("4M");
-    settings.start = "off".into();
-    let mut bg = Background::spawn(&mut traced_to(
-        &dir,
-        &exe,
-        &[OsString::from("workers"), flag.clone().into()],
-        &settings,
-        &traces,
-        &[("LEAKTRACE_TREE_BUDGET", "64M")],
-    ));
-    bg.wait_for_stdout("workers ", Duration::from_secs(20));
-    let line = bg.stdout_now().lines().find(|l| l.starts_with("workers ")).unwrap().to_string();
-    let workers: Vec<u32> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
-    assert_eq!(workers.len(), 2, "cannot read the workers' pids from {line:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    let (bg, workers, traces, flag) = dormant_prefork(&dir, "4M", "64M");
     for &w in &workers {
         let found = trace_files_of(&traces, w);
         assert!(
@@ -905,26 +913,8 @@ fn fork_exec_children_give_their_disk_back() {
 #[test]
 fn a_resume_the_budget_cannot_hold_is_refused() {
     let dir = TestDir::new("deploy_resume_refused");
-    let exe = dir.compile("prefork.c");
-    let traces = dir.path.join("traces");
-    std::fs::create_dir_all(&traces).unwrap();
-    let flag = dir.path.join("resumed");
-    let mut settings = Settings::exact().file_size("2M");
-    settings.start = "off".into();
-    // Room for the three small dormant files and one full one: the master's resume fits, the
-    // workers' do not.
-    let mut bg = Background::spawn(&mut traced_to(
-        &dir,
-        &exe,
-        &[OsString::from("workers"), flag.clone().into()],
-        &settings,
-        &traces,
-        &[("LEAKTRACE_TREE_BUDGET", "3M")],
-    ));
-    bg.wait_for_stdout("workers ", Duration::from_secs(20));
-    let line = bg.stdout_now().lines().find(|l| l.starts_with("workers ")).unwrap().to_string();
-    let workers: Vec<u32> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Room for the three small dormant files and one full one: one resume fits, not two.
+    let (bg, workers, traces, flag) = dormant_prefork(&dir, "2M", "3M");
     let c = ctl(&[&traces], &["--resume"]);
     assert_eq!(c.status.code(), Some(1), "a refused resume is exit status 1\n{}", c.describe());
     let refused = c.stdout.lines().filter(|l| l.contains("REFUSED") && l.contains("budget")).count();
