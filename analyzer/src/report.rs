@@ -648,7 +648,7 @@ pub fn render_info(t: &Trace) -> String {
     }
     let _ = writeln!(
         o,
-        "dropped          {} events, {} allocations (live table full), {} stacks (stack table full)",
+        "dropped          {} metadata records (metadata region full: modules, sampling changes), {} allocations (live table full), {} stacks (stack table full)",
         h.events_dropped, h.live_dropped, h.stacks_dropped
     );
     let _ = writeln!(

@@ -70,11 +70,16 @@ fn minutes_and_seconds(ns: u64) -> String {
 
 /// RSS change per minute over the last minute of the series (or what there is of it), and the
 /// span it was measured over.
+/// The program's RSS (leaktrace's own share taken out, where the trace has it).
+fn program_rss(s: &leaktrace_format::RssSample) -> f64 {
+    s.rss_bytes.saturating_sub(s.own_bytes) as f64
+}
+
 fn recent_rss_rate(t: &Trace) -> Option<(f64, u64)> {
     let last = t.rss.last()?;
     let from = t.rss.iter().find(|r| r.t_ns + 60_000_000_000 >= last.t_ns)?;
     let dt = last.t_ns.checked_sub(from.t_ns).filter(|&d| d > 0)?;
-    Some(((last.rss_bytes as f64 - from.rss_bytes as f64) * 60e9 / dt as f64, dt))
+    Some(((program_rss(last) - program_rss(from)) * 60e9 / dt as f64, dt))
 }
 
 pub fn render(t: &Trace, r: &Report, top: usize) -> String {
@@ -95,12 +100,16 @@ pub fn render(t: &Trace, r: &Report, top: usize) -> String {
         r.process.cmdline.join(" "),
         minutes_and_seconds(t.end_ns())
     );
-    let rss_now = t.rss.last().map_or(0.0, |s| s.rss_bytes as f64);
+    let rss_now = t.rss.last().map_or(0.0, program_rss);
     let rate = recent_rss_rate(t).map_or(String::new(), |(v, span)| {
         let sign = if v >= 0.0 { "+" } else { "-" };
         format!(" ({sign}{}/min over the last {})", human_bytes(v.abs()), minutes_and_seconds(span))
     });
-    let _ = writeln!(o, "RSS {}{rate}   heap estimate {}", human_bytes(rss_now), human_bytes(r.totals.unfreed_bytes));
+    let own = t.rss.last().map_or(0, |s| s.own_bytes);
+    let own =
+        if own > 0 { format!(" (leaktrace's own {} not counted)", human_bytes(own as f64)) } else { String::new() };
+    let _ =
+        writeln!(o, "RSS {}{rate}{own}   heap estimate {}", human_bytes(rss_now), human_bytes(r.totals.unfreed_bytes));
     let _ = writeln!(o, "\n{}\n", r.summary);
     let _ = writeln!(o, "{:>3}  {:>11}  {:>13}  {:>5}  site", "#", "unfreed", "growth/min", "conf");
     for s in r.sites.iter().take(top) {
