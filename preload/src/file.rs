@@ -61,8 +61,7 @@ pub fn create_mapped(path: &str, size: u64, reserve_now: u64) -> Result<TraceFil
     within_file_size_limit(size)?;
     let mut dirs = vec![path.to_string()];
     if !path.starts_with('/') {
-        let tmp = getenv(c"TMPDIR").filter(|t| t.starts_with('/')).unwrap_or_else(|| "/tmp".into());
-        dirs.push(format!("{}/{}", tmp.trim_end_matches('/'), path));
+        dirs.push(format!("{}/{}", temp_dir(), path));
     }
     let mut last_err = String::new();
     for base_path in &dirs {
@@ -249,6 +248,13 @@ fn lstat_id(path: &CString) -> Option<(u64, u64)> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is NUL-terminated and `st` is writable.
     (unsafe { libc::lstat(path.as_ptr(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// Where a file goes when the place it was meant for cannot hold it: an absolute $TMPDIR, else
+/// /tmp; without a trailing slash.
+pub fn temp_dir() -> String {
+    let tmp = getenv(c"TMPDIR").filter(|t| t.starts_with('/')).unwrap_or_else(|| "/tmp".into());
+    tmp.trim_end_matches('/').to_string()
 }
 
 /// libc's getenv: unlike std::env::var it takes no lock, and this runs in forked children,

@@ -800,8 +800,7 @@ fn choose_ledger_path(config: &Config) {
             let trace = config.path_for(pid, false);
             let mut path = budget::ledger_path_for(&trace, pid);
             if !dir_writable(&path) {
-                let tmp = std::env::var("TMPDIR").ok().filter(|t| t.starts_with('/')).unwrap_or_else(|| "/tmp".into());
-                path = format!("{}/leaktrace.{pid}.tree", tmp.trim_end_matches('/'));
+                path = format!("{}/leaktrace.{pid}.tree", file::temp_dir());
             }
             std::env::set_var(budget::TREE_ENV, &path);
             path
