@@ -8,7 +8,7 @@ pub const MAGIC: [u8; 8] = *b"LKTRACE\0";
 /// Bumped when an old reader could misread a new file.
 pub const VERSION_MAJOR: u16 = 1;
 /// Bumped for additions an old reader can safely ignore.
-pub const VERSION_MINOR: u16 = 1;
+pub const VERSION_MINOR: u16 = 2;
 
 /// The header occupies the first page of the file.
 pub const HEADER_SIZE: usize = 4096;
@@ -77,7 +77,12 @@ pub mod hdr {
     pub const CHILDREN_REMOVED: usize = 536; // u64, children whose trace was removed at exit: nothing unfreed
     pub const TREE_BUDGET: usize = 544; // u64, the process tree's disk budget in bytes
     pub const TREE_ID: usize = 552; // u64, identifies the tree's disk ledger
-    pub const LAST: usize = 560;
+
+    // Version 1.2 additions (zero in older files).
+    /// CLOCK_REALTIME when `leak-analyze attach` started this trace in a running process; 0 for
+    /// a trace that started with the process (preloaded).
+    pub const ATTACH_UNIX_NS: usize = 560; // u64
+    pub const LAST: usize = 568;
 }
 const _: () = assert!(hdr::LAST <= HEADER_SIZE);
 const _: () = assert!(hdr::REGIONS + REGION_COUNT * 16 <= hdr::LIVE_CAPACITY);
@@ -136,6 +141,8 @@ pub enum EndReason {
     Unknown = 0,
     /// The process ran its exit handlers.
     Exit = 1,
+    /// `leak-analyze detach` ended the trace; the process ran on untraced (1.2).
+    Detached = 2,
 }
 
 /// The gate word (`hdr::GATE`) holds the sampling mean in its low 32 bits and an epoch above;

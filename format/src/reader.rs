@@ -55,6 +55,8 @@ pub struct Header {
     pub children_removed: u64,
     pub tree_budget: u64,
     pub tree_id: u64,
+    /// CLOCK_REALTIME when `leak-analyze attach` started the trace; 0 if preloaded (1.2).
+    pub attach_unix_ns: u64,
 }
 
 /// One record of the event ring. The writer fills every field but `seq`, which the ring assigns.
@@ -458,6 +460,7 @@ impl Header {
             children_removed: u64_at(bytes, hdr::CHILDREN_REMOVED),
             tree_budget: u64_at(bytes, hdr::TREE_BUDGET),
             tree_id: u64_at(bytes, hdr::TREE_ID),
+            attach_unix_ns: u64_at(bytes, hdr::ATTACH_UNIX_NS),
             ..Header::default()
         };
         if h.version_major != layout::VERSION_MAJOR {
@@ -505,8 +508,20 @@ impl Header {
         layout::TraceState::from_u32(self.state)
     }
 
+    /// Did the writer end the trace itself (exit, or detach), so that nothing more will come and
+    /// `end_ns` holds when?
     pub fn ended_cleanly(&self) -> bool {
-        self.end_reason == layout::EndReason::Exit as u32
+        self.end_reason == layout::EndReason::Exit as u32 || self.detached()
+    }
+
+    /// Was the trace ended by `leak-analyze detach` (the process may still run)?
+    pub fn detached(&self) -> bool {
+        self.end_reason == layout::EndReason::Detached as u32
+    }
+
+    /// Was the trace started by `leak-analyze attach`, in a process already running?
+    pub fn attached(&self) -> bool {
+        self.attach_unix_ns != 0
     }
 }
 

@@ -11,7 +11,7 @@
 //!
 //! It never runs inside a hook, so it may take the loader lock and do I/O.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::sampler::THREAD;
@@ -24,6 +24,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// no helper until it creates a thread of its own.
 static STARTED: AtomicBool = AtomicBool::new(false);
 
+/// Bumped by `stop`: a helper whose generation is not the current one returns.
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+
 /// Start the helper unless this process has one.
 pub fn start_once() {
     if STARTED.swap(true, Ordering::AcqRel) {
@@ -32,6 +35,12 @@ pub fn start_once() {
     if let Err(e) = spawn() {
         crate::warn(&format!("cannot start the helper thread ({e}); housekeeping runs in the allocation hooks only"));
     }
+}
+
+/// Detach: the helper ends within one poll, and a later attach starts a new one.
+pub fn stop() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+    STARTED.store(false, Ordering::Release);
 }
 
 /// In a forked child: only the forking thread was copied.
@@ -45,8 +54,9 @@ pub fn forget_after_fork() {
 fn spawn() -> std::io::Result<()> {
     // SAFETY: an all-zero pthread_t is a valid out-buffer.
     let mut thread: libc::pthread_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `thread_main` matches pthread's start routine type and takes no argument.
-    let rc = unsafe { crate::real::pthread_create(&mut thread, std::ptr::null(), thread_main, std::ptr::null_mut()) };
+    let generation = GENERATION.load(Ordering::Acquire) as usize as *mut std::ffi::c_void;
+    // SAFETY: `thread_main` matches pthread's start routine type; its argument is a number.
+    let rc = unsafe { crate::real::pthread_create(&mut thread, std::ptr::null(), thread_main, generation) };
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
@@ -58,20 +68,20 @@ fn spawn() -> std::io::Result<()> {
     Ok(())
 }
 
-extern "C" fn thread_main(_: *mut std::ffi::c_void) -> *mut std::ffi::c_void {
+extern "C" fn thread_main(generation: *mut std::ffi::c_void) -> *mut std::ffi::c_void {
     THREAD.with(|t| {
         // Everything this thread allocates is leaktrace's own: never sample it.
         let _guard = t.enter();
-        run();
+        run(generation as usize as u32);
     });
     std::ptr::null_mut()
 }
 
-fn run() -> ! {
+fn run(generation: u32) {
     let mut prefault = crate::mapped::PrefaultProgress::default();
     let mut prefault_left = true;
     let mut prefaulting: *const Tracer = std::ptr::null();
-    loop {
+    while GENERATION.load(Ordering::Acquire) == generation {
         // A forked child's trace starts at its first sample point; until then there is none.
         if let Some(tracer) = current() {
             tracer.tick(Caller::Helper);

@@ -10,6 +10,8 @@
 //! - [`background`]: the helper thread, only in a process that has threads of its own.
 //! - [`real`]: the allocator (and `pthread_create`) we forward to, and the bootstrap arena.
 //! - [`modules`]: the module map with build IDs.
+//! - [`got`]: redirecting the malloc family through each object's GOT, when attached to a
+//!   running process (`leak-analyze attach`) rather than preloaded.
 //! - [`unwind`], [`cfi`]: stack bounds, the frame-pointer walk and its calibration, and the
 //!   caching DWARF-CFI unwinder (framehop) with libgcc as its fallback.
 //! - [`config`]: the `LEAKTRACE_*` settings.
@@ -24,6 +26,7 @@ pub mod budget;
 pub mod cfi;
 pub mod config;
 pub mod file;
+pub mod got;
 pub mod mapped;
 pub mod modules;
 pub mod real;

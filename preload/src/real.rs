@@ -72,15 +72,26 @@ static TABLE: Table = Table {
     pvalloc: AtomicPtr::new(bootstrap_pvalloc as *mut ()),
 };
 
+/// Where `lookup` searches: RTLD_NEXT when preloaded (the objects after us), RTLD_DEFAULT when
+/// attached (the global scope, which we are not in: what the program's GOT slots hold).
+static SCOPE: AtomicPtr<c_void> = AtomicPtr::new(libc::RTLD_NEXT);
+
 fn lookup(name: &std::ffi::CStr, fallback: *mut ()) -> *mut () {
-    // SAFETY: `name` is NUL-terminated; RTLD_NEXT is valid from a shared object. The result is a
-    // symbol address or null, which we replace by glibc's own entry point.
-    let sym = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    // SAFETY: `name` is NUL-terminated; both handles are valid from a shared object. The result
+    // is a symbol address or null, which we replace by glibc's own entry point.
+    let sym = unsafe { libc::dlsym(SCOPE.load(Ordering::Relaxed), name.as_ptr()) };
     if sym.is_null() {
         fallback
     } else {
         sym.cast()
     }
+}
+
+/// Resolve in the global scope: we were dlopen'd into a running process by `attach`, and
+/// forward to what its objects called before we redirected them. Before any hook can run.
+pub(crate) fn resolve_global() -> bool {
+    SCOPE.store(libc::RTLD_DEFAULT, Ordering::Relaxed);
+    resolve()
 }
 
 /// Resolve the next allocator; idempotent. Returns true once resolved.
@@ -355,7 +366,7 @@ fn next_symbol(slot: &AtomicPtr<()>, name: &std::ffi::CStr) -> Option<*mut ()> {
         return Some(f);
     }
     // SAFETY: NUL-terminated names; RTLD_NEXT is valid from a shared object.
-    let mut f: *mut () = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }.cast();
+    let mut f: *mut () = unsafe { libc::dlsym(SCOPE.load(Ordering::Relaxed), name.as_ptr()) }.cast();
     if f.is_null() {
         // SAFETY: as above.
         f = unsafe { libc::dlvsym(libc::RTLD_NEXT, name.as_ptr(), c"GLIBC_2.2.5".as_ptr()) }.cast();

@@ -171,3 +171,77 @@ pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> libc::c_int {
     // SAFETY: same contract as the C function we forward to.
     unsafe { real::dlclose(handle) }
 }
+
+/// What `leak-analyze attach` and `detach` read from outside (with /proc/PID/mem, before they
+/// touch the process): is this library tracing, and how did it start? One of the `STATUS_*`.
+#[cfg_attr(not(test), no_mangle)]
+pub static leaktrace_status: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(STATUS_IDLE);
+
+/// Loaded, not tracing: never started, or detached.
+pub const STATUS_IDLE: u32 = 0;
+/// Preloaded and tracing (or dormant): cannot be attached to.
+pub const STATUS_PRELOADED: u32 = 1;
+/// Attached: `detach` applies.
+pub const STATUS_ATTACHED: u32 = 2;
+/// Was attached, detached since: may be attached again.
+pub const STATUS_DETACHED: u32 = 3;
+
+pub(crate) fn set_status(status: u32) {
+    leaktrace_status.store(status, std::sync::atomic::Ordering::Release);
+}
+
+/// Called by `leak-analyze attach` inside a running process, on a thread it chose, after it
+/// dlopen'd this library: start tracing with `settings` (`LEAKTRACE_*=value` lines) and redirect
+/// the malloc family to our hooks. Writes the trace's path (or, on failure, why) to `out`, NUL
+/// terminated and cut to `out_len` bytes. Returns 0, or an [`AttachError`] code.
+///
+/// [`AttachError`]: crate::tracer::AttachError
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn leaktrace_attach(
+    settings: *const libc::c_char,
+    out: *mut libc::c_char,
+    out_len: usize,
+) -> libc::c_int {
+    let text = if settings.is_null() {
+        String::new()
+    } else {
+        // SAFETY: the caller passes a NUL-terminated string.
+        unsafe { std::ffi::CStr::from_ptr(settings) }.to_string_lossy().into_owned()
+    };
+    let pairs: Vec<(String, String)> =
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.to_string())).collect();
+    let (rc, message) = match crate::tracer::attach(&pairs) {
+        Ok(path) => (0, path),
+        Err((why, message)) => (why as libc::c_int, message),
+    };
+    // SAFETY: the caller passes a buffer of `out_len` bytes (or null).
+    unsafe { write_c_string(out, out_len, &message) };
+    rc
+}
+
+/// Called by `leak-analyze detach`: give the malloc family back, end the trace. Writes the
+/// trace's path (or why not) to `out` as `leaktrace_attach` does.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn leaktrace_detach(out: *mut libc::c_char, out_len: usize) -> libc::c_int {
+    let (rc, message) = match crate::tracer::detach() {
+        Ok(path) => (0, path),
+        Err((why, message)) => (why as libc::c_int, message),
+    };
+    // SAFETY: the caller passes a buffer of `out_len` bytes (or null).
+    unsafe { write_c_string(out, out_len, &message) };
+    rc
+}
+
+/// # Safety
+/// `out` must be null or valid for `out_len` bytes of writes.
+unsafe fn write_c_string(out: *mut libc::c_char, out_len: usize, text: &str) {
+    if out.is_null() || out_len == 0 {
+        return;
+    }
+    let n = text.len().min(out_len - 1);
+    // SAFETY: `n + 1 <= out_len` bytes of the caller's buffer.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), out.cast::<u8>(), n);
+        *out.add(n) = 0;
+    }
+}

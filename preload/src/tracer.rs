@@ -86,9 +86,21 @@ fn gate_word() -> u64 {
 /// The active trace; null before start-up, after a failure to start, and in a forked child
 /// until it starts its own trace.
 static TRACER: AtomicPtr<Tracer> = AtomicPtr::new(std::ptr::null_mut());
-/// Settings read once at start-up; a forked child reuses them rather than reading the
-/// environment (std's environment lock may have been held by another thread at the fork).
-static CONFIG: OnceLock<Config> = OnceLock::new();
+/// Settings read once at start-up (or given by each attach); a forked child reuses them rather
+/// than reading the environment (std's environment lock may have been held by another thread at
+/// the fork). Null before, else a leaked `Config` that is never freed.
+static CONFIG: AtomicPtr<Config> = AtomicPtr::new(std::ptr::null_mut());
+
+fn config() -> Option<&'static Config> {
+    // SAFETY: CONFIG only ever holds null or a pointer from `Box::leak`, never freed.
+    unsafe { CONFIG.load(Ordering::Acquire).as_ref() }
+}
+
+fn set_config(config: Config) -> &'static Config {
+    let leaked: &'static Config = Box::leak(Box::new(config));
+    CONFIG.store(leaked as *const Config as *mut Config, Ordering::Release);
+    leaked
+}
 /// Set in a forked child of a tracing process: its own trace starts at its first sample point,
 /// so a child that only execs never creates a file.
 static START_PENDING: AtomicBool = AtomicBool::new(false);
@@ -566,7 +578,12 @@ fn libgcc_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
 // Start-up
 
 /// The library constructor: resolve the real allocator, read the settings, start tracing.
+/// Loaded by `leak-analyze attach` instead (with dlopen, into a running process), it does
+/// nothing: the environment is the program's, not the user's, and `leaktrace_attach` starts.
 pub fn on_load() {
+    if !loaded_by_preload() {
+        return;
+    }
     crate::real::resolve();
     crate::real::resolve_single_threaded();
     THREAD.with(|t| {
@@ -584,37 +601,178 @@ pub fn on_load() {
                 return;
             }
         };
-        let seed = config.seed.unwrap_or_else(|| mono_ns() ^ u64::from(std::process::id()) << 32);
-        crate::sampler::SEED.store(seed, Ordering::Relaxed);
-        modules::install_fork_fence();
-        let (mods, _) = modules::snapshot(0).unwrap_or_default();
-        let _ = TRACER_TEXT.set(modules::tracer_text_range(&mods));
-        // Every choice unwinds by CFI, stepping by frame record through the functions proven to
-        // keep frame pointers (cfi.rs): a pure frame-pointer walk is only right through code
-        // that keeps them, and a program built with them still calls a libc and libstdc++
-        // built without, where the walk skips the caller of strdup or operator new. No
-        // calibration on the first stacks can prove that later stacks stay in such code.
-        // `dwarf` uses no frame record at all (a reference to compare with).
-        crate::cfi::use_frame_records(config.unwinder != Unwinder::Dwarf);
-        if let Ok(mut last) = LAST_SNAPSHOT.try_lock() {
-            *last = mods;
-        }
-        let config = CONFIG.get_or_init(|| config);
-        mark_process_start();
-        if !config.start_paused {
-            // Built here, in the constructor, rather than by a thread: the hooks' CFI unwinder.
-            crate::cfi::refresh();
-        }
-        choose_ledger_path(config);
+        let config = prepare(config);
+        choose_ledger_path(config, true);
         // The file exists from the start, dormant or not: it is the channel `ctl` reaches the
         // process through.
         if start_or_stop(&guard, config, false, config.start_paused).is_none() {
             return;
         }
+        crate::shim::set_status(crate::shim::STATUS_PRELOADED);
+        register_fork_handler();
+    });
+}
+
+/// Were we preloaded (in the main program's symbol scope), rather than dlopen'd by `attach`
+/// (with RTLD_LOCAL)? Looked up through the main program's handle: RTLD_DEFAULT would search
+/// our own local scope too, and find us either way.
+fn loaded_by_preload() -> bool {
+    // SAFETY: dlopen(NULL) returns the main program's handle (no loading, no constructors).
+    let main = unsafe { libc::dlopen(std::ptr::null(), libc::RTLD_LAZY) };
+    if main.is_null() {
+        return true;
+    }
+    // SAFETY: a valid handle and a NUL-terminated name.
+    let found = !unsafe { libc::dlsym(main, c"leaktrace_attach".as_ptr()) }.is_null();
+    // SAFETY: `main` came from dlopen above; closing the main program's handle unloads nothing.
+    unsafe { libc::dlclose(main) };
+    found
+}
+
+/// What preloaded and attached start-up share: the sampler's seed, the module map, the
+/// unwinder, the settings, the trace's zero time.
+fn prepare(config: Config) -> &'static Config {
+    let seed = config.seed.unwrap_or_else(|| mono_ns() ^ u64::from(std::process::id()) << 32);
+    crate::sampler::SEED.store(seed, Ordering::Relaxed);
+    modules::install_fork_fence();
+    let (mods, _) = modules::snapshot(0).unwrap_or_default();
+    let _ = TRACER_TEXT.set(modules::tracer_text_range(&mods));
+    // Every choice unwinds by CFI, stepping by frame record through the functions proven to
+    // keep frame pointers (cfi.rs): a pure frame-pointer walk is only right through code
+    // that keeps them, and a program built with them still calls a libc and libstdc++
+    // built without, where the walk skips the caller of strdup or operator new. No
+    // calibration on the first stacks can prove that later stacks stay in such code.
+    // `dwarf` uses no frame record at all (a reference to compare with).
+    crate::cfi::use_frame_records(config.unwinder != Unwinder::Dwarf);
+    if let Ok(mut last) = LAST_SNAPSHOT.try_lock() {
+        *last = mods;
+    }
+    let config = set_config(config);
+    mark_process_start();
+    if !config.start_paused {
+        // Built here, at start-up, rather than by a thread: the hooks' CFI unwinder.
+        crate::cfi::refresh();
+    }
+    config
+}
+
+fn register_fork_handler() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
         // SAFETY: `after_fork_in_child` is an `extern "C" fn()` that stays valid for the life
-        // of the process; the other two handlers are absent.
+        // of the process (the library is never unloaded); the other two handlers are absent.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attach and detach
+
+/// Set while this process is traced through `leak-analyze attach` (in a forked child too,
+/// which inherits the redirected GOT slots).
+static ATTACHED: AtomicBool = AtomicBool::new(false);
+
+/// Why `leaktrace_attach` did not attach (its return value; `leak-analyze attach` names them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum AttachError {
+    /// Traced already: preloaded, or attached and not detached.
+    AlreadyTraced = 1,
+    /// A setting did not parse.
+    BadSettings = 2,
+    /// The trace file could not be created (disk, permissions, budget).
+    NotStarted = 3,
+    /// `leaktrace_detach` with nothing attached.
+    NotAttached = 4,
+}
+
+/// What the global scope binds `name` to: what the program's GOT slots hold, and so where the
+/// hooks forward once attached.
+fn global_binding(name: &std::ffi::CStr) -> usize {
+    // SAFETY: NUL-terminated name; RTLD_DEFAULT searches the global scope, which we are not in.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
+}
+
+/// Start tracing a running process we were dlopen'd into: `settings` are `LEAKTRACE_*` pairs.
+/// Returns the trace file's path.
+pub fn attach(settings: &[(String, String)]) -> Result<String, (AttachError, String)> {
+    if ATTACHED.load(Ordering::Acquire) || current().is_some() || loaded_by_preload() {
+        return Err((AttachError::AlreadyTraced, "this process is traced by leaktrace already".into()));
+    }
+    let config = Config::from_lookup(|k| settings.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
+        .map_err(|e| (AttachError::BadSettings, e))?;
+    crate::real::resolve_global();
+    crate::real::resolve_single_threaded();
+    THREAD.with(|t| {
+        let guard = t.enter();
+        let config = prepare(config);
+        choose_ledger_path(config, false);
+        let Some(tracer) = start_or_stop(&guard, config, false, config.start_paused) else {
+            return Err((
+                AttachError::NotStarted,
+                "the trace file could not be created (said on the process's stderr)".into(),
+            ));
+        };
+        let attached_at = PROCESS_START_UNIX.load(Ordering::Relaxed);
+        tracer.mapped.header(hdr::ATTACH_UNIX_NS).store(attached_at, Ordering::Release);
+        IS_FORKED_CHILD.store(false, Ordering::Relaxed);
+        register_fork_handler();
+        ATTACHED.store(true, Ordering::Release);
+        let count = crate::got::patch_all(global_binding);
+        // A process with threads already may have the helper; one with a single thread gets
+        // none, as with the preload.
+        if !crate::real::single_threaded() {
+            crate::background::start_once();
+        }
+        crate::shim::set_status(crate::shim::STATUS_ATTACHED);
+        // The path, then what was redirected (for `leak-analyze attach` to report).
+        Ok(format!("{}\n{} slots in {} objects", tracer.file.path, count.patched, count.objects))
+    })
+}
+
+/// Stop tracing: give every GOT slot back, end the trace as detached. Threads inside a hook
+/// meanwhile finish their call against the trace, which stays mapped; the library stays loaded
+/// (a function pointer to a hook taken while attached still works: it forwards).
+pub fn detach() -> Result<String, (AttachError, String)> {
+    if !ATTACHED.swap(false, Ordering::AcqRel) {
+        return Err((AttachError::NotAttached, "this process is not attached".into()));
+    }
+    let restored = crate::got::restore_all();
+    crate::shim::set_status(crate::shim::STATUS_DETACHED);
+    crate::background::stop();
+    let tracer = TRACER.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    stop_sampling();
+    // SAFETY: TRACER only ever holds null or a leaked tracer.
+    let Some(t) = (unsafe { tracer.as_ref() }) else {
+        return Ok(String::new());
+    };
+    THREAD.with(|thread| {
+        let _guard = thread.enter();
+        t.refresh_modules();
+        end_trace(t, layout::EndReason::Detached);
+    });
+    // The file is the user's now: it no longer counts against the budget of a later attach.
+    if let Some(config) = config() {
+        ledger(config).release(t.mapped.header(hdr::RESERVED_BYTES).load(Ordering::Acquire));
+    }
+    Ok(format!("{}\n{} slots restored", t.file.path, restored.restored))
+}
+
+/// Write what ends a trace: the last counts, the end time, a last RSS sample, the reason.
+fn end_trace(t: &Tracer, reason: layout::EndReason) {
+    let m = &t.mapped;
+    // The calling thread's unflushed counts; other threads' stay unflushed (fewer than
+    // COUNT_BATCH each, as FORMAT.md says).
+    let (allocs, frees) = THREAD.with(|thread| thread.take_unflushed());
+    m.header(hdr::SAMPLED_ALLOCS).fetch_add(allocs, Ordering::Relaxed);
+    m.header(hdr::SAMPLED_FREES).fetch_add(frees, Ordering::Relaxed);
+    m.publish_live_count();
+    publish_unwinder_stats(t);
+    m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
+    if m.fully_reserved() {
+        sample_rss(t);
+    }
+    m.u32_at(hdr::END_REASON).store(reason as u32, Ordering::Release);
 }
 
 /// Why a trace could not start.
@@ -758,7 +916,7 @@ fn start_or_stop(guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bo
 
 /// Start the trace of a forked child at its first sample point ([`START_PENDING`]).
 fn start_pending(guard: &Guard<'_>) -> Option<&'static Tracer> {
-    let config = CONFIG.get()?;
+    let config = config()?;
     start_or_stop(guard, config, IS_FORKED_CHILD.load(Ordering::Relaxed), false)
 }
 
@@ -782,8 +940,9 @@ static LEDGER: OnceLock<&'static Ledger> = OnceLock::new();
 
 /// Decide the ledger's path at start-up, and export it to exec'd descendants. Runs in the
 /// constructor, before the program's `main` (and so its threads): setenv is safe there.
-fn choose_ledger_path(config: &Config) {
-    let inherited = std::env::var(budget::TREE_ENV).ok().filter(|p| p.starts_with('/'));
+fn choose_ledger_path(config: &Config, export: bool) {
+    // An attached process's environment is the program's: whatever it says is not ours.
+    let inherited = std::env::var(budget::TREE_ENV).ok().filter(|p| export && p.starts_with('/'));
     let usable = |p: &str| {
         let Ok(c) = std::ffi::CString::new(p) else { return false };
         // SAFETY: `c` is NUL-terminated. A ledger another user made (we changed users at an
@@ -802,7 +961,11 @@ fn choose_ledger_path(config: &Config) {
             if !dir_writable(&path) {
                 path = format!("{}/leaktrace.{pid}.tree", file::temp_dir());
             }
-            std::env::set_var(budget::TREE_ENV, &path);
+            // Not when attached: the program's other threads may be reading the environment,
+            // and what it execs is not traced anyway.
+            if export {
+                std::env::set_var(budget::TREE_ENV, &path);
+            }
             path
         }
     };
@@ -961,9 +1124,14 @@ impl Tracer {
         // The loader's lock is taken by the module walk. From a hook that is only safe when
         // ours is the only thread (the lock is recursive, so it cannot deadlock on itself);
         // a program with threads has the helper thread for it.
-        if is_sampling() && (caller == Caller::Helper || crate::real::single_threaded()) {
-            self.refresh_modules();
-            crate::cfi::refresh();
+        if caller == Caller::Helper || crate::real::single_threaded() {
+            if is_sampling() {
+                self.refresh_modules();
+                crate::cfi::refresh();
+            }
+            if ATTACHED.load(Ordering::Acquire) {
+                crate::got::patch_new_objects(global_binding);
+            }
         }
         self.ticking.store(false, Ordering::Release);
     }
@@ -1022,7 +1190,7 @@ impl Tracer {
             self.mapped.u32_at(hdr::FAILURE).store(layout::Failure::NoDisk as u32, Ordering::Relaxed);
             // A trace that can never hold a sample says nothing: take its file and disk back.
             self.file.remove();
-            if let Some(config) = CONFIG.get() {
+            if let Some(config) = config() {
                 ledger(config).release(self.mapped.header(hdr::RESERVED_BYTES).load(Ordering::Acquire));
             }
         }
@@ -1037,7 +1205,7 @@ impl Tracer {
         if rest == 0 {
             return Ok(());
         }
-        let Some(config) = CONFIG.get() else { return Err(ControlResult::RefusedStopped) };
+        let Some(config) = config() else { return Err(ControlResult::RefusedStopped) };
         let ledger = ledger(config);
         if !ledger.reserve(rest) {
             warn(&format!("cannot resume {}: the process tree's disk budget is spent", self.file.path));
@@ -1126,7 +1294,7 @@ extern "C" fn after_fork_in_child() {
     // A dormant parent's child gets its own small dormant trace now, so `ctl --resume` can reach
     // it (prefork workers). A tracing parent's child starts its trace at its first sample point.
     if !tracing && parent().is_some() {
-        if let Some(config) = CONFIG.get() {
+        if let Some(config) = config() {
             THREAD.with(|t| {
                 let guard = t.enter();
                 start_or_stop(&guard, config, true, true);
@@ -1152,7 +1320,7 @@ pub fn before_dlclose() {
 /// and `ctl` going while the program does not allocate, follows module changes (taking the
 /// loader's lock, which hooks in a threaded process must not), and prefaults the trace.
 pub fn on_program_thread() {
-    if CONFIG.get().is_some() && (current().is_some() || START_PENDING.load(Ordering::Relaxed)) {
+    if config().is_some() && (current().is_some() || START_PENDING.load(Ordering::Relaxed)) {
         THREAD.with(|t| {
             let _guard = t.enter();
             crate::background::start_once();
@@ -1169,22 +1337,11 @@ pub fn on_unload() {
             t.refresh_modules();
         });
     }
+    end_trace(t, layout::EndReason::Exit);
     let m = &t.mapped;
-    // The exiting thread's unflushed counts; other threads' stay unflushed (fewer than
-    // COUNT_BATCH each, as FORMAT.md says).
-    let (allocs, frees) = THREAD.with(|thread| thread.take_unflushed());
-    m.header(hdr::SAMPLED_ALLOCS).fetch_add(allocs, Ordering::Relaxed);
-    m.header(hdr::SAMPLED_FREES).fetch_add(frees, Ordering::Relaxed);
-    m.publish_live_count();
-    publish_unwinder_stats(t);
-    m.header(hdr::END_NS).store(t.now_ns(), Ordering::Relaxed);
-    if m.fully_reserved() {
-        sample_rss(t);
-    }
-    m.u32_at(hdr::END_REASON).store(layout::EndReason::Exit as u32, Ordering::Release);
     if let Some(why) = t.nothing_to_keep() {
         t.file.remove();
-        if let Some(config) = CONFIG.get() {
+        if let Some(config) = config() {
             ledger(config).release(m.header(hdr::RESERVED_BYTES).load(Ordering::Acquire));
         }
         if let (Removal::ChildFreedEverything, Some(parent)) = (why, parent()) {
