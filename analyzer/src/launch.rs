@@ -50,7 +50,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub fn env(&self) -> Vec<(&'static str, String)> {
         let mut v = Vec::new();
         let mut put = |k, val: &Option<String>| {
             if let Some(x) = val {

@@ -3,10 +3,12 @@
 //! Exit codes: 0 success, 2 error (unreadable or foreign file, bad arguments).
 
 mod analysis;
+mod attach;
 mod ctl;
 mod diff;
 mod export;
 mod growth;
+mod inject;
 mod launch;
 mod naming;
 mod progress;
@@ -157,6 +159,33 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Start tracing a running process that was started without the preload: no restart, no
+    /// debugger. One thread stops for milliseconds. The trace file's path is the last line.
+    Attach {
+        pid: i32,
+        /// Trace path; %p is the pid (default leaktrace.%p.lt in the process's working
+        /// directory, else $TMPDIR or /tmp).
+        #[arg(short, long)]
+        output: Option<String>,
+        /// Mean bytes between samples (1 = every allocation).
+        #[arg(long)]
+        sample_bytes: Option<String>,
+        /// Trace file size (e.g. 64M).
+        #[arg(long)]
+        file_size: Option<String>,
+        /// RSS sampling interval in milliseconds.
+        #[arg(long)]
+        rss_ms: Option<u64>,
+        /// on, or off to attach dormant (resume with ctl).
+        #[arg(long)]
+        start: Option<String>,
+        /// auto, dwarf or fp.
+        #[arg(long)]
+        unwinder: Option<String>,
+    },
+    /// Stop tracing an attached process and give it its allocator back; it runs on untraced.
+    /// The trace's path is the last line.
+    Detach { pid: i32 },
     /// Write the man page and the shell completions into DIR (for packaging).
     #[command(hide = true)]
     Assets { dir: PathBuf },
@@ -350,6 +379,12 @@ fn run(cli: Cli) -> Result<()> {
             let settings = launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget };
             launch::run(&command, &settings)
         }
+        Command::Attach { pid, output, sample_bytes, file_size, rss_ms, start, unwinder } => {
+            let settings =
+                launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget: None };
+            write_output(None, attach::attach(pid, &settings)?)
+        }
+        Command::Detach { pid } => write_output(None, attach::detach(pid)?),
         Command::Ctl { trace, pause, resume, sample_bytes, wait } => {
             let request = ctl::Request::from_flags(pause, resume, sample_bytes)?;
             let (text, status) = ctl::ctl(&trace, request, std::time::Duration::from_millis(wait))?;

@@ -42,6 +42,17 @@ pub struct Suppressed {
     pub sites: usize,
 }
 
+/// How the trace ended, as the JSON's `process.ended` says it.
+fn ended(h: &leaktrace_format::Header) -> &'static str {
+    if h.detached() {
+        "detached"
+    } else if h.ended_cleanly() {
+        "exit"
+    } else {
+        "unknown"
+    }
+}
+
 #[derive(Serialize)]
 pub struct Process {
     pub pid: u32,
@@ -49,7 +60,12 @@ pub struct Process {
     pub cmdline: Vec<String>,
     pub start_unix_ns: u64,
     pub duration_ns: u64,
+    /// "exit" (ran its exit handlers), "detached" (`leak-analyze detach` ended the trace; the
+    /// process ran on), or "unknown" (still running, or killed).
     pub ended: &'static str,
+    /// The trace was started by `leak-analyze attach` in the running process: allocations made
+    /// before `start_unix_ns` are unknown to it.
+    pub attached: bool,
     pub children: Children,
 }
 
@@ -240,7 +256,8 @@ pub fn build(
             cmdline: process.cmdline,
             start_unix_ns: h.start_unix_ns,
             duration_ns: analysis.end_ns,
-            ended: if h.ended_cleanly() { "exit" } else { "unknown" },
+            ended: ended(h),
+            attached: h.attached(),
             children: Children {
                 traced: h.children_traced,
                 untraced_budget: h.children_untraced_budget,
@@ -551,13 +568,15 @@ pub fn render_info(t: &Trace) -> String {
         "DWARF stacks     {} by the caching CFI unwinder, {} by libgcc (when the first could not finish)",
         h.cfi_stacks, h.libgcc_stacks
     );
-    let _ = writeln!(o, "started          {} ns since the epoch", h.start_unix_ns);
+    let how = if h.attached() { " (attached to the running process)" } else { "" };
+    let _ = writeln!(o, "started          {} ns since the epoch{how}", h.start_unix_ns);
     let _ = writeln!(o, "time span        {}", secs(t.end_ns()));
-    let _ = writeln!(
-        o,
-        "ended            {}",
-        if h.ended_cleanly() { "exit" } else { "unknown (still running, or killed)" }
-    );
+    let ended = match ended(h) {
+        "detached" => format!("detached at {} (the process ran on untraced)", secs(h.end_ns)),
+        "exit" => "exit".to_string(),
+        _ => "unknown (still running, or killed)".to_string(),
+    };
+    let _ = writeln!(o, "ended            {ended}");
     let _ = writeln!(o, "state            {state}");
     let _ = writeln!(o, "sampling mean    {} bytes (initially {})", h.current_mean_bytes, h.initial_mean_bytes);
     let _ = writeln!(
