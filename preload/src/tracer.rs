@@ -707,7 +707,9 @@ pub fn attach(settings: &[(String, String)]) -> Result<String, (AttachError, Str
         let guard = t.enter();
         let config = prepare(config);
         choose_ledger_path(config, false);
+        ATTACHED.store(true, Ordering::Release);
         let Some(tracer) = start_or_stop(&guard, config, false, config.start_paused) else {
+            ATTACHED.store(false, Ordering::Release);
             return Err((
                 AttachError::NotStarted,
                 "the trace file could not be created (said on the process's stderr)".into(),
@@ -717,7 +719,6 @@ pub fn attach(settings: &[(String, String)]) -> Result<String, (AttachError, Str
         tracer.mapped.header(hdr::ATTACH_UNIX_NS).store(attached_at, Ordering::Release);
         IS_FORKED_CHILD.store(false, Ordering::Relaxed);
         register_fork_handler();
-        ATTACHED.store(true, Ordering::Release);
         let count = crate::got::patch_all(global_binding);
         // A process with threads already may have the helper; one with a single thread gets
         // none, as with the preload.
@@ -794,7 +795,11 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bool) -> 
     // started, and any dormant trace, take the header and metadata only until the first sample
     // (or the resume): a wrapper that execs the service (setpriv, start-stop-daemon) leaves a
     // small file, not a full one.
-    let reserve_now = if dormant || !is_child { meta_off + meta_len } else { config.file_size };
+    // An attach is the user asking for a trace now: all of it at once, or the samples of the
+    // first moments (while the helper's first tick holds housekeeping) would find the file
+    // still reserving and be dropped.
+    let attaching = ATTACHED.load(Ordering::Acquire) && !is_child;
+    let reserve_now = if dormant || (!is_child && !attaching) { meta_off + meta_len } else { config.file_size };
     // The first process of a tree to create a trace creates the ledger too, once its trace
     // exists: a trace that could not be created leaves no ledger behind (a full disk).
     let existing = existing_ledger();
@@ -843,6 +848,10 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bool) -> 
     mapped.header(hdr::RESERVED_BYTES).store(reserve_now, Ordering::Release);
     mapped.header(hdr::TREE_BUDGET).store(ledger.budget(), Ordering::Relaxed);
     mapped.header(hdr::TREE_ID).store(ledger.id(), Ordering::Relaxed);
+    if ATTACHED.load(Ordering::Acquire) {
+        // A child forked while attached: like its parent, it knows nothing of the heap before.
+        mapped.header(hdr::ATTACH_UNIX_NS).store(start_unix_ns, Ordering::Relaxed);
+    }
     let tracer: &'static Tracer = Box::leak(Box::new(Tracer {
         mapped,
         file,
