@@ -65,6 +65,7 @@ impl Header {
         put(hdr::CHILDREN_REMOVED, &self.children_removed.to_le_bytes());
         put(hdr::TREE_BUDGET, &self.tree_budget.to_le_bytes());
         put(hdr::TREE_ID, &self.tree_id.to_le_bytes());
+        put(hdr::ATTACH_UNIX_NS, &self.attach_unix_ns.to_le_bytes());
         b
     }
 }

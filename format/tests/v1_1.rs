@@ -42,7 +42,8 @@ fn sample_1_1() -> TraceBuilder {
 fn new_header_fields_are_read() {
     let t = Trace::parse(&sample_1_1().build()).unwrap();
     let h = &t.header;
-    assert_eq!((h.version_major, h.version_minor), (1, 1));
+    assert_eq!((h.version_major, h.version_minor), (1, leaktrace_format::layout::VERSION_MINOR));
+    assert!(!h.attached() && !h.detached(), "a preloaded trace is not attached");
     assert_eq!((h.control_ack_seq, h.control_result), (7, 3));
     assert_eq!(h.reserved_bytes, 64 * 1024);
     assert_eq!((h.rss_peak_bytes, h.rss_peak_ns), (900 * MIB, 2_500_000_000));
@@ -239,4 +240,16 @@ proptest! {
             let _ = t.end_ns();
         }
     }
+}
+
+#[test]
+fn an_attached_and_detached_trace_says_so() {
+    let mut b = sample_1_1();
+    b.header.attach_unix_ns = 1_796_000_000_000_000_000;
+    b.header.end_reason = leaktrace_format::layout::EndReason::Detached as u32;
+    b.header.end_ns = 2_000_000_000;
+    let t = Trace::parse(&b.build()).unwrap();
+    assert!(t.header.attached() && t.header.detached() && t.header.ended_cleanly());
+    assert_eq!(t.header.attach_unix_ns, 1_796_000_000_000_000_000);
+    assert_eq!(t.end_ns(), 2_000_000_000, "a detached trace ends at its detach");
 }

@@ -283,7 +283,7 @@ unsafe fn patch_object(pass: &mut Pass, base: usize, name: &str, phdrs: &[libc::
             let sym_name = unsafe { CStr::from_ptr((d.strtab + name_off) as *const libc::c_char) };
             let Some(&(_, bound, hook)) = pass.targets.iter().find(|t| t.0 == sym_name) else { continue };
             let slot = base.wrapping_add(r.r_offset as usize);
-            if slot % 8 != 0 || !within_writable_load(base, phdrs, slot) {
+            if !slot.is_multiple_of(8) || !within_writable_load(base, phdrs, slot) {
                 continue;
             }
             // SAFETY: an aligned word inside the object's writable segment (or RELRO range).

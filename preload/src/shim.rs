@@ -174,8 +174,8 @@ pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> libc::c_int {
 
 /// What `leak-analyze attach` and `detach` read from outside (with /proc/PID/mem, before they
 /// touch the process): is this library tracing, and how did it start? One of the `STATUS_*`.
-#[cfg_attr(not(test), no_mangle)]
-pub static leaktrace_status: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(STATUS_IDLE);
+#[cfg_attr(not(test), export_name = "leaktrace_status")]
+pub static LEAKTRACE_STATUS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(STATUS_IDLE);
 
 /// Loaded, not tracing: never started, or detached.
 pub const STATUS_IDLE: u32 = 0;
@@ -187,7 +187,7 @@ pub const STATUS_ATTACHED: u32 = 2;
 pub const STATUS_DETACHED: u32 = 3;
 
 pub(crate) fn set_status(status: u32) {
-    leaktrace_status.store(status, std::sync::atomic::Ordering::Release);
+    LEAKTRACE_STATUS.store(status, std::sync::atomic::Ordering::Release);
 }
 
 /// Called by `leak-analyze attach` inside a running process, on a thread it chose, after it
