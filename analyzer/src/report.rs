@@ -700,7 +700,7 @@ pub fn render_info(t: &Trace) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use leaktrace_format::synth::TraceBuilder;
 
@@ -726,7 +726,7 @@ mod tests {
     }
 
     /// As `leak-analyze report` does it (main.rs `report_on`), without suppressions.
-    fn analyze_and_build(trace: &Trace, bytes: &Vec<u8>) -> (Analysis, Report) {
+    pub(crate) fn analyze_and_build(trace: &Trace, bytes: &Vec<u8>) -> (Analysis, Report) {
         let symbolizer = Symbolizer::new(&trace.modules, &Default::default());
         let mut symbols = None;
         let analysis = crate::analysis::analyze(trace, bytes, &[], |stacks, live| {
@@ -746,7 +746,7 @@ mod tests {
     /// Exact mode; 8 MiB leaked in 1 MiB blocks from 1 s to 8 s; RSS samples every half second
     /// from 0.5 s to 10 s that follow the heap, with leaktrace's own memory growing by 128 KiB
     /// a sample on top (its trace pages): from 1.125 MiB to 3.5 MiB.
-    fn eight_mib_leak() -> TraceBuilder {
+    pub(crate) fn eight_mib_leak() -> TraceBuilder {
         eight_mib_leak_in(TraceBuilder::new(4 * MIB))
     }
 
@@ -802,7 +802,7 @@ mod tests {
             "{text}"
         );
         // The page escapes the apostrophe.
-        assert!(html_of(&eight_mib_leak()).contains("leaktrace&#39;s own 2.4 MiB excluded"), "the HTML's verdict");
+        assert!(html_of(&eight_mib_leak()).contains("leaktrace's own 2.4 MiB excluded"), "the HTML's verdict");
     }
 
     /// Without the own series (a 1.0 trace), the growth is the kernel's and nothing is said to
