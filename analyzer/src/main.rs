@@ -73,6 +73,37 @@ impl From<SymbolArgs> for symbolize::SymbolizeOptions {
     }
 }
 
+/// The trace settings `run` and `attach` share (the `LEAKTRACE_*` variables of the preload).
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// Trace path; %p is the pid (default as LEAKTRACE_FILE, else leaktrace.%p.lt: for run in
+    /// the working directory; for attach in the process's, else $TMPDIR or /tmp).
+    #[arg(short, long)]
+    output: Option<String>,
+    /// Mean bytes between samples (1 = every allocation).
+    #[arg(long)]
+    sample_bytes: Option<String>,
+    /// Trace file size (e.g. 64M).
+    #[arg(long)]
+    file_size: Option<String>,
+    /// RSS sampling interval in milliseconds.
+    #[arg(long)]
+    rss_ms: Option<u64>,
+    /// on, or off to start dormant (resume with ctl).
+    #[arg(long)]
+    start: Option<String>,
+    /// auto, dwarf or fp.
+    #[arg(long)]
+    unwinder: Option<String>,
+}
+
+impl TraceArgs {
+    fn into_settings(self, tree_budget: Option<String>) -> launch::Settings {
+        let TraceArgs { output, sample_bytes, file_size, rss_ms, start, unwinder } = self;
+        launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// List the call sites with unfreed memory at the end of the trace, biggest first.
@@ -134,24 +165,8 @@ enum Command {
     /// Run CMD under the preload (LD_PRELOAD and the settings set for you); its exit status is
     /// passed through. The trace goes to leaktrace.<pid>.lt unless -o says otherwise.
     Run {
-        /// Trace path; %p is the pid (default as LEAKTRACE_FILE, else leaktrace.%p.lt).
-        #[arg(short, long)]
-        output: Option<String>,
-        /// Mean bytes between samples (1 = every allocation).
-        #[arg(long)]
-        sample_bytes: Option<String>,
-        /// Trace file size (e.g. 64M).
-        #[arg(long)]
-        file_size: Option<String>,
-        /// RSS sampling interval in milliseconds.
-        #[arg(long)]
-        rss_ms: Option<u64>,
-        /// on, or off to start dormant (resume with ctl).
-        #[arg(long)]
-        start: Option<String>,
-        /// auto, dwarf or fp.
-        #[arg(long)]
-        unwinder: Option<String>,
+        #[command(flatten)]
+        settings: TraceArgs,
         /// Disk budget of the process tree's traces (e.g. 1G).
         #[arg(long)]
         tree_budget: Option<String>,
@@ -163,25 +178,8 @@ enum Command {
     /// debugger. One thread stops for milliseconds. The trace file's path is the last line.
     Attach {
         pid: i32,
-        /// Trace path; %p is the pid (default leaktrace.%p.lt in the process's working
-        /// directory, else $TMPDIR or /tmp).
-        #[arg(short, long)]
-        output: Option<String>,
-        /// Mean bytes between samples (1 = every allocation).
-        #[arg(long)]
-        sample_bytes: Option<String>,
-        /// Trace file size (e.g. 64M).
-        #[arg(long)]
-        file_size: Option<String>,
-        /// RSS sampling interval in milliseconds.
-        #[arg(long)]
-        rss_ms: Option<u64>,
-        /// on, or off to attach dormant (resume with ctl).
-        #[arg(long)]
-        start: Option<String>,
-        /// auto, dwarf or fp.
-        #[arg(long)]
-        unwinder: Option<String>,
+        #[command(flatten)]
+        settings: TraceArgs,
     },
     /// Stop tracing an attached process and give it its allocator back; it runs on untraced.
     /// The trace's path is the last line.
@@ -375,15 +373,8 @@ fn run(cli: Cli) -> Result<()> {
             watch::run(|| load(&trace), &opts)
         }
         Command::Assets { dir } => write_assets(&dir),
-        Command::Run { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget, command } => {
-            let settings = launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget };
-            launch::run(&command, &settings)
-        }
-        Command::Attach { pid, output, sample_bytes, file_size, rss_ms, start, unwinder } => {
-            let settings =
-                launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget: None };
-            write_output(None, attach::attach(pid, &settings)?)
-        }
+        Command::Run { settings, tree_budget, command } => launch::run(&command, &settings.into_settings(tree_budget)),
+        Command::Attach { pid, settings } => write_output(None, attach::attach(pid, &settings.into_settings(None))?),
         Command::Detach { pid } => write_output(None, attach::detach(pid)?),
         Command::Ctl { trace, pause, resume, sample_bytes, wait } => {
             let request = ctl::Request::from_flags(pause, resume, sample_bytes)?;
