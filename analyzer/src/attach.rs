@@ -33,8 +33,8 @@ struct Target {
     pid: i32,
     maps: Vec<Mapping>,
     exe: String,
-    /// Its root directory as seen from here (`/proc/PID/root`), when it is not ours (a container).
-    foreign_root: Option<PathBuf>,
+    /// Another mount namespace (a container): its files are not at their paths here.
+    foreign_mounts: bool,
 }
 
 fn refuse(msg: String) -> anyhow::Error {
@@ -80,23 +80,31 @@ impl Target {
             }
             bail!("process {pid} ({exe}) does not use glibc's libc.so.6; leaktrace needs glibc");
         }
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let same_root = match (std::fs::metadata(&root), std::fs::metadata("/")) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => true,
-        };
+        let same_mounts =
+            match (std::fs::metadata(format!("/proc/{pid}/ns/mnt")), std::fs::metadata("/proc/self/ns/mnt")) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino(),
+                _ => true,
+            };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         if status.lines().any(|l| l.starts_with("Seccomp:") && l.trim().ends_with('2')) {
             eprintln!("note: process {pid} runs under a seccomp filter; if it forbids openat, mmap or fallocate, the attach fails (and a filter that kills would end the process)");
         }
-        Ok(Target { pid, maps, exe, foreign_root: (!same_root).then_some(root) })
+        Ok(Target { pid, maps, exe, foreign_mounts: !same_mounts })
     }
 
-    /// A path inside the process's mount namespace, as seen from here.
-    fn outside(&self, inside: &str) -> PathBuf {
-        match &self.foreign_root {
-            Some(root) => root.join(inside.trim_start_matches('/')),
-            None => PathBuf::from(inside),
+    /// A path of the process's, opened from here: through /proc/PID/root, which resolves in the
+    /// process's own mount namespace and root (a container's).
+    fn in_its_fs(&self, inside: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid)).join(inside.trim_start_matches('/'))
+    }
+
+    /// A path of the process's as the user should use it from here: the same path in our mount
+    /// namespace, else through /proc/PID/root (valid while the process lives).
+    fn shown(&self, inside: &str) -> PathBuf {
+        if self.foreign_mounts {
+            self.in_its_fs(inside)
+        } else {
+            PathBuf::from(inside)
         }
     }
 
@@ -110,7 +118,7 @@ impl Target {
     fn object_file(&self, m: &Mapping) -> Result<Vec<u8>> {
         let by_map = format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end);
         std::fs::read(&by_map)
-            .or_else(|_| std::fs::read(self.outside(m.path.trim_end_matches(" (deleted)"))))
+            .or_else(|_| std::fs::read(self.in_its_fs(m.path.trim_end_matches(" (deleted)"))))
             .with_context(|| format!("cannot read {} of process {}", m.path, self.pid))
     }
 
@@ -201,15 +209,24 @@ fn own_capability(bit: u32) -> bool {
 fn library_for(target: &Target, ours: &Path, target_uid: u32) -> Result<String> {
     let ours_md = std::fs::metadata(ours).with_context(|| format!("cannot read {}", ours.display()))?;
     let ours_str = ours.to_str().ok_or_else(|| anyhow!("{} is not a UTF-8 path", ours.display()))?;
-    let seen = std::fs::metadata(target.outside(ours_str)).ok();
+    let seen = std::fs::metadata(target.in_its_fs(ours_str)).ok();
     let same_file = seen.is_some_and(|m| m.dev() == ours_md.dev() && m.ino() == ours_md.ino());
     if same_file && (target_uid == 0 || readable_by_all(ours)) {
         return Ok(ours_str.to_string());
     }
     let inside = format!("/tmp/libleaktrace-{}-{:x}.so", target.pid, ours_md.ino());
-    let copy = target.outside(&inside);
-    std::fs::copy(ours, &copy).with_context(|| format!("cannot copy the library to {}", copy.display()))?;
-    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let copy = target.in_its_fs(&inside);
+    let bytes = std::fs::read(ours).with_context(|| format!("cannot read {}", ours.display()))?;
+    // A copy from an earlier attach may be mapped in the process: reuse it as it is (a second
+    // dlopen of it is the same object), and never write into it (a truncated mapped file
+    // faults its pages). A changed library goes in by rename: a new inode.
+    if std::fs::read(&copy).is_ok_and(|old| old == bytes) {
+        return Ok(inside);
+    }
+    let staging = target.in_its_fs(&format!("{inside}.{}", std::process::id()));
+    std::fs::write(&staging, &bytes).with_context(|| format!("cannot copy the library to {}", staging.display()))?;
+    std::fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    std::fs::rename(&staging, &copy).with_context(|| format!("cannot copy the library to {}", copy.display()))?;
     Ok(inside)
 }
 
@@ -299,7 +316,7 @@ pub fn attach(pid: i32, settings: &launch::Settings) -> Result<String> {
     let mut lines = message.lines();
     let trace = lines.next().unwrap_or_default().to_string();
     let slots = lines.next().unwrap_or_default();
-    let shown = loaded.outside(&trace);
+    let shown = loaded.shown(&trace);
     Ok(format!(
         "attached to process {pid} ({}): thread {tid} stopped for {:.1} ms ({where_}); {slots} redirected\n{}\n",
         loaded.exe,
@@ -335,7 +352,7 @@ pub fn detach(pid: i32) -> Result<String> {
     Ok(format!(
         "detached from process {pid}: thread {tid} stopped for {:.1} ms; {restored}\n{}\n",
         stop.as_secs_f64() * 1e3,
-        target.outside(&trace).display()
+        target.shown(&trace).display()
     ))
 }
 

@@ -30,8 +30,15 @@ struct Service {
 
 impl Service {
     fn start(exe: &Path, mode: &str) -> Service {
-        let mut child = Command::new(exe)
-            .arg(mode)
+        let mut cmd = Command::new(exe);
+        cmd.arg(mode);
+        Service::spawn(cmd)
+    }
+
+    /// Start `cmd`, which runs the target (itself, or through a wrapper that execs it).
+    fn spawn(mut cmd: Command) -> Service {
+        let exe = PathBuf::from(cmd.get_program());
+        let mut child = cmd
             .env_remove("LD_PRELOAD")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -48,9 +55,10 @@ impl Service {
                 }
             }
         });
-        let pid = child.id();
-        let mut s = Service { child, stdin, lines, pid };
-        s.expect("ready");
+        let mut s = Service { child, stdin, lines, pid: 0 };
+        // The target's own pid: a wrapper may have forked it.
+        let ready = s.expect("ready");
+        s.pid = ready.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("ready PID");
         s
     }
 
@@ -305,4 +313,143 @@ fn attach_refuses_what_cannot_work_and_leaves_the_process_running() {
     refused(&attach(svc.pid, &[]), "already traced by process");
     svc.ask("leak 1", "leaked 1");
     assert!(svc.is_running());
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The mappings of `path` in the process, as (start, perms) pairs.
+fn mappings_of(pid: u32, path: &Path) -> Vec<(String, String)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let path = path.to_str().unwrap();
+    maps.lines()
+        .filter(|l| l.ends_with(path))
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_relro_program_keeps_its_got_read_only_and_is_traced_exactly() {
+    let dir = TestDir::new("attach_relro");
+    let exe = dir.path.join("attach_target_now");
+    let built = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-g", "-O0", "-pthread", "-Wl,-z,relro,-z,now", "-o"])
+        .arg(&exe)
+        .arg(leaktrace_tests::repo().programs.join("attach_target.c"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let mut svc = Service::start(&exe, "read");
+    let before = mappings_of(svc.pid, &exe);
+    assert!(before.iter().any(|(_, perms)| perms == "r--p"), "no read-only mapping (RELRO): {before:?}");
+    let pattern = dir.path.join("att.%p.lt");
+    let trace = trace_of(&attach(svc.pid, &["-o", pattern.to_str().unwrap(), "--sample-bytes", "1"]));
+    assert_eq!(mappings_of(svc.pid, &exe), before, "the attach left the program's protections changed");
+    svc.ask("leak 40", "leaked 40");
+    trace_of(&detach(svc.pid));
+    assert_eq!(mappings_of(svc.pid, &exe), before, "the detach left the program's protections changed");
+    let (result, status) = svc.quit();
+    assert!(status.success() && result["bad"] == 0 && result["eintr"] == 0, "{result} {status}");
+    report_of(&trace, &dir.path.join("report.json")).assert_exact("remember_request", 40 * 128, 40);
+}
+
+#[test]
+fn another_user_is_refused_with_the_reason_and_a_user_attaches_to_its_own_process() {
+    if !is_root() {
+        eprintln!("note: not root: cannot run the analyzer as another user; skipped");
+        return;
+    }
+    let dir = TestDir::new("attach_users");
+    let exe = dir.compile("attach_target.c");
+    std::fs::set_permissions(&dir.path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let as_nobody = |args: &[String]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+            .arg(&leaktrace_tests::repo().analyzer)
+            .args(args);
+        leaktrace_tests::run_command(&mut cmd, WAIT)
+    };
+    // A root process: refused, saying whose it is.
+    let mut root_svc = Service::start(&exe, "read");
+    let out = as_nobody(&["attach".into(), root_svc.pid.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(out.stderr.contains("runs as user 0, you are user 65534"), "{}", out.describe());
+    root_svc.ask("leak 1", "leaked 1");
+    assert!(root_svc.is_running());
+
+    // nobody's own process, attached by nobody: no privilege needed beyond ptrace's own rule.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]).arg(&exe).arg("epoll");
+    let mut svc = Service::spawn(cmd);
+    let pattern = dir.path.join("nobody.%p.lt");
+    let out = as_nobody(&[
+        "attach".into(),
+        svc.pid.to_string(),
+        "-o".into(),
+        pattern.display().to_string(),
+        "--sample-bytes".into(),
+        "1".into(),
+    ]);
+    let trace = trace_of(&out);
+    svc.ask("leak 12", "leaked 12");
+    trace_of(&as_nobody(&["detach".into(), svc.pid.to_string()]));
+    let (result, status) = svc.quit();
+    assert!(status.success() && result["eintr"] == 0, "{result} {status}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&trace).unwrap().uid(), 65534, "the trace is not the process's user's");
+    report_of(&trace, &dir.path.join("report.json")).assert_exact("remember_request", 12 * 128, 12);
+}
+
+#[test]
+fn a_process_in_another_mount_namespace_gets_a_copy_of_the_library_it_cannot_see() {
+    if !is_root() {
+        eprintln!("note: not root: cannot make a mount namespace; skipped");
+        return;
+    }
+    let dir = TestDir::new("attach_namespace");
+    let exe = dir.compile("attach_target.c");
+    let lib_dir = leaktrace_tests::repo().preload.parent().unwrap().to_path_buf();
+    // The target's namespace hides the directory the library is in, and has a /tmp of its own.
+    let script =
+        format!("mount -t tmpfs none {} && mount -t tmpfs none /tmp && exec {} read", lib_dir.display(), exe.display());
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c", &script]);
+    let mut svc = Service::spawn(cmd);
+    // Twice: the second attach reuses the copy the process has mapped (never rewrites it).
+    let mut shown = Vec::new();
+    for round in 0..2 {
+        let pattern = dir.path.join(format!("ns{round}.%p.lt"));
+        let out = attach(svc.pid, &["-o", pattern.to_str().unwrap(), "--sample-bytes", "1"]);
+        let path = trace_of(&out);
+        assert!(
+            path.starts_with(format!("/proc/{}/root", svc.pid)),
+            "the path is not given through the process's root\n{}",
+            out.describe()
+        );
+        let copies: Vec<String> = std::fs::read_dir(format!("/proc/{}/root/tmp", svc.pid))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("libleaktrace-"))
+            .collect();
+        assert_eq!(copies.len(), 1, "not one copy of the library in the process's /tmp: {copies:?}");
+        svc.ask("leak 9", "leaked 9");
+        trace_of(&detach(svc.pid));
+        shown.push(path);
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", svc.pid)).unwrap();
+    let loaded: std::collections::BTreeSet<&str> =
+        maps.lines().filter(|l| l.contains("libleaktrace")).filter_map(|l| l.split_whitespace().nth(4)).collect();
+    assert_eq!(loaded.len(), 1, "the library is loaded more than once: {maps}");
+    let (result, status) = svc.quit();
+    assert!(status.success() && result["eintr"] == 0 && result["bad"] == 0, "{result} {status}");
+    // The test directory is the same in both namespaces.
+    for path in shown {
+        let trace = dir.path.join(path.file_name().unwrap());
+        report_of(&trace, &dir.path.join("report.json")).assert_exact("remember_request", 9 * 128, 9);
+    }
 }
