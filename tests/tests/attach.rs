@@ -453,3 +453,20 @@ fn a_process_in_another_mount_namespace_gets_a_copy_of_the_library_it_cannot_see
         report_of(&trace, &dir.path.join("report.json")).assert_exact("remember_request", 9 * 128, 9);
     }
 }
+
+#[test]
+fn a_dormant_attach_traces_from_the_ctl_resume() {
+    let dir = TestDir::new("attach_dormant");
+    let exe = dir.compile("attach_target.c");
+    let mut svc = Service::start(&exe, "poll");
+    let pattern = dir.path.join("att.%p.lt");
+    let trace = trace_of(&attach(svc.pid, &["-o", pattern.to_str().unwrap(), "--sample-bytes", "1", "--start", "off"]));
+    svc.ask("leak 5", "leaked 5"); // dormant: passes through
+    let ctl = analyze(&["ctl".into(), trace.display().to_string(), "--resume".into()], WAIT);
+    assert!(ctl.status.success() && ctl.stdout.contains("applied"), "{}", ctl.describe());
+    svc.ask("leak 7", "leaked 7");
+    trace_of(&detach(svc.pid));
+    let (result, status) = svc.quit();
+    assert!(status.success() && result["eintr"] == 0 && result["bad"] == 0, "{result} {status}");
+    report_of(&trace, &dir.path.join("report.json")).assert_exact("remember_request", 7 * 128, 7);
+}

@@ -459,4 +459,37 @@ fn the_debian_package_traces_from_its_installed_files() {
         get_u64(&json, "/sites/leaky_compare/bytes"),
         get_u64(&json, "/sites/leaky_compare/count"),
     );
+
+    // attach and detach from the installed files too: the packaged library is found and loaded.
+    use std::io::{BufRead, Write};
+    let target = dir.compile("attach_target.c");
+    let mut svc = Command::new(&target)
+        .arg("read")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the attach target");
+    let mut input = svc.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(svc.stdout.take().unwrap()).lines();
+    let mut next_line = || output.next().and_then(Result::ok).unwrap_or_default();
+    assert!(next_line().starts_with("ready"));
+    let packaged = |args: &[String]| {
+        let out = Command::new(&installed).args(args).env_remove("LEAKTRACE_LIB").output().expect("packaged");
+        assert!(out.status.success(), "packaged {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string()
+    };
+    let pattern = dir.path.join("att.%p.lt").display().to_string();
+    let pid = svc.id().to_string();
+    let trace = packaged(&["attach".into(), pid.clone(), "-o".into(), pattern, "--sample-bytes".into(), "1".into()]);
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(maps.contains("usr/lib/leaktrace/libleaktrace.so"), "the packaged library is not the one loaded");
+    writeln!(input, "leak 6").unwrap();
+    assert_eq!(next_line(), "leaked 6");
+    assert_eq!(packaged(&["detach".into(), pid]), trace);
+    writeln!(input, "quit").unwrap();
+    let _ = next_line();
+    assert!(svc.wait().unwrap().success());
+    let report = Command::new(&installed).args(["report", "--format", "json"]).arg(&trace).output().expect("report");
+    let r = leaktrace_tests::Report::from_json(&String::from_utf8_lossy(&report.stdout), "packaged attach report");
+    r.assert_exact("remember_request", 6 * 128, 6);
 }
