@@ -34,6 +34,8 @@ pub struct Site {
     /// address order): one, or several on one source location. Stacks whose allocations were
     /// all freed count too: their history is part of the site's series.
     pub stacks: Vec<Vec<u64>>,
+    /// The trace's stack ids that belong to this site (what a heap scan's findings name).
+    pub stack_ids: Vec<u32>,
 }
 
 pub struct Analysis {
@@ -318,6 +320,7 @@ pub fn analyze<S: TraceSource + ?Sized>(
                 series: Vec::new(),
                 live_at_probes: Vec::new(),
                 stacks: Vec::new(),
+                stack_ids: Vec::new(),
             });
             sites.len() - 1
         });
@@ -329,6 +332,7 @@ pub fn analyze<S: TraceSource + ?Sized>(
             }
         };
         site_of_stack.insert(id, (i, part));
+        sites[i].stack_ids.push(id);
         (i, part)
     };
 

@@ -22,15 +22,16 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn from_flags(pause: bool, resume: bool, sample_bytes: Option<u64>) -> Result<Request> {
+    pub fn from_flags(pause: bool, resume: bool, sample_bytes: Option<u64>, scan: bool) -> Result<Request> {
         Ok(match (pause, resume, sample_bytes) {
+            _ if scan => Request { control: Control::Scan, mean_bytes: 0 },
             (true, _, _) => Request { control: Control::Pause, mean_bytes: 0 },
             (_, true, _) => Request { control: Control::Resume, mean_bytes: 0 },
             (_, _, Some(n)) if (1..=u64::from(u32::MAX)).contains(&n) => {
                 Request { control: Control::SetMeanBytes, mean_bytes: n }
             }
             (_, _, Some(n)) => bail!("--sample-bytes {n} is out of range (1 to 4294967295)"),
-            _ => bail!("say what to change: --pause, --resume or --sample-bytes N"),
+            _ => bail!("say what to change: --pause, --resume, --sample-bytes N or --scan"),
         })
     }
 }
@@ -103,12 +104,16 @@ pub fn ctl(targets: &[PathBuf], request: Request, wait: Duration) -> Result<(Str
             None => &Outcome::Pending,
         };
         let what = match outcome {
+            Outcome::Applied if matches!(request.control, Control::Scan) => scan_summary(&t.path),
             Outcome::Applied => "applied".to_string(),
             Outcome::Refused(why) => {
                 status = status.max(1);
                 format!("REFUSED: {why}")
             }
             Outcome::Unknown(code) => format!("answered with result {code}, which this leak-analyze does not know"),
+            Outcome::Pending if matches!(request.control, Control::Scan) => {
+                "requested; no results within the wait (a big heap takes seconds; a process that does not allocate starts at its next allocation): look again with report".to_string()
+            }
             Outcome::Pending => {
                 "requested; the process applies it at its next allocation (it has not allocated since)".to_string()
             }
@@ -265,6 +270,32 @@ fn answer(t: &Target) -> Option<Outcome> {
             Outcome::Refused("the process tree's disk budget is spent (LEAKTRACE_TREE_BUDGET)")
         }
         Some(ControlResult::RefusedStopped) => Outcome::Refused("tracing stopped after a failure"),
+        Some(ControlResult::ScanFailed) => {
+            Outcome::Refused("the scan could not run (one already running, fork refused, or it died)")
+        }
         None => Outcome::Unknown(code),
     })
+}
+
+/// One line on the scan that just ended in the trace at `path`.
+fn scan_summary(path: &Path) -> String {
+    let Ok(file) = std::fs::File::open(path) else { return "scanned".to_string() };
+    let Ok(trace) = leaktrace_format::Trace::parse_from(&file) else { return "scanned".to_string() };
+    let Some(scan) = trace.scans.last() else { return "scanned".to_string() };
+    let records = trace.retention.iter().filter(|r| r.scan_t_ns == scan.t_ns);
+    let (mut unreferenced, mut held) = (0u64, 0u64);
+    for r in records {
+        unreferenced += u64::from(r.unreferenced);
+        held += u64::from(r.objects - r.unreferenced.min(r.objects));
+    }
+    let outcome = match leaktrace_format::ScanOutcome::Complete as u32 == scan.outcome {
+        true => "",
+        false => " (stopped early: no findings)",
+    };
+    format!(
+        "scanned {:.1} MiB in {:.2} s{outcome}: {} sampled objects, {unreferenced} referenced by nothing, {held} held; see report",
+        scan.bytes_scanned as f64 / (1024.0 * 1024.0),
+        scan.duration_ns as f64 / 1e9,
+        scan.objects
+    )
 }

@@ -13,6 +13,7 @@ mod launch;
 mod naming;
 mod progress;
 mod report;
+mod retention;
 mod suppress;
 mod symbolize;
 mod watch;
@@ -197,13 +198,18 @@ enum Command {
         pause: bool,
         #[arg(long, conflicts_with = "sample_bytes")]
         resume: bool,
+        /// Look for what holds the sampled live objects: the process scans a copy-on-write
+        /// snapshot of its memory (a forked child; its threads stop only for the fork) and
+        /// writes the findings into the trace; `report` then says per site what holds it.
+        #[arg(long, conflicts_with_all = ["pause", "resume", "sample_bytes"])]
+        scan: bool,
         /// New sampling mean in bytes (1 = record every allocation).
         #[arg(long)]
         sample_bytes: Option<u64>,
-        /// How long to wait for the processes to answer, in milliseconds. A process applies a
-        /// request at its next allocation.
-        #[arg(long, default_value_t = 2000)]
-        wait: u64,
+        /// How long to wait for the processes to answer, in milliseconds (default 2000; 60000
+        /// with --scan). A process applies a request at its next allocation.
+        #[arg(long)]
+        wait: Option<u64>,
     },
 }
 
@@ -376,8 +382,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { settings, tree_budget, command } => launch::run(&command, &settings.into_settings(tree_budget)),
         Command::Attach { pid, settings } => write_output(None, attach::attach(pid, &settings.into_settings(None))?),
         Command::Detach { pid } => write_output(None, attach::detach(pid)?),
-        Command::Ctl { trace, pause, resume, sample_bytes, wait } => {
-            let request = ctl::Request::from_flags(pause, resume, sample_bytes)?;
+        Command::Ctl { trace, pause, resume, sample_bytes, scan, wait } => {
+            let request = ctl::Request::from_flags(pause, resume, sample_bytes, scan)?;
+            let wait = wait.unwrap_or(if scan { 60_000 } else { 2000 });
             let (text, status) = ctl::ctl(&trace, request, std::time::Duration::from_millis(wait))?;
             write_output(None, &text)?;
             if status != 0 {

@@ -344,6 +344,30 @@ pub fn rss_clause(r: Option<&RssVsHeap>, rss: &[RssPoint], peak: Option<RssPeak>
 
 /// The report's one sentence (JSON `summary`, the text report's and watch's top line; the HTML
 /// verdict says the same of the same site, with markup).
+/// What the last heap scan says of the headline site, combined with its growth: unreferenced
+/// and growing is a leak (a missing free); held by a global and growing, an unbounded container;
+/// held and not growing, a cache or state.
+fn retention_clause(site: &SiteOut, growing: bool) -> String {
+    use crate::retention::HeldBy;
+    let Some(r) = &site.retention else { return String::new() };
+    let holder = r.held_by.first();
+    match (r.verdict, holder, growing) {
+        ("unreferenced", _, true) => {
+            format!(
+                ": a leak, a missing free ({} of {} sampled objects referenced by nothing)",
+                r.unreferenced, r.objects
+            )
+        }
+        ("unreferenced", _, false) => {
+            format!(", {} of {} sampled objects referenced by nothing (a missing free)", r.unreferenced, r.objects)
+        }
+        ("held", Some(h @ HeldBy::Global { .. }), true) => format!(": an unbounded container held by {}", h.describe()),
+        ("held", Some(h), true) => format!(": its objects are held by {}", h.describe()),
+        ("held", Some(h), false) => format!(", held by {} (a cache, or state)", h.describe()),
+        _ => String::new(),
+    }
+}
+
 pub fn summary(sites: &[SiteOut], rss: Option<&RssVsHeap>, rss_series: &[RssPoint], peak: Option<RssPeak>) -> String {
     let rss_part = rss_clause(rss, rss_series, peak).map_or(String::new(), |c| {
         let outside = if rss.is_some_and(|r| r.growth_outside_heap && r.rss_growth_bytes > 0.0) {
@@ -355,15 +379,17 @@ pub fn summary(sites: &[SiteOut], rss: Option<&RssVsHeap>, rss_series: &[RssPoin
     });
     match Headline::of(sites) {
         Headline::Growing { site, .. } => format!(
-            "{} grows {} with confidence {:.2}{rss_part}.",
+            "{} grows {} with confidence {:.2}{}{rss_part}.",
             SiteName::of(&site.frames).quoted(),
             per_min(site.growth_bytes_per_sec),
-            site.trend_confidence
+            site.trend_confidence,
+            retention_clause(site, true)
         ),
         Headline::Largest { site } => format!(
-            "No call site's live memory grows steadily; the largest unfreed site is {} with {}{rss_part}.",
+            "No call site's live memory grows steadily; the largest unfreed site is {} with {}{}{rss_part}.",
             SiteName::of(&site.frames).quoted(),
-            human_bytes(site.unfreed_bytes)
+            human_bytes(site.unfreed_bytes),
+            retention_clause(site, false)
         ),
         Headline::Nothing => format!("No sampled allocation was left unfreed{rss_part}."),
     }

@@ -165,6 +165,8 @@ pub struct SiteOut {
     /// unfreed bytes first; empty otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<Vec<String>>,
+    /// What holds the site's objects, from the last heap scan (`ctl --scan`); null without one.
+    pub retention: Option<crate::retention::RetentionOut>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -227,9 +229,18 @@ pub fn build(
                 } else {
                     Vec::new()
                 },
+                retention: None,
             }
         })
         .collect();
+    let mut sites = sites;
+    if !trace.scans.is_empty() {
+        let ids: Vec<&[u32]> = analysis.sites.iter().map(|s| s.stack_ids.as_slice()).collect();
+        let names: Vec<(usize, String)> = sites.iter().map(|s| (s.id, s.name.clone())).collect();
+        for (site, r) in sites.iter_mut().zip(crate::retention::for_sites(trace, symbolizer, &ids, &names)) {
+            site.retention = r;
+        }
+    }
     let (sites, suppressed_sites): (Vec<SiteOut>, Vec<SiteOut>) =
         sites.into_iter().partition(|s| !suppressions.matches(&s.frames));
     let suppressed = Suppressed {
@@ -524,6 +535,12 @@ pub fn render_text(r: &Report, top: usize) -> String {
                 _ => {
                     let _ = writeln!(o, "    {} in {module}", f.address);
                 }
+            }
+        }
+        if let Some(ret) = &s.retention {
+            let _ = writeln!(o, "  retention: {}", crate::retention::describe(ret));
+            for sample in ret.samples.iter().filter(|x| !x.text.is_empty()).take(2) {
+                let _ = writeln!(o, "    e.g. {} bytes at {}: \"{}\"", sample.size, sample.address, sample.text);
             }
         }
         let _ = writeln!(o);

@@ -64,6 +64,17 @@ pub struct Symbolizer {
     disabled: bool,
 }
 
+/// A global variable, as `Symbolizer::global_at` names it.
+#[derive(Clone, Debug)]
+pub struct GlobalName {
+    pub module: String,
+    pub module_offset: u64,
+    /// Its symbol (demangled), if a symbol table has one.
+    pub symbol: Option<String>,
+    /// Bytes into the symbol (an element of an array).
+    pub offset: u64,
+}
+
 struct ModuleState {
     path: String,
     base: u64,
@@ -100,6 +111,8 @@ struct Resolved {
     dwarf: Option<addr2line::Loader>,
     /// Function symbols of the accepted files.
     symbols: SymbolTable,
+    /// Data symbols (globals), for naming what holds memory (`ctl --scan`).
+    data: SymbolTable,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,6 +199,36 @@ impl Symbolizer {
             out.insert(addr, frames);
         }
         out
+    }
+
+    /// The global variable at `addr` (a data address of a loaded module): its module's path and,
+    /// when a symbol table has it, the symbol's demangled name and the offset into it.
+    pub fn global_at(&self, addr: u64) -> Option<GlobalName> {
+        let m = self.module_of(addr)?;
+        let module = self.modules.get(m)?;
+        let mut name = None;
+        if !self.disabled {
+            let mut inner = lock(&module.inner);
+            if matches!(inner.state, LoadState::Pending) {
+                let mut warnings = Vec::new();
+                let state = catch_unwind(AssertUnwindSafe(|| self.load_module(module, &mut warnings)))
+                    .unwrap_or(LoadState::Unusable);
+                for w in warnings {
+                    inner.warn(w);
+                }
+                inner.state = state;
+            }
+            if let LoadState::Ready(resolved) = &inner.state {
+                let svma = addr.wrapping_sub(module.base);
+                name = resolved.data.lookup_with_start(svma).map(|(start, n)| (demangle(n, None), svma - start));
+            }
+        }
+        Some(GlobalName {
+            module: module.path.clone(),
+            module_offset: addr.wrapping_sub(module.base),
+            symbol: name.as_ref().map(|(n, _)| n.clone()),
+            offset: name.map_or(0, |(_, o)| o),
+        })
     }
 
     /// One line per problem met (binary not found, build ID mismatch, no
@@ -392,12 +435,15 @@ impl Symbolizer {
 
         // 4. Symbols from every accepted file.
         let mut symbols = SymbolTable::default();
+        let mut data = SymbolTable::default();
         for file in binary.iter().chain(debug.iter()) {
             if let Some(obj) = file.parse_quiet() {
-                symbols.add_from(&obj);
+                symbols.add_from(&obj, SymbolKind::Text);
+                data.add_from(&obj, SymbolKind::Data);
             }
         }
         symbols.finish();
+        data.finish();
 
         if dwarf.is_none() {
             let what = match &dwarf_error {
@@ -410,7 +456,7 @@ impl Symbolizer {
             }
             warnings.push(format!("{name}: {what}; function names from the symbol table only, without file:line"));
         }
-        LoadState::Ready(Box::new(Resolved { dwarf, symbols }))
+        LoadState::Ready(Box::new(Resolved { dwarf, symbols, data }))
     }
 
     /// Checks a debug file candidate; returns it when usable. `crc` is the
@@ -706,9 +752,9 @@ struct SymbolTable {
 }
 
 impl SymbolTable {
-    fn add_from(&mut self, obj: &object::File<'_>) {
+    fn add_from(&mut self, obj: &object::File<'_>, kind: SymbolKind) {
         for sym in obj.symbols().chain(obj.dynamic_symbols()) {
-            if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.size() == 0 {
+            if sym.kind() != kind || !sym.is_definition() || sym.size() == 0 {
                 continue;
             }
             let Ok(name) = sym.name() else {
@@ -732,6 +778,12 @@ impl SymbolTable {
 
     fn is_empty(&self) -> bool {
         self.syms.is_empty()
+    }
+
+    /// As [`SymbolTable::lookup`], with the symbol's start.
+    fn lookup_with_start(&self, addr: u64) -> Option<(u64, &str)> {
+        let idx = self.syms.partition_point(|(start, _, _)| *start <= addr);
+        self.syms[..idx].iter().rev().take(64).find(|(_, end, _)| addr < *end).map(|(start, _, name)| (*start, &**name))
     }
 
     /// The symbol whose [start, start+size) holds `addr`; none rather than a

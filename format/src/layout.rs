@@ -176,6 +176,8 @@ pub enum ControlResult {
     RefusedBudget = 3,
     /// Tracing stopped after an internal failure; nothing more is applied.
     RefusedStopped = 4,
+    /// A scan could not start (fork failed, a scan is already running) or ended without results.
+    ScanFailed = 5,
 }
 impl ControlResult {
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -185,6 +187,7 @@ impl ControlResult {
             2 => Self::RefusedDiskFull,
             3 => Self::RefusedBudget,
             4 => Self::RefusedStopped,
+            5 => Self::ScanFailed,
             _ => return None,
         })
     }
@@ -198,6 +201,9 @@ pub enum Control {
     Pause = 1,
     Resume = 2,
     SetMeanBytes = 3,
+    /// Scan the process's memory for references to the sampled live objects (1.2). Acknowledged
+    /// when the results are in the metadata ([`crate::ScanSummary`]).
+    Scan = 4,
 }
 
 /// `hdr::UNWINDER` values: how the process captures stacks now.

@@ -17,7 +17,11 @@ pub mod records;
 pub mod synth;
 
 pub use reader::{Event, Events, Header, Health, LiveAllocation, ParsedTrace, RssSample, Trace, TraceSource};
-pub use records::{MetaKind, ModuleRecord, ModuleUnloaded, ProcessInfo, SamplingChange, Segment};
+pub use records::{
+    HeldByGlobal, HeldBySite, MetaKind, ModuleRecord, ModuleUnloaded, ObjectSample, ObjectSampleOut, ProcessInfo,
+    Retention, RetentionOut, SamplingChange, ScanOutcome, ScanSummary, Segment, RETENTION_GLOBALS, RETENTION_SAMPLES,
+    RETENTION_SAMPLE_BYTES, RETENTION_SITES,
+};
 
 /// Why a file could not be read at all.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! damage it cannot (no header, wrong magic, a newer major version) is a [`FormatError`].
 
 use crate::layout::{self, ev, hdr, live, Region, EVENT_SIZE, HEADER_SIZE, LIVE_SLOT_SIZE};
-use crate::records::{MetaKind, ModuleRecord, ModuleUnloaded, ProcessInfo, SamplingChange};
+use crate::records::{MetaKind, ModuleRecord, ModuleUnloaded, ProcessInfo, Retention, SamplingChange, ScanSummary};
 use crate::FormatError;
 
 /// The fixed header, decoded.
@@ -171,6 +171,10 @@ pub struct Trace {
     pub modules: Vec<ModuleRecord>,
     pub unloaded: Vec<ModuleUnloaded>,
     pub sampling: Vec<SamplingChange>,
+    /// Heap scans that ended (1.2), oldest first.
+    pub scans: Vec<ScanSummary>,
+    /// Their per-stack findings; each record's `scan_t_ns` names its scan.
+    pub retention: Vec<Retention>,
     /// How many valid ring events the source held when it was parsed: what [`Trace::events`]
     /// yields, unless the file is still being written.
     pub readable_events: u64,
@@ -672,6 +676,16 @@ impl Trace {
                 Some(MetaKind::ModuleUnloaded) => {
                     if let Ok((u, _)) = postcard::take_from_bytes::<ModuleUnloaded>(payload) {
                         self.unloaded.push(u);
+                    }
+                }
+                Some(MetaKind::Scan) => {
+                    if let Ok((x, _)) = postcard::take_from_bytes::<ScanSummary>(payload) {
+                        self.scans.push(x);
+                    }
+                }
+                Some(MetaKind::Retention) => {
+                    if let Ok((r, _)) = postcard::take_from_bytes::<Retention>(payload) {
+                        self.retention.push(r);
                     }
                 }
                 None => {} // a record kind from a newer minor version: skip it

@@ -14,6 +14,10 @@ pub enum MetaKind {
     Module = 2,
     Sampling = 3,
     ModuleUnloaded = 4,
+    /// A heap scan ended (1.2): [`ScanSummary`].
+    Scan = 5,
+    /// What a heap scan found about one stack's sampled objects (1.2): [`Retention`].
+    Retention = 6,
 }
 
 impl MetaKind {
@@ -23,6 +27,8 @@ impl MetaKind {
             2 => Self::Module,
             3 => Self::Sampling,
             4 => Self::ModuleUnloaded,
+            5 => Self::Scan,
+            6 => Self::Retention,
             _ => return None,
         })
     }
@@ -89,4 +95,152 @@ pub struct SamplingChange {
 pub struct ModuleUnloaded {
     pub base: u64,
     pub t_ns: u64,
+}
+
+/// How a heap scan (`leak-analyze ctl --scan`) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ScanOutcome {
+    /// Every readable writable mapping was scanned.
+    Complete = 0,
+    /// Stopped early: another request (a pause), or the process exiting.
+    Stopped = 1,
+    /// The scan could not run (no memory for its tables, /proc/self/maps unreadable).
+    Failed = 2,
+}
+
+/// A heap scan ended at `t_ns` (ns since start, when it began); its [`Retention`] records, with
+/// the same `t_ns`, come before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanSummary {
+    pub t_ns: u64,
+    pub duration_ns: u64,
+    /// Bytes of memory read.
+    pub bytes_scanned: u64,
+    /// Sampled live objects examined.
+    pub objects: u64,
+    /// Mappings scanned.
+    pub regions: u32,
+    /// A [`ScanOutcome`].
+    pub outcome: u32,
+}
+
+/// Referenced from a writable segment of a loaded object (a global), at `address` (absolute;
+/// the module map names it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldByGlobal {
+    pub address: u64,
+    pub objects: u32,
+}
+
+/// Referenced from inside sampled objects allocated at `stack_id`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBySite {
+    pub stack_id: u32,
+    pub objects: u32,
+}
+
+/// A sampled object's address, size and first bytes, to show what it holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSample {
+    pub address: u64,
+    pub size: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// What a heap scan found about the sampled live objects allocated at one stack. Each object is
+/// counted once, by its strongest holder: a global, else a thread stack, else another sampled
+/// object, else heap memory no sampled object covers, else any other mapping; `unreferenced`
+/// if no word of the process pointed into it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// The scan's `t_ns` ([`ScanSummary`]).
+    pub scan_t_ns: u64,
+    pub stack_id: u32,
+    pub objects: u32,
+    pub unreferenced: u32,
+    pub by_global: u32,
+    pub by_stack: u32,
+    /// Held by other sampled objects.
+    pub by_site: u32,
+    pub by_heap: u32,
+    pub by_other: u32,
+    /// Where the globals that hold them are: the referencing words of up to
+    /// [`RETENTION_GLOBALS`] of the `by_global` objects, equal addresses merged. The analyzer
+    /// names them by symbol and shares `by_global` out in proportion.
+    pub globals: Vec<HeldByGlobal>,
+    /// The stacks of the sampled objects that hold them, exact for up to [`RETENTION_SITES`]
+    /// stacks (the rest count in `by_site` only).
+    pub sites: Vec<HeldBySite>,
+    pub samples: Vec<ObjectSample>,
+}
+
+/// Most referencing addresses a [`Retention`] record lists.
+pub const RETENTION_GLOBALS: usize = 32;
+/// Most holding stacks a [`Retention`] record lists.
+pub const RETENTION_SITES: usize = 16;
+/// Most objects a [`Retention`] record shows, and how many of their first bytes.
+pub const RETENTION_SAMPLES: usize = 3;
+pub const RETENTION_SAMPLE_BYTES: usize = 64;
+
+/// [`Retention`] as the writer encodes it, from borrowed slices: it may not allocate (the scan
+/// runs in a forked child of a process whose malloc locks may be held). Same wire form.
+#[derive(Serialize)]
+pub struct RetentionOut<'a> {
+    pub scan_t_ns: u64,
+    pub stack_id: u32,
+    pub objects: u32,
+    pub unreferenced: u32,
+    pub by_global: u32,
+    pub by_stack: u32,
+    pub by_site: u32,
+    pub by_heap: u32,
+    pub by_other: u32,
+    pub globals: &'a [HeldByGlobal],
+    pub sites: &'a [HeldBySite],
+    pub samples: &'a [ObjectSampleOut<'a>],
+}
+
+/// [`ObjectSample`] from a borrowed buffer.
+#[derive(Serialize)]
+pub struct ObjectSampleOut<'a> {
+    pub address: u64,
+    pub size: u64,
+    pub bytes: &'a [u8],
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    #[test]
+    fn the_borrowed_writer_form_decodes_as_the_owned_one() {
+        let globals = [HeldByGlobal { address: 0x5555_0000_1000, objects: 7 }];
+        let sites = [HeldBySite { stack_id: 9, objects: 2 }];
+        let bytes = *b"session-42\0\x01\x02";
+        let samples = [ObjectSampleOut { address: 0x7f00_0000_0010, size: 48, bytes: &bytes }];
+        let out = RetentionOut {
+            scan_t_ns: 5,
+            stack_id: 3,
+            objects: 12,
+            unreferenced: 1,
+            by_global: 7,
+            by_stack: 1,
+            by_site: 2,
+            by_heap: 0,
+            by_other: 1,
+            globals: &globals,
+            sites: &sites,
+            samples: &samples,
+        };
+        let mut buf = [0u8; 256];
+        let encoded = postcard::to_slice(&out, &mut buf).unwrap();
+        let (back, rest) = postcard::take_from_bytes::<Retention>(encoded).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(back.globals, globals);
+        assert_eq!(back.sites, sites);
+        assert_eq!(back.samples[0].bytes, bytes);
+        assert_eq!((back.scan_t_ns, back.stack_id, back.objects, back.unreferenced), (5, 3, 12, 1));
+        assert_eq!((back.by_global, back.by_stack, back.by_site, back.by_heap, back.by_other), (7, 1, 2, 0, 1));
+    }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     /// that creates the tree's ledger (the root) applies it: its descendants, forked or exec'd,
     /// use the ledger's budget whatever their own environment says.
     pub tree_budget: Option<u64>,
+    /// `LEAKTRACE_SCAN_RATE`: how fast `ctl --scan` reads memory, bytes a second (0: no cap).
+    pub scan_rate_bytes_per_s: u64,
 }
 
 /// The default tree budget, in file sizes: the root's trace and a few children's.
@@ -52,6 +54,7 @@ impl Default for Config {
             start_paused: false,
             unwinder: Unwinder::Auto,
             tree_budget: None,
+            scan_rate_bytes_per_s: crate::scan::DEFAULT_RATE_BYTES_PER_S,
         }
     }
 }
@@ -111,6 +114,10 @@ impl Config {
                 "dwarf" => Unwinder::Dwarf,
                 _ => return Err(format!("LEAKTRACE_UNWINDER={v:?} is not auto, fp or dwarf")),
             };
+        }
+        if let Some(v) = get("LEAKTRACE_SCAN_RATE") {
+            c.scan_rate_bytes_per_s = parse_size(&v)
+                .ok_or_else(|| format!("LEAKTRACE_SCAN_RATE={v:?} is not a size a second (e.g. 256M)"))?;
         }
         if let Some(v) = get("LEAKTRACE_TREE_BUDGET") {
             // Empty or 0: the default. Otherwise at least one file: a smaller budget could never

@@ -14,6 +14,7 @@
 //!   running process (`leak-analyze attach`) rather than preloaded.
 //! - [`unwind`], [`cfi`]: stack bounds, the frame-pointer walk and its calibration, and the
 //!   caching DWARF-CFI unwinder (framehop) with libgcc as its fallback.
+//! - [`scan`]: `ctl --scan`, who holds the sampled objects, from a copy-on-write snapshot.
 //! - [`config`]: the `LEAKTRACE_*` settings.
 //!
 //! Any failure stops tracing with one line on stderr; the traced program runs on.
@@ -31,6 +32,7 @@ pub mod mapped;
 pub mod modules;
 pub mod real;
 pub mod sampler;
+pub mod scan;
 pub mod shim;
 pub mod tracer;
 pub mod unwind;

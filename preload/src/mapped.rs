@@ -277,6 +277,31 @@ impl Mapped {
     }
 
     /// The offset of the slot holding `addr`.
+    /// Slots in the live table.
+    pub fn live_capacity(&self) -> u64 {
+        self.live_capacity
+    }
+
+    /// Call `f(address, size, stack_id)` for every committed entry of the live table (a
+    /// snapshot: writers may change it meanwhile; an entry being written is skipped).
+    pub fn for_each_live(&self, mut f: impl FnMut(u64, u64, u32)) {
+        for i in 0..self.live_capacity {
+            let slot = self.live_slot(i);
+            let key = self.u64_at(slot + live::KEY).load(Ordering::Acquire);
+            if key == layout::LIVE_EMPTY || key == layout::LIVE_TOMBSTONE || key & layout::LIVE_WRITING_BIT != 0 {
+                continue;
+            }
+            let size = self.u64_at(slot + live::SIZE).load(Ordering::Relaxed);
+            let stack_id = self.u32_at(slot + live::STACK_ID).load(Ordering::Relaxed);
+            f(key, size, stack_id);
+        }
+    }
+
+    /// The mapping's address range.
+    pub fn range(&self) -> (u64, u64) {
+        (self.base as u64, self.base as u64 + self.len as u64)
+    }
+
     fn live_find(&self, addr: u64) -> Option<usize> {
         for run in layout::live_runs(addr, self.live_capacity) {
             for i in 0..run.len {

@@ -118,6 +118,8 @@ fn mark_process_start() {
 static IS_FORKED_CHILD: AtomicBool = AtomicBool::new(false);
 /// This library's code range; frames inside it are trimmed from the top of every stack.
 static TRACER_TEXT: OnceLock<(u64, u64)> = OnceLock::new();
+/// The `ctl` request the running (or last) scan answers.
+static SCAN_SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Most frames captured per sample.
 const MAX_CAPTURE: usize = 64;
@@ -1112,10 +1114,19 @@ impl Tracer {
             self.control_seen.store(seq, Ordering::Relaxed);
             let control = m.u32_at(hdr::CONTROL).load(Ordering::Relaxed);
             let mean = m.header(hdr::REQUESTED_MEAN_BYTES).load(Ordering::Relaxed);
-            let result = self.apply_control(control, mean);
-            m.u32_at(hdr::CONTROL_RESULT).store(result as u32, Ordering::Relaxed);
-            m.u32_at(hdr::CONTROL_ACK_SEQ).store(seq, Ordering::Release);
+            if control == Control::Scan as u32 && m.state() != TraceState::Failed as u32 {
+                // The scan's child acknowledges when its findings are in the trace.
+                if !self.start_scan(seq) {
+                    m.u32_at(hdr::CONTROL_RESULT).store(ControlResult::ScanFailed as u32, Ordering::Relaxed);
+                    m.u32_at(hdr::CONTROL_ACK_SEQ).store(seq, Ordering::Release);
+                }
+            } else {
+                let result = self.apply_control(control, mean);
+                m.u32_at(hdr::CONTROL_RESULT).store(result as u32, Ordering::Relaxed);
+                m.u32_at(hdr::CONTROL_ACK_SEQ).store(seq, Ordering::Release);
+            }
         }
+        crate::scan::reap(m, now, SCAN_SEQ.load(Ordering::Relaxed));
         // The RSS series only while sampling or paused after sampling: a dormant trace has no
         // disk behind its RSS region yet, and a dormant process does nothing it need not.
         if m.fully_reserved() && now >= self.next_rss_ns.load(Ordering::Relaxed) {
@@ -1143,6 +1154,56 @@ impl Tracer {
             }
         }
         self.ticking.store(false, Ordering::Release);
+    }
+
+    /// `ctl --scan`: hand a snapshot of the process to a scanning child (see `scan`). False if
+    /// it could not start.
+    fn start_scan(&self, seq: u32) -> bool {
+        let mut plan = Box::new(crate::scan::Plan {
+            seq,
+            t_ns: self.now_ns(),
+            start_mono_ns: self.start_mono_ns,
+            rate_bytes_per_s: config().map_or(crate::scan::DEFAULT_RATE_BYTES_PER_S, |c| c.scan_rate_bytes_per_s),
+            excluded: [(0, 0); crate::scan::MAX_EXCLUDED],
+            globals: [(0, 0); crate::scan::MAX_GLOBAL_RANGES],
+            n_globals: 0,
+            stack_pointers: [0; crate::scan::MAX_THREADS],
+            n_stack_pointers: 0,
+        });
+        let here = 0u8;
+        let mut sps = vec![std::ptr::addr_of!(here) as u64];
+        sps.extend(blocked_threads_stack_pointers());
+        for sp in sps.into_iter().take(crate::scan::MAX_THREADS) {
+            plan.stack_pointers[plan.n_stack_pointers] = sp;
+            plan.n_stack_pointers += 1;
+        }
+        // Never roots: the trace mappings (the live table holds every sampled address) and our
+        // own library's data.
+        plan.excluded[0] = self.mapped.range();
+        if let Some(p) = parent() {
+            plan.excluded[1] = p.mapped.range();
+        }
+        if let Ok(mods) = LAST_SNAPSHOT.try_lock() {
+            for m in mods.iter() {
+                let writable = m.segments.iter().filter(|s| s.flags & libc::PF_W != 0);
+                for s in writable {
+                    let range = (m.base + s.vaddr, m.base + s.vaddr + s.memsz);
+                    if m.is_tracer {
+                        plan.excluded[2] = range;
+                    } else if plan.n_globals < crate::scan::MAX_GLOBAL_RANGES {
+                        plan.globals[plan.n_globals] = range;
+                        plan.n_globals += 1;
+                    }
+                }
+            }
+        }
+        let previous = SCAN_SEQ.swap(seq, Ordering::Relaxed);
+        if crate::scan::start(&self.mapped, &plan, previous) {
+            true
+        } else {
+            SCAN_SEQ.store(previous, Ordering::Relaxed);
+            false
+        }
     }
 
     /// Act on a `leak-analyze ctl` request.
@@ -1244,6 +1305,19 @@ impl Tracer {
             gate.fetch_add(layout::GATE_EPOCH, Ordering::SeqCst);
         }
     }
+}
+
+/// The stack pointers of this process's threads that are blocked in a system call (the sixth
+/// field after the number in /proc/self/task/TID/syscall); running threads have none to read.
+fn blocked_threads_stack_pointers() -> Vec<u64> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .filter_map(|t| {
+            let text = std::fs::read_to_string(t.ok()?.path().join("syscall")).ok()?;
+            let sp = text.split_whitespace().nth(7)?;
+            u64::from_str_radix(sp.trim_start_matches("0x"), 16).ok()
+        })
+        .collect()
 }
 
 /// Append an RSS sample with leaktrace's own share of it.

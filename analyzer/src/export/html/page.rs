@@ -230,6 +230,23 @@ fn stats(report: &Report) -> Markup {
     }
 }
 
+/// What the last heap scan (`ctl --scan`) found holds the site's objects, and a few of them.
+fn retention(s: &SiteOut) -> Markup {
+    let Some(r) = &s.retention else { return html! {} };
+    let class = if r.verdict == "unreferenced" { "retention lost" } else { "retention held" };
+    html! {
+        div class=(class) {
+            (crate::retention::describe(r))
+            @for h in r.held_by.iter().skip(1).take(3) {
+                div class="small" { (h.objects()) " held by " (h.describe()) }
+            }
+            @for sample in r.samples.iter().filter(|x| !x.text.is_empty()).take(2) {
+                div class="small sample" { "e.g. " (sample.size) " bytes at " (sample.address) ": " code { (sample.text) } }
+            }
+        }
+    }
+}
+
 fn site_row(s: &SiteOut, row: usize, analysis: &Analysis) -> Markup {
     let series: &[f64] = s.id.checked_sub(1).and_then(|i| analysis.sites.get(i)).map_or(&[], |a| a.series.as_slice());
     let ci = if s.unfreed_bytes_ci95 > 0.0 {
@@ -244,6 +261,7 @@ fn site_row(s: &SiteOut, row: usize, analysis: &Analysis) -> Markup {
             td class="site" {
                 details open[row == 0] { summary { (site_title(s)) } (stack(s)) }
                 (callers_preview(s))
+                (retention(s))
             }
             td class="num" {
                 div class="big" { (human_bytes(s.unfreed_bytes)) }
