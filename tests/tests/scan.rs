@@ -25,7 +25,11 @@ fn num(v: &serde_json::Value, key: &str) -> u64 {
 
 /// Run holders under the preload at the default sampling, scan once it has leaked, and return
 /// the report and the program's JSON line.
-fn scan_holders(name: &str, args: &[&str], scans: usize) -> (Report, serde_json::Value, Vec<String>) {
+fn scan_holders(
+    name: &str,
+    args: &[&str],
+    scans: usize,
+) -> (Report, serde_json::Value, Vec<String>, std::path::PathBuf) {
     let dir = TestDir::new(name);
     let exe = dir.compile("holders.c");
     let mut settings = Settings::sampled(7);
@@ -48,12 +52,12 @@ fn scan_holders(name: &str, args: &[&str], scans: usize) -> (Report, serde_json:
     let done = bg.wait(WAIT);
     assert!(done.status.success(), "the program failed during the scan\n{}", done.describe());
     let json = done.json_line();
-    (report_of(&trace, &dir.path.join("report.json")), json, answers)
+    (report_of(&trace, &dir.path.join("report.json")), json, answers, trace)
 }
 
 #[test]
 fn a_scan_tells_a_missing_free_from_the_global_and_the_container_that_hold_objects() {
-    let (report, program, answers) = scan_holders("scan_holders", &["5", "0"], 1);
+    let (report, program, answers, trace) = scan_holders("scan_holders", &["5", "0"], 1);
     eprintln!("{}", answers[0].trim());
     report.check_invariants();
 
@@ -91,11 +95,20 @@ fn a_scan_tells_a_missing_free_from_the_global_and_the_container_that_hold_objec
     assert!(worst < 300.0, "the program stalled {worst} ms");
     // The headline names the holder of the largest site.
     assert!(report.str("/summary").contains("held by") || report.str("/summary").contains("referenced by nothing"));
+    // The text report and the HTML page show it next to each site.
+    let text = analyze(&["report".into(), trace.display().to_string()], WAIT);
+    assert!(text.stdout.contains("referenced by nothing: a missing free"), "{}", text.describe());
+    assert!(text.stdout.contains("most by global `g_kept`"), "{}", text.describe());
+    let html = analyze(&["report".into(), trace.display().to_string(), "--format".into(), "html".into()], WAIT);
+    assert!(
+        html.stdout.contains("class=\"retention lost\"") && html.stdout.contains("g_kept"),
+        "no retention in the HTML"
+    );
 }
 
 #[test]
 fn a_scan_under_32_allocating_threads_and_mapping_churn_neither_crashes_nor_stalls() {
-    let (report, program, answers) = scan_holders("scan_threads", &["8", "32"], 3);
+    let (report, program, answers, _) = scan_holders("scan_threads", &["8", "32"], 3);
     for a in &answers {
         eprintln!("{}", a.trim());
     }
