@@ -7,7 +7,8 @@
  * - list_node: a linked list from the global g_list.
  * Every block starts with a line of text naming what it is. Then it runs on for argv[1]
  * seconds with a 10 ms tick that allocates a little (argv[2] threads allocate meanwhile, and
- * one maps and unmaps memory in a loop), and prints the longest tick gap it saw. */
+ * one maps and unmaps memory in a loop), and prints the longest tick gap it saw. With argv[3]
+ * "trickle", each tick also drops one more request and adds one more list node. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,6 +97,7 @@ static void *mapper(void *arg) {
 int main(int argc, char **argv) {
     double secs = argc > 1 ? atof(argv[1]) : 5;
     int threads = argc > 2 ? atoi(argv[2]) : 0;
+    int trickle = argc > 3 && strcmp(argv[3], "trickle") == 0;
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (int i = 0; i < PER_SITE; i++) {
         lost_request(i);
@@ -113,6 +115,11 @@ int main(int argc, char **argv) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
         free(malloc(100));
+        if (trickle) {
+            static int k = PER_SITE;
+            lost_request(k);
+            list_node(k++);
+        }
         double t = now();
         if (t - last > worst) worst = t - last;
         last = t;

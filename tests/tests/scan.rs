@@ -120,3 +120,42 @@ fn a_scan_under_32_allocating_threads_and_mapping_churn_neither_crashes_nor_stal
     let (kept, _) = retention(&report, "keep_in_global");
     assert_eq!(kept["held_by"][0]["symbol"], "g_kept", "{kept}");
 }
+
+#[test]
+fn an_attached_process_can_be_scanned_too() {
+    let dir = TestDir::new("scan_attached");
+    let exe = dir.compile("holders.c");
+    let mut bg =
+        Background::spawn(std::process::Command::new(&exe).args(["6", "2", "trickle"]).env_remove("LD_PRELOAD"));
+    bg.wait_for_stdout("leaked", WAIT);
+    // Attached after the first leaks, in exact mode: what it drops and links from here on is
+    // traced, and judged by the scan.
+    let pattern = dir.path.join("att.%p.lt");
+    let out = analyze(
+        &[
+            "attach".into(),
+            bg.pid.to_string(),
+            "-o".into(),
+            pattern.display().to_string(),
+            "--sample-bytes".into(),
+            "1".into(),
+        ],
+        WAIT,
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    let trace = std::path::PathBuf::from(out.stdout.lines().last().unwrap());
+    std::thread::sleep(Duration::from_secs(2));
+    let scan = analyze(&["ctl".into(), trace.display().to_string(), "--scan".into()], WAIT);
+    assert!(scan.status.success() && scan.stdout.contains("scanned"), "{}", scan.describe());
+    let detached = analyze(&["detach".into(), bg.pid.to_string()], WAIT);
+    assert!(detached.status.success(), "{}", detached.describe());
+    let done = bg.wait(WAIT);
+    assert!(done.status.success(), "{}", done.describe());
+    let report = report_of(&trace, &dir.path.join("report.json"));
+    let json = std::fs::read_to_string(dir.path.join("report.json")).unwrap();
+    assert!(
+        json.contains("\"scanned_at_ns\""),
+        "no retention in the attached trace's report: {}",
+        report.site_summary()
+    );
+}
