@@ -236,6 +236,42 @@ fn readable_by_all(path: &Path) -> bool {
     file_ok && path.ancestors().skip(1).all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
+/// The trace is created by the process, with its credentials: refuse a directory it cannot
+/// write before touching it.
+fn check_writable_by_target(target: &Target, path: &str) -> Result<()> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", target.pid)).unwrap_or_default();
+    let ids = |field: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let euid = ids("Uid:").get(1).copied().unwrap_or(0);
+    if euid == 0 {
+        return Ok(());
+    }
+    let mut gids = ids("Groups:");
+    gids.extend(ids("Gid:").get(1));
+    let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+    let Ok(md) = std::fs::metadata(target.in_its_fs(&dir.to_string_lossy())) else {
+        bail!("the trace's directory {} does not exist for process {}", dir.display(), target.pid);
+    };
+    let mode = md.mode();
+    let writable = (md.uid() == euid && mode & 0o200 != 0)
+        || (gids.contains(&md.gid()) && mode & 0o020 != 0)
+        || (md.uid() != euid && !gids.contains(&md.gid()) && mode & 0o002 != 0);
+    if !writable {
+        bail!(
+            "process {} runs as user {euid}, which cannot write to {}: give -o a path in a directory it can write (e.g. /tmp/{})",
+            target.pid,
+            dir.display(),
+            Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 fn target_uid(pid: i32) -> u32 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -267,6 +303,9 @@ pub fn attach(pid: i32, settings: &launch::Settings) -> Result<String> {
         if !path.starts_with('/') {
             *path = std::env::current_dir()?.join(&*path).display().to_string();
         }
+    }
+    if let Some((_, path)) = env.iter().find(|(k, _)| *k == "LEAKTRACE_FILE") {
+        check_writable_by_target(&target, path)?;
     }
     let settings_text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     if settings_text.chars().filter(|&c| c == '\n').count() != env.len() {

@@ -712,10 +712,9 @@ pub fn attach(settings: &[(String, String)]) -> Result<String, (AttachError, Str
         ATTACHED.store(true, Ordering::Release);
         let Some(tracer) = start_or_stop(&guard, config, false, config.start_paused) else {
             ATTACHED.store(false, Ordering::Release);
-            return Err((
-                AttachError::NotStarted,
-                "the trace file could not be created (said on the process's stderr)".into(),
-            ));
+            let why = START_ERROR.try_lock().map(|e| e.clone()).unwrap_or_default();
+            let why = if why.is_empty() { "the process tree's disk budget is spent".to_string() } else { why };
+            return Err((AttachError::NotStarted, why));
         };
         let attached_at = PROCESS_START_UNIX.load(Ordering::Relaxed);
         tracer.mapped.header(hdr::ATTACH_UNIX_NS).store(attached_at, Ordering::Release);
@@ -778,6 +777,9 @@ fn end_trace(t: &Tracer, reason: layout::EndReason) {
     m.u32_at(hdr::END_REASON).store(reason as u32, Ordering::Release);
 }
 
+/// Why the last trace could not be created, for `leaktrace_attach` to answer with.
+static START_ERROR: Mutex<String> = Mutex::new(String::new());
+
 /// Why a trace could not start.
 enum NotStarted {
     /// The process tree's disk budget cannot hold the file's reservation.
@@ -824,6 +826,9 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bool) -> 
                 l.release(reserve_now);
             }
             warn(&format!("{e}; tracing disabled"));
+            if let Ok(mut last) = START_ERROR.try_lock() {
+                *last = e;
+            }
             return Err(NotStarted::Failed);
         }
     };

@@ -386,6 +386,14 @@ fn another_user_is_refused_with_the_reason_and_a_user_attaches_to_its_own_proces
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]).arg(&exe).arg("epoll");
     let mut svc = Service::spawn(cmd);
+    // A directory the process's user cannot write: refused before it is touched, saying so.
+    let private = dir.path.join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let out = attach(svc.pid, &["-o", private.join("t.%p.lt").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(out.stderr.contains("runs as user 65534, which cannot write to"), "{}", out.describe());
+    svc.ask("leak 1", "leaked 1");
     let pattern = dir.path.join("nobody.%p.lt");
     let out = as_nobody(&[
         "attach".into(),
@@ -398,6 +406,7 @@ fn another_user_is_refused_with_the_reason_and_a_user_attaches_to_its_own_proces
     let trace = trace_of(&out);
     svc.ask("leak 12", "leaked 12");
     trace_of(&as_nobody(&["detach".into(), svc.pid.to_string()]));
+    svc.ask("leak 3", "leaked 3");
     let (result, status) = svc.quit();
     assert!(status.success() && result["eintr"] == 0, "{result} {status}");
     use std::os::unix::fs::MetadataExt;
