@@ -37,6 +37,9 @@ pub enum HeldBy {
         symbol: Option<String>,
         module: String,
         module_offset: String,
+        /// Where it is declared, where debug info says.
+        file: Option<String>,
+        line: Option<u32>,
         objects: u64,
     },
     Site {
@@ -71,6 +74,9 @@ impl HeldBy {
     /// A few words: "global `g_sessions`", "objects of #3 `map_grow`", "a thread's stack".
     pub fn describe(&self) -> String {
         match self {
+            HeldBy::Global { symbol: Some(s), file: Some(f), line: Some(l), .. } => {
+                format!("global `{s}` ({}:{l})", f.rsplit('/').next().unwrap_or(f))
+            }
             HeldBy::Global { symbol: Some(s), .. } => format!("global `{s}`"),
             HeldBy::Global { module, module_offset, .. } => {
                 format!("a global at {}+{module_offset}", module.rsplit('/').next().unwrap_or(module))
@@ -201,7 +207,8 @@ pub fn for_sites(
 /// The globals holding `records`' objects, by symbol: each record lists where the referencing
 /// words of some of its global-held objects are; `by_global` is shared out in proportion.
 fn globals(records: &[&Retention], symbolizer: &Symbolizer) -> Vec<HeldBy> {
-    let mut by_name: HashMap<(String, Option<String>), (u64, f64)> = HashMap::new();
+    type Declared = (Option<String>, Option<u32>);
+    let mut by_name: HashMap<(String, Option<String>), (u64, f64, Declared)> = HashMap::new();
     for r in records {
         let listed: u64 = r.globals.iter().map(|g| u64::from(g.objects)).sum();
         if listed == 0 {
@@ -210,21 +217,23 @@ fn globals(records: &[&Retention], symbolizer: &Symbolizer) -> Vec<HeldBy> {
         let scale = f64::from(r.by_global) / listed as f64;
         for g in &r.globals {
             let name = symbolizer.global_at(g.address);
-            let (module, symbol, offset) = match name {
-                Some(n) => (n.module, n.symbol, n.module_offset - n.offset),
-                None => (String::from("?"), None, g.address),
+            let (module, symbol, offset, declared) = match name {
+                Some(n) => (n.module, n.symbol, n.module_offset - n.offset, (n.file, n.line)),
+                None => (String::from("?"), None, g.address, (None, None)),
             };
-            let e = by_name.entry((module, symbol)).or_insert((offset, 0.0));
+            let e = by_name.entry((module, symbol)).or_insert((offset, 0.0, declared));
             e.0 = e.0.min(offset);
             e.1 += f64::from(g.objects) * scale;
         }
     }
     let mut v: Vec<HeldBy> = by_name
         .into_iter()
-        .map(|((module, symbol), (offset, n))| HeldBy::Global {
+        .map(|((module, symbol), (offset, n, (file, line)))| HeldBy::Global {
             symbol,
             module,
             module_offset: format!("{offset:#x}"),
+            file,
+            line,
             objects: n.round() as u64,
         })
         .collect();

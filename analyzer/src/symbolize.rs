@@ -73,6 +73,72 @@ pub struct GlobalName {
     pub symbol: Option<String>,
     /// Bytes into the symbol (an element of an array).
     pub offset: u64,
+    /// Where it is declared, from DWARF.
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// The global variables a DWARF file declares: address -> (file, line). Empty if it cannot be
+/// read; never panics on a malformed file (gimli returns errors, which end the walk).
+fn global_variables(path: &Path) -> HashMap<u64, (String, u32)> {
+    use addr2line::gimli;
+    let mut out = HashMap::new();
+    let Ok(data) = std::fs::read(path) else { return out };
+    let Ok(obj) = object::File::parse(&*data) else { return out };
+    let endian = if obj.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
+    let load = |id: gimli::SectionId| -> Result<std::borrow::Cow<'_, [u8]>, gimli::Error> {
+        Ok(obj
+            .section_by_name(id.name())
+            .and_then(|s| s.uncompressed_data().ok())
+            .unwrap_or(std::borrow::Cow::Borrowed(&[])))
+    };
+    let Ok(sections) = gimli::DwarfSections::load(load) else { return out };
+    let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, endian));
+    let mut units = dwarf.units();
+    while let Ok(Some(header)) = units.next() {
+        let Ok(unit) = dwarf.unit(header) else { continue };
+        let mut entries = unit.entries();
+        while let Ok(Some((_, entry))) = entries.next_dfs() {
+            if entry.tag() != gimli::DW_TAG_variable {
+                continue;
+            }
+            let Ok(Some(gimli::AttributeValue::Exprloc(expr))) = entry.attr_value(gimli::DW_AT_location) else {
+                continue;
+            };
+            let mut ops = expr.operations(unit.encoding());
+            let Ok(Some(gimli::Operation::Address { address })) = ops.next() else { continue };
+            let line = match entry.attr_value(gimli::DW_AT_decl_line) {
+                Ok(Some(v)) => v.udata_value().unwrap_or(0) as u32,
+                _ => 0,
+            };
+            let file = match (entry.attr_value(gimli::DW_AT_decl_file), &unit.line_program) {
+                (Ok(Some(gimli::AttributeValue::FileIndex(i))), Some(program)) => {
+                    let header = program.header();
+                    header.file(i).map(|f| {
+                        let name = dwarf
+                            .attr_string(&unit, f.path_name())
+                            .map(|r| r.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        let dir = f
+                            .directory(header)
+                            .and_then(|d| dwarf.attr_string(&unit, d).ok())
+                            .map(|r| r.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        if name.starts_with('/') || dir.is_empty() {
+                            name
+                        } else {
+                            format!("{dir}/{name}")
+                        }
+                    })
+                }
+                _ => None,
+            };
+            if let Some(file) = file {
+                out.entry(address).or_insert((file, line));
+            }
+        }
+    }
+    out
 }
 
 struct ModuleState {
@@ -113,6 +179,10 @@ struct Resolved {
     symbols: SymbolTable,
     /// Data symbols (globals), for naming what holds memory (`ctl --scan`).
     data: SymbolTable,
+    /// The file DWARF came from, and the file:line of its global variables by address, read
+    /// the first time a global of this module is named.
+    dwarf_file: Option<PathBuf>,
+    variables: std::sync::OnceLock<HashMap<u64, (String, u32)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,14 +290,22 @@ impl Symbolizer {
             }
             if let LoadState::Ready(resolved) = &inner.state {
                 let svma = addr.wrapping_sub(module.base);
-                name = resolved.data.lookup_with_start(svma).map(|(start, n)| (demangle(n, None), svma - start));
+                name = resolved.data.lookup_with_start(svma).map(|(start, n)| {
+                    let vars = resolved
+                        .variables
+                        .get_or_init(|| resolved.dwarf_file.as_deref().map(global_variables).unwrap_or_default());
+                    (demangle(n, None), svma - start, vars.get(&start).cloned())
+                });
             }
         }
+        let declared = name.as_ref().and_then(|(_, _, d)| d.clone());
         Some(GlobalName {
             module: module.path.clone(),
             module_offset: addr.wrapping_sub(module.base),
-            symbol: name.as_ref().map(|(n, _)| n.clone()),
-            offset: name.map_or(0, |(_, o)| o),
+            symbol: name.as_ref().map(|(n, _, _)| n.clone()),
+            offset: name.as_ref().map_or(0, |(_, o, _)| *o),
+            file: declared.as_ref().map(|(f, _)| f.clone()),
+            line: declared.map(|(_, l)| l),
         })
     }
 
@@ -414,6 +492,7 @@ impl Symbolizer {
 
         // 3. DWARF: the debug file first, then the binary.
         let mut dwarf = None;
+        let mut dwarf_file = None;
         let mut dwarf_error = None;
         for file in debug.iter().chain(binary.iter()) {
             let Some(obj) = file.parse_quiet() else {
@@ -427,6 +506,7 @@ impl Symbolizer {
             match addr2line::Loader::new_with_sup(&file.path, sup.as_ref()) {
                 Ok(loader) => {
                     dwarf = Some(loader);
+                    dwarf_file = Some(file.path.clone());
                     break;
                 }
                 Err(e) => dwarf_error = Some(format!("{}: {e}", file.path.display())),
@@ -456,7 +536,7 @@ impl Symbolizer {
             }
             warnings.push(format!("{name}: {what}; function names from the symbol table only, without file:line"));
         }
-        LoadState::Ready(Box::new(Resolved { dwarf, symbols, data }))
+        LoadState::Ready(Box::new(Resolved { dwarf, symbols, data, dwarf_file, variables: std::sync::OnceLock::new() }))
     }
 
     /// Checks a debug file candidate; returns it when usable. `crc` is the

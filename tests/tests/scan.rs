@@ -76,6 +76,7 @@ fn a_scan_tells_a_missing_free_from_the_global_and_the_container_that_hold_objec
     let top = &kept["held_by"][0];
     assert_eq!((top["kind"].as_str(), top["symbol"].as_str()), (Some("global"), Some("g_kept")), "{kept}");
     assert_eq!(num(top, "objects"), num(kept, "objects"), "{kept}");
+    assert!(top["file"].as_str().is_some_and(|f| f.ends_with("holders.c")) && top["line"].as_u64().is_some(), "{kept}");
 
     // Entries of a heap array: held by the array's site, itself held by the global g_table.
     let (entries, _) = retention(&report, "table_entry");
