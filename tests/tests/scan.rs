@@ -160,3 +160,49 @@ fn an_attached_process_can_be_scanned_too() {
         report.site_summary()
     );
 }
+
+/// The running scan children of `pid` (named leaktrace-scan; a child that has exited but is
+/// not reaped yet, a zombie, is not running).
+fn scan_children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // "pid (comm) state ppid ..."
+            let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+            let mut fields = after.split_whitespace();
+            let (state, ppid) = (fields.next(), fields.next());
+            stat.contains("(leaktrace-scan)") && state != Some("Z") && ppid == Some(&pid.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_pause_stops_a_running_scan_at_once() {
+    let dir = TestDir::new("scan_pause");
+    let exe = dir.compile("holders.c");
+    let mut cmd = dir.traced_command(&exe, &["6", "0"], &Settings::sampled(3));
+    // Slow enough that the scan is still running when the pause comes.
+    cmd.env("LEAKTRACE_SCAN_RATE", "1M");
+    let mut bg = Background::spawn(&mut cmd);
+    bg.wait_for_stdout("leaked", WAIT);
+    let trace =
+        dir.files_starting_with("trace.").into_iter().find(|p| p.extension().is_some_and(|e| e == "lt")).unwrap();
+    let t = trace.display().to_string();
+    let scan = analyze(&["ctl".into(), t.clone(), "--scan".into(), "--wait".into(), "300".into()], WAIT);
+    assert!(scan.stdout.contains("no results within the wait"), "{}", scan.describe());
+    assert_eq!(scan_children(bg.pid).len(), 1, "no scan child running");
+    let pause = analyze(&["ctl".into(), t, "--pause".into()], WAIT);
+    assert!(pause.status.success() && pause.stdout.contains("applied"), "{}", pause.describe());
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !scan_children(bg.pid).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the scan went on after the pause");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let done = bg.wait(WAIT);
+    assert!(done.status.success(), "{}", done.describe());
+    let report = report_of(&trace, &dir.path.join("report.json"));
+    for site in report.sites() {
+        assert!(site.json["retention"].is_null(), "a stopped scan left findings: {}", site.json);
+    }
+}
