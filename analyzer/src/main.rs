@@ -2,31 +2,15 @@
 //!
 //! Exit codes: 0 success, 2 error (unreadable or foreign file, bad arguments).
 
-mod analysis;
-mod attach;
-mod ctl;
-mod diff;
-mod export;
-mod growth;
-mod inject;
-mod launch;
-mod naming;
-mod progress;
-mod report;
-mod retention;
-mod suppress;
-mod symbolize;
-mod watch;
+use leak_analyze::{attach, ctl, diff, export, launch, progress, report, suppress, symbolize, watch};
+use leak_analyze::{load, load_and_report, report_on, Loaded};
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-
-use leaktrace_format::Trace;
 
 #[derive(Parser)]
 #[command(name = "leak-analyze", version, about = "Report memory leaks from a leaktrace trace file")]
@@ -213,22 +197,6 @@ enum Command {
     },
 }
 
-/// Read a trace file without trusting it: refuse directories and non-files, never read more
-/// than the file holds. The file stays open: the analysis streams the event ring from it.
-fn load(path: &Path) -> Result<(Trace, File)> {
-    let md = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
-    if !md.is_file() {
-        bail!("{} is not a regular file", path.display());
-    }
-    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    // The path may have been swapped for something else between the two looks.
-    if !file.metadata().with_context(|| format!("cannot read {}", path.display()))?.is_file() {
-        bail!("{} is not a regular file", path.display());
-    }
-    let trace = Trace::parse_from(&file).with_context(|| format!("{}", path.display()))?;
-    Ok((trace, file))
-}
-
 fn write_output(output: Option<&Path>, text: impl AsRef<[u8]>) -> Result<()> {
     match output {
         Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
@@ -239,46 +207,6 @@ fn write_output(output: Option<&Path>, text: impl AsRef<[u8]>) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// A trace, its analysis and its report, for one side of a diff.
-struct Loaded {
-    trace: Trace,
-    analysis: analysis::Analysis,
-    report: report::Report,
-}
-
-/// Analyze and symbolize a loaded trace; `probe_times`: see [`analysis::analyze`].
-fn report_on(
-    (trace, file): (Trace, File),
-    opts: &symbolize::SymbolizeOptions,
-    suppressions: &suppress::Suppressions,
-    probe_times: &[u64],
-    progress: &progress::Progress,
-) -> Loaded {
-    progress.stage(format!("collecting the call stacks of {} live allocations", trace.live.len()));
-    let symbolizer = symbolize::Symbolizer::new(&trace.modules, opts);
-    let mut symbols = None;
-    let analysis = analysis::analyze(&trace, &file, probe_times, |stacks, live| {
-        progress.stage(format!("symbolizing {} call stacks", live.iter().filter(|&&l| l).count()));
-        let (s, locations) = naming::Symbols::for_sites(&trace.modules, &symbolizer, stacks, live);
-        progress.stage(format!("analyzing {} events and {} live allocations", trace.readable_events, trace.live.len()));
-        symbols = Some(s);
-        locations
-    });
-    let symbols = symbols.unwrap_or_else(|| naming::Symbols::new(&trace.modules, &symbolizer, &[]));
-    let report = report::build(&trace, &analysis, &symbols, &symbolizer, suppressions);
-    Loaded { trace, analysis, report }
-}
-
-fn load_and_report(
-    path: &Path,
-    opts: &symbolize::SymbolizeOptions,
-    suppressions: &suppress::Suppressions,
-) -> Result<Loaded> {
-    let progress = progress::Progress::new();
-    progress.stage(format!("reading {}", path.display()));
-    Ok(report_on(load(path)?, opts, suppressions, &[], &progress))
 }
 
 fn run_diff(
@@ -313,7 +241,7 @@ fn run_diff(
             diff::diff(&side(&a, old), &side(&b, new_path))
         }
         None => {
-            let progress = progress::Progress::new();
+            let progress = progress::Progress::on_stderr();
             progress.stage(format!("reading {}", old.display()));
             let loaded = load(old)?;
             // The moments must be known before the analysis: it keeps no event to look back at.

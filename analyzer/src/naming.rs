@@ -351,7 +351,7 @@ fn retention_clause(site: &SiteOut, growing: bool) -> String {
     use crate::retention::HeldBy;
     let Some(r) = &site.retention else { return String::new() };
     let holder = r.held_by.first();
-    match (r.verdict, holder, growing) {
+    match (r.verdict.as_str(), holder, growing) {
         ("unreferenced", _, true) => {
             format!(
                 ": a leak, a missing free ({} of {} sampled objects referenced by nothing)",

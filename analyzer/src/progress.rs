@@ -7,7 +7,8 @@ use std::time::Duration;
 pub struct Progress(Option<indicatif::ProgressBar>);
 
 impl Progress {
-    pub fn new() -> Progress {
+    /// A spinner on stderr if it is a terminal, else nothing.
+    pub fn on_stderr() -> Progress {
         if !std::io::stderr().is_terminal() {
             return Progress(None);
         }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use leaktrace_format::{layout, Trace};
 
@@ -11,7 +11,7 @@ use crate::naming::{SiteName, Symbols};
 use crate::suppress::Suppressions;
 use crate::symbolize::Symbolizer;
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Report {
     pub format_version: String,
     /// One sentence: the likely answer.
@@ -33,7 +33,7 @@ pub struct Report {
 }
 
 /// What the suppression rules left out of the list of sites.
-#[derive(Serialize, Default)]
+#[derive(Serialize, Deserialize, Default)]
 pub struct Suppressed {
     #[serde(serialize_with = "as_integer")]
     pub bytes: f64,
@@ -53,7 +53,7 @@ fn ended(h: &leaktrace_format::Header) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
     pub exe: String,
@@ -62,7 +62,7 @@ pub struct Process {
     pub duration_ns: u64,
     /// "exit" (ran its exit handlers), "detached" (`leak-analyze detach` ended the trace; the
     /// process ran on), or "unknown" (still running, or killed).
-    pub ended: &'static str,
+    pub ended: String,
     /// The trace was started by `leak-analyze attach` in the running process: allocations made
     /// before `start_unix_ns` are unknown to it.
     pub attached: bool,
@@ -70,7 +70,7 @@ pub struct Process {
 }
 
 /// What became of the process's forked children (format 1.1; zeros in older traces).
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Children {
     /// Children that created a trace of their own and kept it.
     pub traced: u64,
@@ -80,19 +80,19 @@ pub struct Children {
     pub removed_empty: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Sampling {
     pub mean_bytes: u64,
     pub changes: Vec<SamplingChangeOut>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct SamplingChangeOut {
     pub t_ns: u64,
     pub mean_bytes: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Totals {
     #[serde(serialize_with = "as_integer")]
     pub unfreed_bytes: f64,
@@ -102,7 +102,7 @@ pub struct Totals {
     pub dropped_events: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct RssPoint {
     pub t_ns: u64,
     pub rss_bytes: u64,
@@ -111,14 +111,14 @@ pub struct RssPoint {
 }
 
 /// The highest RSS sampled, and when (ns since start).
-#[derive(Serialize, Clone, Copy)]
+#[derive(Serialize, Deserialize, Clone, Copy)]
 pub struct RssPeak {
     pub rss_bytes: u64,
     pub t_ns: u64,
 }
 
 /// Does the sampled heap explain the RSS growth, or is memory growing outside malloc?
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct RssVsHeap {
     /// The program's RSS growth over the span: leaktrace's own memory excluded.
     #[serde(serialize_with = "as_integer")]
@@ -141,7 +141,7 @@ pub struct RssVsHeap {
     pub growth_outside_heap: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct SiteOut {
     pub id: usize,
     /// What every output calls the site: its naming frame and where it is (see `naming`).
@@ -163,13 +163,13 @@ pub struct SiteOut {
     /// When the site merges several raw call stacks (one source location reached by several
     /// call instructions), their return addresses, innermost first, the stack with the most
     /// unfreed bytes first; empty otherwise.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<Vec<String>>,
     /// What holds the site's objects, from the last heap scan (`ctl --scan`); null without one.
     pub retention: Option<crate::retention::RetentionOut>,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct FrameOut {
     pub address: String,
     pub module: Option<String>,
@@ -177,7 +177,7 @@ pub struct FrameOut {
     pub file: Option<String>,
     pub line: Option<u32>,
     /// The address relative to its module's load bias (how an unresolved frame is named).
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub module_offset: Option<u64>,
 }
 
@@ -267,7 +267,7 @@ pub fn build(
             cmdline: process.cmdline,
             start_unix_ns: h.start_unix_ns,
             duration_ns: analysis.end_ns,
-            ended: ended(h),
+            ended: ended(h).to_string(),
             attached: h.attached(),
             children: Children {
                 traced: h.children_traced,

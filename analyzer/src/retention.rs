@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use leaktrace_format::{Retention, ScanOutcome, Trace};
 
 use crate::symbolize::Symbolizer;
 
 /// `sites[].retention` in the JSON.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct RetentionOut {
     /// When the scan began, ns since the start of the trace.
     pub scanned_at_ns: u64,
@@ -21,7 +21,7 @@ pub struct RetentionOut {
     pub unreferenced: u64,
     /// "unreferenced" (nothing points at 90% or more of them: a missing free), "held" (90% or
     /// more are referenced), or "mixed".
-    pub verdict: &'static str,
+    pub verdict: String,
     /// Who points at the rest, most objects first; each object counts once, by its strongest
     /// holder (global, stack, another site, heap, other).
     pub held_by: Vec<HeldBy>,
@@ -29,7 +29,7 @@ pub struct RetentionOut {
     pub samples: Vec<SampleOut>,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum HeldBy {
     Global {
@@ -92,7 +92,7 @@ impl HeldBy {
     }
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct SampleOut {
     pub address: String,
     pub size: u64,
@@ -175,6 +175,7 @@ pub fn for_sites(
         } else {
             "mixed"
         };
+        let verdict = verdict.to_string();
         out.push(Some(RetentionOut { scanned_at_ns: scan.t_ns, objects, unreferenced, verdict, held_by, samples }));
         holder_sites.push(sites);
     }
@@ -265,7 +266,7 @@ fn sample(s: &leaktrace_format::ObjectSample) -> SampleOut {
 pub fn describe(r: &RetentionOut) -> String {
     let held = r.objects - r.unreferenced.min(r.objects);
     let top = r.held_by.first();
-    match (r.verdict, top) {
+    match (r.verdict.as_str(), top) {
         ("unreferenced", _) => {
             format!("{} of {} sampled objects are referenced by nothing: a missing free", r.unreferenced, r.objects)
         }

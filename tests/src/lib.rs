@@ -389,7 +389,7 @@ impl Run {
             clip(stderr.as_bytes()),
             self.describe()
         );
-        Report { json, context }
+        Report::typed(json, context)
     }
 
     /// The trace file's size in bytes.
@@ -411,8 +411,13 @@ impl Run {
 // The report
 
 /// A parsed `leak-analyze report --format json`, with the context to print on failure.
+///
+/// `typed` is the analyzer's own [`leak_analyze::report::Report`], the type that serializes the
+/// JSON: a report that does not deserialize into it fails the test (the JSON is an interface).
+/// The helpers below read it; `json` is kept for the odd field a test looks at directly.
 pub struct Report {
     pub json: Value,
+    pub typed: leak_analyze::report::Report,
     /// Where the report is saved, the analyzer's stderr, the program's output.
     pub context: String,
 }
@@ -438,7 +443,14 @@ impl Report {
     pub fn from_json(text: &str, what: &str) -> Report {
         let json: Value =
             serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: not JSON ({e})\n{}", clip(text.as_bytes())));
-        Report { json, context: what.to_string() }
+        Report::typed(json, what.to_string())
+    }
+
+    /// The report whose JSON is `json`, read into the analyzer's own type too.
+    pub fn typed(json: Value, context: String) -> Report {
+        let typed = serde_json::from_value(json.clone())
+            .unwrap_or_else(|e| panic!("the JSON does not match the analyzer's Report type ({e})\n{context}"));
+        Report { json, typed, context }
     }
 
     /// Panic with `msg` and the report's context.
@@ -469,7 +481,7 @@ impl Report {
 
     pub fn sites(&self) -> Vec<Site<'_>> {
         let arr = self.at("/sites").as_array().unwrap_or_else(|| self.fail("`sites` is not an array"));
-        arr.iter().map(|json| Site { json }).collect()
+        arr.iter().zip(&self.typed.sites).map(|(json, typed)| Site { json, typed }).collect()
     }
 
     /// Sites whose first frame (the caller of the allocation function) is in `function`.
@@ -514,24 +526,7 @@ impl Report {
     ///   are stripped, so frames[0] is the caller of the allocation function);
     /// - growing sites come first, and the others are ordered by unfreed_bytes, largest first.
     pub fn check_invariants(&self) {
-        for p in [
-            "/format_version",
-            "/process/pid",
-            "/process/exe",
-            "/process/cmdline",
-            "/process/start_unix_ns",
-            "/process/duration_ns",
-            "/process/ended",
-            "/sampling/mean_bytes",
-            "/totals/unfreed_bytes",
-            "/totals/unfreed_allocations",
-            "/totals/sampled_events",
-            "/totals/dropped_events",
-            "/rss",
-            "/sites",
-        ] {
-            self.at(p);
-        }
+        // The documented fields exist: deserializing into the analyzer's own type checked that.
         // Counts and byte figures are integers in the JSON (README); rates and confidences may
         // be fractional.
         let fractional = non_integer_numbers(&self.json);
@@ -541,36 +536,26 @@ impl Report {
         let mut ids = std::collections::HashSet::new();
         let sites = self.sites();
         for site in &sites {
-            let id = self.json_field(site, "id");
-            if !ids.insert(id.to_string()) {
+            let id = site.typed.id;
+            if !ids.insert(id) {
                 self.fail(format!("site id {id} appears twice"));
             }
-            for key in ["growth_bytes_per_sec", "trend_confidence", "first_alloc_ns", "last_alloc_ns"] {
-                self.json_field(site, key);
-            }
-            if !self.json_field(site, "growing").is_boolean() {
-                self.fail(format!("site {id}: `growing` is not a boolean"));
-            }
-            site.unfreed_bytes(self);
-            site.unfreed_allocations(self);
-            site.sampled_unfreed(self);
-            if site.frames().is_empty() {
+            if site.typed.frames.is_empty() {
                 self.fail(format!("site {id} has no frames"));
             }
-            for f in site.frames() {
-                let addr = f.get("address").and_then(|a| a.as_str()).unwrap_or("");
+            for (f, raw) in site.typed.frames.iter().zip(site.frames()) {
                 let hex_ok =
-                    addr.strip_prefix("0x").is_some_and(|h| !h.is_empty() && u64::from_str_radix(h, 16).is_ok());
+                    f.address.strip_prefix("0x").is_some_and(|h| !h.is_empty() && u64::from_str_radix(h, 16).is_ok());
                 if !hex_ok {
-                    self.fail(format!("site {id}: frame address {addr:?} is not 0x-prefixed hex"));
+                    self.fail(format!("site {id}: frame address {:?} is not 0x-prefixed hex", f.address));
                 }
-                let module = f.get("module").and_then(|m| m.as_str()).unwrap_or("");
-                if module.ends_with("libleaktrace.so") {
-                    self.fail(format!("site {id}: a frame of libleaktrace.so itself was not stripped: {f}"));
+                if f.module.as_deref().is_some_and(|m| m.ends_with("libleaktrace.so")) {
+                    self.fail(format!("site {id}: a frame of libleaktrace.so itself was not stripped: {raw}"));
                 }
+                // Unknown parts are written as null, not left out.
                 for key in ["function", "file", "line"] {
-                    if f.get(key).is_none() {
-                        self.fail(format!("site {id}: frame without `{key}` (null when unknown): {f}"));
+                    if raw.get(key).is_none() {
+                        self.fail(format!("site {id}: frame without `{key}` (null when unknown): {raw}"));
                     }
                 }
             }
@@ -578,9 +563,8 @@ impl Report {
         let mut seen_steady = false;
         let mut prev_bytes = f64::INFINITY;
         for site in &sites {
-            let growing = self.json_field(site, "growing").as_bool().unwrap_or(false);
-            let bytes = site.unfreed_bytes(self);
-            if growing {
+            let bytes = site.typed.unfreed_bytes;
+            if site.typed.growing {
                 if seen_steady {
                     self.fail("a growing site comes after a site that is not growing");
                 }
@@ -592,10 +576,6 @@ impl Report {
             seen_steady = true;
             prev_bytes = bytes;
         }
-    }
-
-    fn json_field<'s>(&self, site: &Site<'s>, key: &str) -> &'s Value {
-        site.json.get(key).unwrap_or_else(|| self.fail(format!("a site has no `{key}`: {}", site.json)))
     }
 
     /// None of `functions` may be on the stack of a site with unfreed memory: everything they
@@ -617,27 +597,20 @@ impl Report {
 
     /// One line per site: bytes, allocations, and the first few frames.
     pub fn site_summary(&self) -> String {
-        let Some(arr) = self.json.get("sites").and_then(|s| s.as_array()) else {
-            return "(no sites array)".into();
-        };
         let mut s = String::new();
-        for (i, site) in arr.iter().enumerate() {
+        for (i, site) in self.typed.sites.iter().enumerate() {
             if i == 40 {
-                let _ = writeln!(s, "... {} more", arr.len() - 40);
+                let _ = writeln!(s, "... {} more", self.typed.sites.len() - 40);
                 break;
             }
-            let frames: Vec<String> = site
-                .get("frames")
-                .and_then(|f| f.as_array())
-                .map(|f| f.iter().take(6).map(frame_text).collect())
-                .unwrap_or_default();
+            let frames: Vec<String> = site.frames.iter().take(6).map(frame_text).collect();
             let _ = writeln!(
                 s,
                 "#{} bytes={} allocs={} growing={} :: {}",
-                site.get("id").unwrap_or(&Value::Null),
-                site.get("unfreed_bytes").unwrap_or(&Value::Null),
-                site.get("unfreed_allocations").unwrap_or(&Value::Null),
-                site.get("growing").unwrap_or(&Value::Null),
+                site.id,
+                site.unfreed_bytes,
+                site.unfreed_allocations,
+                site.growing,
                 frames.join(" <- ")
             );
         }
@@ -645,14 +618,14 @@ impl Report {
     }
 }
 
-fn frame_text(f: &Value) -> String {
-    let func = f.get("function").and_then(|v| v.as_str()).unwrap_or("?");
-    match (f.get("file").and_then(|v| v.as_str()), f.get("line").and_then(|v| v.as_u64())) {
+fn frame_text(f: &leak_analyze::report::FrameOut) -> String {
+    let func = f.function.as_deref().unwrap_or("?");
+    match (&f.file, f.line) {
         (Some(file), Some(line)) => {
             let short = file.rsplit('/').next().unwrap_or(file);
             format!("{func} ({short}:{line})")
         }
-        _ => format!("{func} [{}]", f.get("module").and_then(|v| v.as_str()).unwrap_or("?")),
+        _ => format!("{func} [{}]", f.module.as_deref().unwrap_or("?")),
     }
 }
 
@@ -688,10 +661,11 @@ pub fn as_exact_u64(v: &Value) -> Option<u64> {
     (f >= 0.0 && f.fract() == 0.0 && f < 9.0e15).then_some(f as u64)
 }
 
-/// One entry of the report's `sites`.
+/// One entry of the report's `sites`: the analyzer's typed site, and its JSON.
 #[derive(Clone, Copy)]
 pub struct Site<'a> {
     pub json: &'a Value,
+    pub typed: &'a leak_analyze::report::SiteOut,
 }
 
 impl<'a> Site<'a> {
@@ -700,47 +674,44 @@ impl<'a> Site<'a> {
     }
 
     pub fn top_function(&self) -> Option<&'a str> {
-        self.frames().first()?.get("function")?.as_str()
+        self.typed.frames.first()?.function.as_deref()
     }
 
     pub fn has_function(&self, name: &str) -> bool {
-        self.frames().iter().any(|f| f.get("function").and_then(|v| v.as_str()).is_some_and(|s| function_is(s, name)))
+        self.typed.frames.iter().any(|f| f.function.as_deref().is_some_and(|s| function_is(s, name)))
     }
 
-    fn field(&self, report: &Report, key: &str) -> &'a Value {
-        self.json.get(key).unwrap_or_else(|| report.fail(format!("a site has no `{key}`: {}", self.json)))
+    pub fn unfreed_bytes(&self, _report: &Report) -> f64 {
+        self.typed.unfreed_bytes
     }
 
-    pub fn unfreed_bytes(&self, report: &Report) -> f64 {
-        let v = self.field(report, "unfreed_bytes");
-        v.as_f64().unwrap_or_else(|| report.fail(format!("unfreed_bytes is not a number: {v}")))
-    }
-
-    pub fn unfreed_allocations(&self, report: &Report) -> f64 {
-        let v = self.field(report, "unfreed_allocations");
-        v.as_f64().unwrap_or_else(|| report.fail(format!("unfreed_allocations is not a number: {v}")))
+    pub fn unfreed_allocations(&self, _report: &Report) -> f64 {
+        self.typed.unfreed_allocations
     }
 
     pub fn exact_bytes(&self, report: &Report) -> u64 {
-        let v = self.field(report, "unfreed_bytes");
-        as_exact_u64(v).unwrap_or_else(|| report.fail(format!("unfreed_bytes is not an integer in exact mode: {v}")))
+        exact(self.typed.unfreed_bytes)
+            .unwrap_or_else(|| report.fail(format!("unfreed_bytes is not an integer in exact mode: {}", self.json)))
     }
 
     pub fn exact_allocations(&self, report: &Report) -> u64 {
-        let v = self.field(report, "unfreed_allocations");
-        as_exact_u64(v)
-            .unwrap_or_else(|| report.fail(format!("unfreed_allocations is not an integer in exact mode: {v}")))
+        exact(self.typed.unfreed_allocations).unwrap_or_else(|| {
+            report.fail(format!("unfreed_allocations is not an integer in exact mode: {}", self.json))
+        })
     }
 
-    pub fn unfreed_bytes_ci95(&self, report: &Report) -> f64 {
-        let v = self.field(report, "unfreed_bytes_ci95");
-        v.as_f64().unwrap_or_else(|| report.fail(format!("unfreed_bytes_ci95 is not a number: {v}")))
+    pub fn unfreed_bytes_ci95(&self, _report: &Report) -> f64 {
+        self.typed.unfreed_bytes_ci95
     }
 
-    pub fn sampled_unfreed(&self, report: &Report) -> u64 {
-        let v = self.field(report, "sampled_unfreed");
-        as_exact_u64(v).unwrap_or_else(|| report.fail(format!("sampled_unfreed is not an integer: {v}")))
+    pub fn sampled_unfreed(&self, _report: &Report) -> u64 {
+        self.typed.sampled_unfreed
     }
+}
+
+/// A figure that must be a whole non-negative number.
+fn exact(v: f64) -> Option<u64> {
+    (v >= 0.0 && v.fract() == 0.0 && v < 9.0e15).then_some(v as u64)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -946,7 +917,7 @@ pub fn report_of(trace: &Path, save_as: &Path) -> Report {
         save_as.display(),
         clip(out.stderr.as_bytes())
     );
-    Report { json, context }
+    Report::typed(json, context)
 }
 
 /// Set `LD_PRELOAD` and every `LEAKTRACE_*` of `settings` on `cmd` (removing any other

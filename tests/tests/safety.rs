@@ -815,7 +815,7 @@ fn sigkill_mid_leak_and_live_trace() {
         assert!(a.status.success(), "report on a live trace failed\n{}", a.describe());
         let json: Value =
             serde_json::from_str(&a.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{}", a.describe()));
-        let r = Report { json, context: format!("live trace {}, round {round}\n{}", trace.display(), a.describe()) };
+        let r = Report::typed(json, format!("live trace {}, round {round}\n{}", trace.display(), a.describe()));
         r.check_invariants();
         assert_eq!(r.str("/process/ended"), "unknown", "{}", r.context);
         let (b, c) = r.exact_sum(&r.sites_allocated_in("leak_forever"));

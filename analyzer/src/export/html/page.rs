@@ -179,7 +179,11 @@ fn facts(report: &Report, hostname: &str) -> Vec<Markup> {
         meta.push(html! { "started " b { (utc(p.start_unix_ns)) } });
     }
     meta.push(html! { "ran " b { (duration(p.duration_ns)) } });
-    let ended = if p.ended == "exit" { "normal exit" } else { "unknown (still running, or killed)" };
+    let ended = match p.ended.as_str() {
+        "exit" => "normal exit",
+        "detached" => "detached (the process ran on untraced)",
+        _ => "unknown (still running, or killed)",
+    };
     meta.push(html! { "ended: " b { (ended) } });
     meta.push(html! { "sampling mean " b { (human_bytes(report.sampling.mean_bytes as f64)) } });
     meta.push(html! {
