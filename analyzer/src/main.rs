@@ -11,6 +11,7 @@ mod launch;
 mod naming;
 mod progress;
 mod report;
+mod serve;
 mod suppress;
 mod symbolize;
 mod watch;
@@ -156,6 +157,20 @@ enum Command {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
+    },
+    /// A Prometheus exporter: serve /metrics for the traces under PATH (trace files, or
+    /// directories whose *.lt files are picked up as they appear and dropped when they go).
+    Serve {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Address to listen on (loopback unless told otherwise).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: String,
+        /// Sites per process by unfreed bytes; growing sites are exported besides.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        #[command(flatten)]
+        symbols: SymbolArgs,
     },
     /// Write the man page and the shell completions into DIR (for packaging).
     #[command(hide = true)]
@@ -346,6 +361,9 @@ fn run(cli: Cli) -> Result<()> {
             watch::run(|| load(&trace), &opts)
         }
         Command::Assets { dir } => write_assets(&dir),
+        Command::Serve { paths, listen, top, symbols } => {
+            serve::run(serve::Options { listen, paths, top, symbolize: symbols.into() })
+        }
         Command::Run { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget, command } => {
             let settings = launch::Settings { output, sample_bytes, file_size, rss_ms, start, unwinder, tree_budget };
             launch::run(&command, &settings)

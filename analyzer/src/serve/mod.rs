@@ -1,0 +1,230 @@
+//! `leak-analyze serve`: a Prometheus exporter for the traces of a box's processes.
+//!
+//! Work follows scrapes: each scrape asks the refresher thread to bring every trace up to date
+//! and waits for it at most [`SCRAPE_BUDGET`]; a trace whose analysis has not finished by then is
+//! shown as of its previous one (`leaktrace_exporter_stale_traces` counts them), and its
+//! analysis finishes for the next scrape. So a scrape answers in time however many traces there
+//! are, and nothing is analysed while nobody scrapes.
+//!
+//! A refresh lists the paths again (new `*.lt` files come in, removed ones leave), reads each
+//! trace's header, and re-analyses only the traces whose header or file changed since their
+//! last analysis, a few at a time on the rayon pool. Debug information is loaded once per module
+//! (build ID) for every trace and refresh ([`SymbolCache`]). Trace files are only ever opened
+//! read-only.
+
+mod metrics;
+mod traces;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use rayon::prelude::*;
+
+use leaktrace_format::ModuleRecord;
+
+use crate::symbolize::{SymbolCache, SymbolizeOptions};
+use traces::Snapshot;
+
+/// How long a scrape waits for the refresh it asked for before it answers with what is ready.
+/// Under Prometheus's default scrape timeout (10 s) and the bound (1 s) with room to
+/// encode and send.
+pub const SCRAPE_BUDGET: Duration = Duration::from_millis(800);
+
+pub struct Options {
+    pub listen: String,
+    pub paths: Vec<PathBuf>,
+    /// Sites per process, by unfreed bytes (growing sites are exported besides).
+    pub top: usize,
+    pub symbolize: SymbolizeOptions,
+}
+
+/// One trace file's state between refreshes.
+struct Entry {
+    snapshot: Arc<Snapshot>,
+    /// The change key of the analysis `snapshot` is drawn from.
+    key: Option<traces::ChangeKey>,
+    modules: Vec<ModuleRecord>,
+    /// The refresh that last brought it up to date.
+    refreshed: u64,
+}
+
+#[derive(Default)]
+struct State {
+    entries: BTreeMap<PathBuf, Entry>,
+    /// Paths that could not be read, logged once each until they can be read again.
+    unreadable: HashSet<PathBuf>,
+    /// Refreshes asked for and finished (numbered from 1).
+    requested: u64,
+    finished: u64,
+    /// The refresh under way, if any.
+    running: Option<u64>,
+    last_refresh: Duration,
+    analyses: u64,
+}
+
+struct Shared {
+    opts: Options,
+    cache: SymbolCache,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic in a refresh is caught per trace; should one escape, the state is still whole.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Shared {
+    /// Ask for a refresh; returns its number.
+    fn request(&self) -> u64 {
+        let mut st = lock(&self.state);
+        // A refresh not yet started covers this request too.
+        if st.requested == st.finished || st.running == Some(st.requested) {
+            st.requested += 1;
+        }
+        let n = st.requested;
+        self.changed.notify_all();
+        n
+    }
+
+    /// Refresh whenever asked, forever.
+    fn refresher(&self) {
+        loop {
+            let n = {
+                let mut st = lock(&self.state);
+                while st.requested == st.finished {
+                    st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                st.running = Some(st.requested);
+                st.requested
+            };
+            let started = Instant::now();
+            self.refresh(n);
+            let mut st = lock(&self.state);
+            st.finished = n;
+            st.running = None;
+            st.last_refresh = started.elapsed();
+            self.changed.notify_all();
+        }
+    }
+
+    fn refresh(&self, n: u64) {
+        let mut unreadable = Vec::new();
+        let found = traces::discover(&self.opts.paths, &mut unreadable);
+        {
+            let mut st = lock(&self.state);
+            st.entries.retain(|p, _| found.contains(p));
+        }
+        // Open every trace and read its header: cheap, and it says which need analysing.
+        let mut todo = Vec::new();
+        for path in &found {
+            match traces::open(path) {
+                Ok(opened) => {
+                    let mut st = lock(&self.state);
+                    if st.unreadable.remove(path) {
+                        eprintln!("leak-analyze serve: {} can be read again", path.display());
+                    }
+                    match st.entries.get_mut(path) {
+                        Some(e) if e.key == Some(opened.key) => {
+                            e.snapshot = Arc::new(traces::with_header((*e.snapshot).clone(), &opened.head));
+                            e.refreshed = n;
+                        }
+                        _ => todo.push((path.clone(), opened)),
+                    }
+                }
+                // Gone between the listing and the open: the next refresh drops it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => unreadable.push((path.clone(), e.to_string())),
+            }
+        }
+        {
+            let mut st = lock(&self.state);
+            let now: HashSet<PathBuf> = unreadable.iter().map(|(p, _)| p.clone()).collect();
+            for (p, why) in &unreadable {
+                if st.unreadable.insert(p.clone()) {
+                    eprintln!("leak-analyze serve: skipping {}: {why}", p.display());
+                }
+                st.entries.remove(p);
+            }
+            st.unreadable.retain(|p| now.contains(p));
+        }
+        todo.into_par_iter().for_each(|(path, opened)| {
+            let key = opened.key;
+            let previous = lock(&self.state).entries.get(&path).map(|e| e.snapshot.clone());
+            let (snapshot, modules) =
+                traces::analyse(&path, opened, self.opts.top, &self.opts.symbolize, &self.cache, previous.as_deref());
+            let mut st = lock(&self.state);
+            st.analyses += 1;
+            // A corrupt trace is looked at again at the next refresh, whatever its key.
+            let key = (snapshot.health != traces::Health::Corrupt).then_some(key);
+            st.entries.insert(path, Entry { snapshot: Arc::new(snapshot), key, modules, refreshed: n });
+        });
+        let st = lock(&self.state);
+        self.cache.retain_modules_of(st.entries.values().map(|e| e.modules.as_slice()));
+    }
+
+    /// The /metrics text: asks for a refresh and waits for it within [`SCRAPE_BUDGET`].
+    fn scrape(&self) -> String {
+        let deadline = Instant::now() + SCRAPE_BUDGET;
+        let n = self.request();
+        let mut st = lock(&self.state);
+        while st.finished < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self.changed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        let snapshots: Vec<Arc<Snapshot>> = st.entries.values().map(|e| e.snapshot.clone()).collect();
+        let figures = metrics::ExporterFigures {
+            trace_files: st.entries.len(),
+            stale_traces: st.entries.values().filter(|e| e.refreshed < n).count(),
+            unreadable_paths: st.unreadable.len(),
+            last_refresh_seconds: st.last_refresh.as_secs_f64(),
+            analyses: st.analyses,
+            symbol_cache_modules: self.cache.len(),
+        };
+        drop(st);
+        metrics::render(&snapshots, &figures, now_unix_ns())
+    }
+}
+
+const INDEX: &str = "leak-analyze serve: a Prometheus exporter of leaktrace traces. Metrics at /metrics.\n";
+
+pub fn run(opts: Options) -> Result<()> {
+    let server = tiny_http::Server::http(&opts.listen).map_err(|e| anyhow!("cannot listen on {}: {e}", opts.listen))?;
+    let shared = Arc::new(Shared {
+        opts,
+        cache: SymbolCache::default(),
+        state: Mutex::new(State::default()),
+        changed: Condvar::new(),
+    });
+    let worker = shared.clone();
+    std::thread::Builder::new().name("refresh".into()).spawn(move || worker.refresher())?;
+    // The first refresh starts now, so that the first scrape finds the traces analysed.
+    shared.request();
+    let addr = server.server_addr().to_ip().map_or_else(|| shared.opts.listen.clone(), |a| a.to_string());
+    eprintln!("leak-analyze serve: listening on http://{addr}/metrics");
+    for request in server.incoming_requests() {
+        let path = request.url().split('?').next().unwrap_or("");
+        let response = match (request.method(), path) {
+            (tiny_http::Method::Get, "/metrics") => {
+                let header = tiny_http::Header::from_bytes("Content-Type", metrics::CONTENT_TYPE)
+                    .map_err(|()| anyhow!("bad content type"))?;
+                tiny_http::Response::from_string(shared.scrape()).with_header(header)
+            }
+            (tiny_http::Method::Get, "/") => tiny_http::Response::from_string(INDEX),
+            _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
+        };
+        // A client that went away is its own problem, not the exporter's.
+        let _ = request.respond(response);
+    }
+    Ok(())
+}
