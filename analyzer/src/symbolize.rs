@@ -1007,6 +1007,32 @@ int main(int argc, char **) {
     }
 
     #[test]
+    fn a_cache_loads_a_module_once_for_every_trace_of_it() {
+        let tmp = TempDir::new();
+        let exe = build_c(tmp.path(), "leaktest", &["-g", "-O0", "-fno-omit-frame-pointer"]);
+        let rec = record_for(&exe, exe.to_str().expect("utf-8 path"));
+        let offset = ret_addr_after_malloc_call(&exe, "leak_here");
+        let cache = SymbolCache::default();
+        let first = Symbolizer::with_cache(std::slice::from_ref(&rec), &SymbolizeOptions::default(), &cache);
+        let want = one(&first, BASE + offset);
+        frame("leak_here", "leaktest.c", line_of(C_SOURCE, "LINE_LEAK"), &want[0]);
+        assert_eq!(cache.len(), 1);
+        // Another process of the same build, loaded elsewhere, after the file is gone: its
+        // module comes from the cache, not from the disk.
+        std::fs::remove_file(&exe).unwrap();
+        let moved = ModuleRecord { base: BASE + 0x10_0000, ..rec.clone() };
+        let second = Symbolizer::with_cache(std::slice::from_ref(&moved), &SymbolizeOptions::default(), &cache);
+        assert_eq!(one(&second, BASE + 0x10_0000 + offset), want);
+        assert_eq!(cache.len(), 1);
+        // Without the cache the file is missed.
+        assert!(one(&Symbolizer::new(&[moved], &SymbolizeOptions::default()), BASE + 0x10_0000 + offset).is_empty());
+        cache.retain_modules_of([&[rec][..]]);
+        assert_eq!(cache.len(), 1);
+        cache.retain_modules_of(std::iter::empty());
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
     fn resolves_function_file_and_line_at_o0() {
         let tmp = TempDir::new();
         let exe = build_c(tmp.path(), "leaktest", &["-g", "-O0", "-fno-omit-frame-pointer"]);

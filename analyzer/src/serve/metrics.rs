@@ -47,6 +47,8 @@ pub struct ExporterFigures {
     /// Traces whose refresh had not finished when the scrape had to answer: shown as of their
     /// previous analysis.
     pub stale_traces: usize,
+    /// How long ago the oldest figures shown were read from their trace.
+    pub max_staleness_seconds: f64,
     pub unreadable_paths: usize,
     pub last_refresh_seconds: f64,
     pub analyses: u64,
@@ -258,6 +260,13 @@ pub fn render(snapshots: &[Arc<Snapshot>], exporter: &ExporterFigures, now_unix_
         "Traces shown as of an earlier refresh: their analysis had not finished when this scrape answered",
         None,
         exporter.stale_traces as f64,
+    );
+    own(
+        &mut reg,
+        "exporter_max_staleness",
+        "How long ago the oldest figures of this scrape were read from their trace",
+        Some(Unit::Seconds),
+        exporter.max_staleness_seconds,
     );
     own(
         &mut reg,

@@ -47,8 +47,9 @@ struct Entry {
     /// The change key of the analysis `snapshot` is drawn from.
     key: Option<traces::ChangeKey>,
     modules: Vec<ModuleRecord>,
-    /// The refresh that last brought it up to date.
+    /// The refresh that last brought it up to date, and when that refresh read it.
     refreshed: u64,
+    fresh_at: Instant,
 }
 
 #[derive(Default)]
@@ -135,6 +136,7 @@ impl Shared {
                         Some(e) if e.key == Some(opened.key) => {
                             e.snapshot = Arc::new(traces::with_header((*e.snapshot).clone(), &opened.head));
                             e.refreshed = n;
+                            e.fresh_at = Instant::now();
                         }
                         _ => todo.push((path.clone(), opened)),
                     }
@@ -156,15 +158,14 @@ impl Shared {
             st.unreadable.retain(|p| now.contains(p));
         }
         todo.into_par_iter().for_each(|(path, opened)| {
-            let key = opened.key;
+            let key = Some(opened.key);
+            let fresh_at = Instant::now();
             let previous = lock(&self.state).entries.get(&path).map(|e| e.snapshot.clone());
             let (snapshot, modules) =
                 traces::analyse(&path, opened, self.opts.top, &self.opts.symbolize, &self.cache, previous.as_deref());
             let mut st = lock(&self.state);
             st.analyses += 1;
-            // A corrupt trace is looked at again at the next refresh, whatever its key.
-            let key = (snapshot.health != traces::Health::Corrupt).then_some(key);
-            st.entries.insert(path, Entry { snapshot: Arc::new(snapshot), key, modules, refreshed: n });
+            st.entries.insert(path, Entry { snapshot: Arc::new(snapshot), key, modules, refreshed: n, fresh_at });
         });
         let st = lock(&self.state);
         self.cache.retain_modules_of(st.entries.values().map(|e| e.modules.as_slice()));
@@ -186,6 +187,7 @@ impl Shared {
         let figures = metrics::ExporterFigures {
             trace_files: st.entries.len(),
             stale_traces: st.entries.values().filter(|e| e.refreshed < n).count(),
+            max_staleness_seconds: st.entries.values().map(|e| e.fresh_at.elapsed().as_secs_f64()).fold(0.0, f64::max),
             unreadable_paths: st.unreadable.len(),
             last_refresh_seconds: st.last_refresh.as_secs_f64(),
             analyses: st.analyses,
@@ -227,4 +229,156 @@ pub fn run(opts: Options) -> Result<()> {
         let _ = request.respond(response);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leaktrace_format::synth::TraceBuilder;
+
+    const S: u64 = 1_000_000_000;
+    const MIB: u64 = 1 << 20;
+
+    /// A scratch directory under the system's temporary directory, removed at the end.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let p = std::env::temp_dir().join(format!("leak-analyze-serve-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Scratch(p)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Exact mode over 10 s: a steady leak of 64 KiB a second (growing), a 4 MiB block allocated
+    /// once (the largest, not growing), and a small one-off block (neither).
+    fn service(extra: u64) -> TraceBuilder {
+        let mut b = TraceBuilder::new(4 * MIB).exited_at(10 * S);
+        let (leak, big, small) = (b.stack(&[0x40_1000]), b.stack(&[0x40_2000]), b.stack(&[0x40_3000]));
+        b.alloc(S / 10, 0x7000_0000, 4 * MIB, big);
+        b.alloc(S / 5, 0x7100_0000, 100, small);
+        for i in 0..(100 + extra) {
+            b.alloc(S / 10 + i * S / 10, 0x1000_0000 + i * 0x1_0000, 6554, leak);
+        }
+        for k in 1..=20 {
+            b.rss(k * S / 2, 20 * MIB + k * 400 * 1024, 0);
+        }
+        b
+    }
+
+    fn start(paths: Vec<PathBuf>, top: usize) -> Arc<Shared> {
+        let shared = Arc::new(Shared {
+            opts: Options {
+                listen: String::new(),
+                paths,
+                top,
+                symbolize: SymbolizeOptions { disabled: true, ..Default::default() },
+            },
+            cache: SymbolCache::default(),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        let worker = shared.clone();
+        std::thread::spawn(move || worker.refresher());
+        shared
+    }
+
+    /// The value of the one sample line that starts with `series` (name and labels as written).
+    fn value(text: &str, series: &str) -> f64 {
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(series)).collect();
+        assert_eq!(lines.len(), 1, "{series}:\n{text}");
+        lines[0].rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_scrape_shows_the_top_sites_and_the_growing_ones_and_reanalyses_only_what_changed() {
+        let dir = Scratch::new("scrape");
+        std::fs::write(dir.0.join("trace.4242.lt"), service(0).build()).unwrap();
+        std::fs::write(dir.0.join("junk.lt"), b"not a trace").unwrap();
+        std::fs::write(dir.0.join("notes.txt"), b"not looked at").unwrap();
+        let shared = start(vec![dir.0.clone()], 1);
+
+        let text = shared.scrape();
+        let p = r#"{pid="4242",exe="synthetic""#;
+        assert_eq!(value(&text, &format!("leaktrace_trace_health{p},state=\"exited\"}}")), 1.0);
+        assert_eq!(value(&text, &format!("leaktrace_trace_health{p},state=\"ok\"}}")), 0.0);
+        assert_eq!(value(&text, r#"leaktrace_trace_health{pid="",exe="",state="corrupt"}"#), 1.0);
+        assert_eq!(value(&text, "leaktrace_exporter_trace_files"), 2.0);
+        assert_eq!(value(&text, &format!("leaktrace_events_sampled_total{p}}}")), 102.0);
+        // The heap estimate: every unfreed byte (exact mode).
+        assert_eq!(value(&text, &format!("leaktrace_process_heap_bytes{p}}}")), (4 * MIB + 100 + 100 * 6554) as f64);
+        assert_eq!(value(&text, &format!("leaktrace_process_rss_bytes{p}}}")), (20 * MIB + 20 * 400 * 1024) as f64);
+        // Top 1 by bytes (the 4 MiB block) and the growing leak; not the small block.
+        let sites: Vec<&str> = text.lines().filter(|l| l.starts_with("leaktrace_site_growing{")).collect();
+        assert_eq!(sites.len(), 2, "{text}");
+        let growing: Vec<&str> = sites.iter().copied().filter(|l| l.ends_with(" 1.0")).collect();
+        assert_eq!(growing.len(), 1, "{text}");
+        assert!(growing[0].contains(r#"site="0x401000""#), "{text}");
+        let rate: f64 = text
+            .lines()
+            .find(|l| l.starts_with("leaktrace_site_growth_rate_bytes_per_second{") && l.contains("0x401000"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!((rate - 65_540.0).abs() < 0.05 * 65_540.0, "{rate}\n{text}");
+        let analyses = value(&text, "leaktrace_exporter_analyses_total");
+        assert_eq!(analyses, 2.0, "{text}");
+
+        // Nothing changed: nothing is analysed again.
+        let text = shared.scrape();
+        assert_eq!(value(&text, "leaktrace_exporter_analyses_total"), 2.0, "{text}");
+        assert_eq!(value(&text, "leaktrace_exporter_stale_traces"), 0.0, "{text}");
+
+        // One trace grows, the junk goes: one analysis more, its figures move.
+        std::fs::write(dir.0.join("trace.4242.lt"), service(10).build()).unwrap();
+        std::fs::remove_file(dir.0.join("junk.lt")).unwrap();
+        let text = shared.scrape();
+        assert_eq!(value(&text, "leaktrace_exporter_analyses_total"), 3.0, "{text}");
+        assert_eq!(value(&text, "leaktrace_exporter_trace_files"), 1.0, "{text}");
+        assert_eq!(value(&text, &format!("leaktrace_events_sampled_total{p}}}")), 112.0);
+        assert!(!text.contains(r#"pid="""#), "the junk is gone: {text}");
+    }
+
+    #[test]
+    fn site_names_are_escaped_and_each_series_is_one_line() {
+        let site = traces::SiteFigures {
+            name: "operator\"odd\\name\nat x.cc:1".into(),
+            id: "0123456789abcdef".into(),
+            unfreed_bytes: 1.0,
+            unfreed_bytes_ci95: 0.0,
+            growing: true,
+            growth_bytes_per_sec: 2.5,
+            trend_confidence: 0.99,
+        };
+        let snap = Snapshot {
+            path: "/x/trace.1.lt".into(),
+            pid: "1".into(),
+            exe: "a\"b".into(),
+            health: traces::Health::Ok,
+            process: Some(traces::ProcessFigures::default()),
+            sites: vec![site],
+        };
+        let figures = metrics::ExporterFigures {
+            trace_files: 1,
+            stale_traces: 0,
+            max_staleness_seconds: 0.0,
+            unreadable_paths: 0,
+            last_refresh_seconds: 0.0,
+            analyses: 1,
+            symbol_cache_modules: 0,
+        };
+        let text = metrics::render(&[Arc::new(snap)], &figures, 0);
+        let line = text.lines().find(|l| l.starts_with("leaktrace_site_growth_rate_bytes_per_second{")).unwrap();
+        assert_eq!(
+            line,
+            r#"leaktrace_site_growth_rate_bytes_per_second{pid="1",exe="a\"b",site="operator\"odd\\name\nat x.cc:1",site_id="0123456789abcdef"} 2.5"#
+        );
+    }
 }
