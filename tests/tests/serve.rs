@@ -96,6 +96,11 @@ impl Exporter {
     fn start(args: &[&Path]) -> Exporter {
         let mut cmd = Command::new(&repo().analyzer);
         cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        Exporter::spawn(cmd)
+    }
+
+    /// `leak-analyze serve --listen 127.0.0.1:0 ...` as `cmd` runs it; waits for it to listen.
+    fn spawn(mut cmd: Command) -> Exporter {
         let mut bg = Background::spawn(&mut cmd);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -466,6 +471,53 @@ fn exporter_survives_a_kill_a_deletion_damage_and_new_traces() {
     let (status, _) = http_get(&exporter.addr, "/nothing-here");
     assert_eq!(status, 404);
     assert!(exporter.bg.is_running());
+}
+
+#[test]
+fn an_unreadable_trace_is_skipped_with_one_log_line() {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("note: not root: the exporter cannot be run as another user; test skipped");
+        return;
+    }
+    let dir = TestDir::new("serve_unreadable");
+    let run = dir.run(&dir.compile("service.c"), &[], &Settings::exact());
+    // Under /tmp, with a copy of the analyzer: nobody may not reach into the checkout (under
+    // /root in CI, say).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let scratch = std::env::temp_dir().join(format!("leaktrace-serve-unreadable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let traces = scratch.join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
+    mode(&scratch, 0o755);
+    mode(&traces, 0o755);
+    let analyzer = scratch.join("leak-analyze");
+    std::fs::copy(&repo().analyzer, &analyzer).unwrap();
+    mode(&analyzer, 0o755);
+    std::fs::copy(&run.trace, traces.join("open.lt")).unwrap();
+    std::fs::copy(&run.trace, traces.join("secret.lt")).unwrap();
+    mode(&traces.join("open.lt"), 0o644);
+    mode(&traces.join("secret.lt"), 0o600);
+    // The exporter as nobody, which may read one of the two.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&analyzer)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg(&traces);
+    let mut exporter = Exporter::spawn(cmd);
+    for _ in 0..3 {
+        let (s, _) = exporter.scrape();
+        assert_eq!(s.pids(), vec![run.pid.to_string()], "{}", s.text);
+        assert_eq!(s.one("leaktrace_exporter_unreadable_paths", &[]), 1.0, "{}", s.text);
+        assert_eq!(s.one("leaktrace_exporter_trace_files", &[]), 1.0, "{}", s.text);
+    }
+    let err = exporter.bg.stderr_now();
+    let skipped: Vec<&str> = err.lines().filter(|l| l.contains("secret.lt")).collect();
+    assert_eq!(skipped.len(), 1, "one line for the unreadable trace, whatever the scrapes:\n{err}");
+    assert!(skipped[0].contains("skipping") && skipped[0].contains("ermission denied"), "{err}");
+    drop(exporter);
+    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 #[test]
