@@ -28,10 +28,10 @@ use leaktrace_format::ModuleRecord;
 use crate::symbolize::{SymbolCache, SymbolizeOptions};
 use traces::Snapshot;
 
-/// How long a scrape waits for the refresh it asked for before it answers with what is ready.
-/// Under Prometheus's default scrape timeout (10 s) and the bound (1 s) with room to
-/// encode and send.
-pub const SCRAPE_BUDGET: Duration = Duration::from_millis(800);
+/// How long a scrape waits for the refresh it asked for before it answers with what is ready:
+/// within a second with room to encode and send on a loaded box, so that a 1 s scrape timeout
+/// holds.
+pub const SCRAPE_BUDGET: Duration = Duration::from_millis(700);
 
 pub struct Options {
     pub listen: String,
@@ -208,6 +208,9 @@ pub fn run(opts: Options) -> Result<()> {
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
     });
+    for p in shared.opts.paths.iter().filter(|p| !p.exists()) {
+        eprintln!("leak-analyze serve: {} does not exist (yet); watching for it", p.display());
+    }
     let worker = shared.clone();
     std::thread::Builder::new().name("refresh".into()).spawn(move || worker.refresher())?;
     // The first refresh starts now, so that the first scrape finds the traces analysed.
