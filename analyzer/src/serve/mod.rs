@@ -16,6 +16,7 @@ mod metrics;
 mod traces;
 
 use std::collections::{BTreeMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -107,7 +108,12 @@ impl Shared {
                 st.requested
             };
             let started = Instant::now();
-            self.refresh(n);
+            // Each trace's analysis catches its own panics; this keeps the refresher alive should
+            // anything else in a refresh panic, so that scrapes are never left waiting on a dead
+            // thread.
+            if catch_unwind(AssertUnwindSafe(|| self.refresh(n))).is_err() {
+                eprintln!("leak-analyze serve: a refresh failed; the next scrape tries again");
+            }
             let mut st = lock(&self.state);
             st.finished = n;
             st.running = None;

@@ -243,7 +243,7 @@ pub fn corrupt(path: &Path, previous: Option<&Snapshot>) -> Snapshot {
 
 /// Analyse one trace the way `report` does (same sites, names, estimates and verdicts), and
 /// keep the `top` sites by unfreed bytes and every growing one. Never panics: a trace that
-/// makes the analysis fail is reported as corrupt.
+/// makes the reader or the analysis fail is reported as corrupt.
 pub fn analyse(
     path: &Path,
     opened: Opened,
@@ -252,11 +252,9 @@ pub fn analyse(
     cache: &SymbolCache,
     previous: Option<&Snapshot>,
 ) -> (Snapshot, Vec<ModuleRecord>) {
-    let Ok(trace) = Trace::parse_from(&opened.file) else {
-        return (corrupt(path, previous), Vec::new());
-    };
     let file = opened.file;
     let result = catch_unwind(AssertUnwindSafe(|| {
+        let trace = Trace::parse_from(&file).ok()?;
         let symbolizer = Symbolizer::with_cache(&trace.modules, opts, cache);
         let mut symbols = None;
         let analysis = analysis::analyze(&trace, &file, &[], |stacks, live| {
@@ -266,11 +264,16 @@ pub fn analyse(
         });
         let symbols = symbols.unwrap_or_else(|| Symbols::new(&trace.modules, &symbolizer, &[]));
         let r = report::build(&trace, &analysis, &symbols, &symbolizer, &suppress::Suppressions::builtin());
-        (analysis.end_ns, r)
+        Some((trace, analysis.end_ns, r))
     }));
-    let Ok((end_ns, r)) = result else {
-        eprintln!("leak-analyze serve: {}: the analysis failed; exported as corrupt", path.display());
-        return (corrupt(path, previous), Vec::new());
+    let (trace, end_ns, r) = match result {
+        Ok(Some(done)) => done,
+        // No trace in the file: no header, a foreign or damaged one.
+        Ok(None) => return (corrupt(path, previous), Vec::new()),
+        Err(_) => {
+            eprintln!("leak-analyze serve: {}: the analysis failed; exported as corrupt", path.display());
+            return (corrupt(path, previous), Vec::new());
+        }
     };
 
     // The report's order is growing sites first, then by unfreed bytes.
