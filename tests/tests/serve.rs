@@ -303,7 +303,7 @@ fn promtool_checks_the_rules_and_their_unit_tests_pass() {
     let check =
         run_command(Command::new(&promtool).args(["check", "rules", "leaktrace.rules.yml"]).current_dir(&dir), TIMEOUT);
     assert!(check.status.success(), "promtool check rules failed\n{}", check.describe());
-    assert!(check.stdout.contains("SUCCESS: 5 rules found"), "{}", check.describe());
+    assert!(check.stdout.contains("SUCCESS: 6 rules found"), "{}", check.describe());
     let test = run_command(
         Command::new(&promtool).args(["test", "rules", "leaktrace.rules.test.yml"]).current_dir(&dir),
         TIMEOUT,
@@ -427,6 +427,7 @@ fn exporter_survives_a_kill_a_deletion_damage_and_new_traces() {
     assert_eq!(s.health(&a_pid), "ok", "{}", s.text);
     assert!(s.one("leaktrace_process_rss_bytes", &[("pid", &a_pid), ("exe", "leak_loop")]) > 0.0);
     assert!(s.one("leaktrace_last_record_age_seconds", &[("pid", &a_pid)]) < 5.0, "{}", s.text);
+    assert_eq!(s.one("leaktrace_process_running", &[("pid", &a_pid)]), 1.0, "{}", s.text);
     assert!(!s.values("leaktrace_site_unfreed_bytes", &[("pid", &a_pid)]).is_empty(), "{}", s.text);
 
     // SIGKILLed: its trace stays, and its age grows from then on.
@@ -436,6 +437,7 @@ fn exporter_survives_a_kill_a_deletion_damage_and_new_traces() {
     let (s, _) = exporter.scrape();
     assert_ne!(s.health(&a_pid), "exited", "a killed process did not exit cleanly\n{}", s.text);
     assert!(s.one("leaktrace_last_record_age_seconds", &[("pid", &a_pid)]) >= 1.0, "{}", s.text);
+    assert_eq!(s.one("leaktrace_process_running", &[("pid", &a_pid)]), 0.0, "{}", s.text);
 
     // Damage: garbage named like a trace, an empty one, and the killed process's trace cut in
     // half (as a copy taken while it grew would be).

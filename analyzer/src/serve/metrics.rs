@@ -148,6 +148,12 @@ pub fn render(snapshots: &[Arc<Snapshot>], exporter: &ExporterFigures, now_unix_
         "Seconds since the tracer last wrote anything (event, RSS sample or heartbeat): grows when it stopped or hung",
         Some(Unit::Seconds),
     );
+    let running = gauge::<ProcessLabels>(
+        &mut reg,
+        "process_running",
+        "1 while the traced process runs, 0 once it is gone (as the exporter's /proc sees it; absent when unknown)",
+        None,
+    );
     let health = gauge::<HealthLabels>(
         &mut reg,
         "trace_health",
@@ -203,6 +209,9 @@ pub fn render(snapshots: &[Arc<Snapshot>], exporter: &ExporterFigures, now_unix_
         for h in Health::ALL {
             let hl = HealthLabels { pid: s.pid.clone(), exe: s.exe.clone(), state: h.label().to_string() };
             health.get_or_create(&hl).set(flag(h == s.health));
+        }
+        if let Some(r) = s.running {
+            running.get_or_create(&l).set(flag(r));
         }
         let Some(p) = &s.process else { continue };
         if let Some(v) = p.rss_bytes {

@@ -371,6 +371,7 @@ mod tests {
             pid: "1".into(),
             exe: "a\"b".into(),
             health: traces::Health::Ok,
+            running: Some(true),
             process: Some(traces::ProcessFigures::default()),
             sites: vec![site],
         };

@@ -92,6 +92,8 @@ pub struct Snapshot {
     pub pid: String,
     pub exe: String,
     pub health: Health,
+    /// Whether the traced process still runs, as this exporter's /proc sees it (None: unknown).
+    pub running: Option<bool>,
     /// None when the file holds no readable trace.
     pub process: Option<ProcessFigures>,
     pub sites: Vec<SiteFigures>,
@@ -238,7 +240,15 @@ pub fn corrupt(path: &Path, previous: Option<&Snapshot>) -> Snapshot {
         Some(p) => (p.pid.clone(), p.exe.clone()),
         None => (pid_from_name(path), String::new()),
     };
-    Snapshot { path: path.to_path_buf(), pid, exe, health: Health::Corrupt, process: None, sites: Vec::new() }
+    Snapshot {
+        path: path.to_path_buf(),
+        pid,
+        exe,
+        health: Health::Corrupt,
+        running: None,
+        process: None,
+        sites: Vec::new(),
+    }
 }
 
 /// Analyse one trace the way `report` does (same sites, names, estimates and verdicts), and
@@ -328,6 +338,7 @@ pub fn analyse(
         pid: trace.header.pid.to_string(),
         exe,
         health: health_of(&trace),
+        running: process_running(trace.header.pid, trace.header.start_unix_ns),
         process: Some(process),
         sites,
     };
@@ -345,12 +356,64 @@ pub fn with_header(mut s: Snapshot, head: &[u8]) -> Snapshot {
     if let Some(state) = state {
         s.health = state;
     }
+    s.running = process_running(h.pid, h.start_unix_ns);
     s
+}
+
+/// Boot time on CLOCK_REALTIME, in ns (`btime` of /proc/stat, whole seconds).
+fn boot_unix_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs: u64 = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+    secs.checked_mul(1_000_000_000)
+}
+
+/// How far a process may seem to have started after its trace did and still be the traced one:
+/// `btime` is whole seconds, and the clock may have been stepped since boot.
+const START_SLACK_NS: u64 = 5_000_000_000;
+
+/// Is the process that wrote a trace still running? From /proc/PID/stat: a process of that pid
+/// that is a zombie, or that started after the trace did (the pid was reused), is not it. None
+/// when /proc cannot tell (not mounted, or the pid is 0). Only as seen from the exporter's pid
+/// namespace: the exporter must share the traced processes' (the host's, usually).
+pub fn process_running(pid: u32, start_unix_ns: u64) -> Option<bool> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return std::path::Path::new("/proc/self/stat").exists().then_some(false)
+        }
+        Err(_) => return None,
+    };
+    // After the command name in parentheses (which may hold any byte): field 3, the state, on.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return Some(false);
+    }
+    let ticks: u64 = fields.get(19)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
+    let started = boot_unix_ns()?.saturating_add(ticks.saturating_mul(1_000_000_000) / hz);
+    Some(started <= start_unix_ns.saturating_add(START_SLACK_NS))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_is_running_and_a_later_one_is_not_it() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let me = std::process::id();
+        assert_eq!(process_running(me, now), Some(true));
+        // A trace that started long before this process did was written by another one.
+        assert_eq!(process_running(me, now - 3_600_000_000_000), Some(false));
+        assert_eq!(process_running(0, now), None);
+        // No such pid (above pid_max).
+        assert_eq!(process_running(u32::MAX, now), Some(false));
+    }
 
     #[test]
     fn pid_comes_from_the_file_name() {
