@@ -46,7 +46,7 @@ pub struct Options {
 struct Entry {
     snapshot: Arc<Snapshot>,
     /// The change key of the analysis `snapshot` is drawn from.
-    key: Option<traces::ChangeKey>,
+    key: traces::ChangeKey,
     modules: Vec<ModuleRecord>,
     /// The refresh that last brought it up to date, and when that refresh read it.
     refreshed: u64,
@@ -139,12 +139,14 @@ impl Shared {
                         eprintln!("leak-analyze serve: {} can be read again", path.display());
                     }
                     match st.entries.get_mut(path) {
-                        Some(e) if e.key == Some(opened.key) => {
+                        Some(e) if e.key == opened.key => {
                             e.snapshot = Arc::new(traces::with_header((*e.snapshot).clone(), &opened.head));
                             e.refreshed = n;
                             e.fresh_at = Instant::now();
                         }
-                        _ => todo.push((path.clone(), opened)),
+                        // Opened again for the analysis: thousands of traces must not hold as
+                        // many descriptors at once.
+                        _ => todo.push(path.clone()),
                     }
                 }
                 // Gone between the listing and the open: the next refresh drops it.
@@ -163,8 +165,10 @@ impl Shared {
             }
             st.unreadable.retain(|p| now.contains(p));
         }
-        todo.into_par_iter().for_each(|(path, opened)| {
-            let key = Some(opened.key);
+        todo.into_par_iter().for_each(|path| {
+            // Gone or unreadable since the look above: the next refresh says so.
+            let Ok(opened) = traces::open(&path) else { return };
+            let key = opened.key;
             let fresh_at = Instant::now();
             let previous = lock(&self.state).entries.get(&path).map(|e| e.snapshot.clone());
             let (snapshot, modules) =
@@ -344,6 +348,15 @@ mod tests {
         let text = shared.scrape();
         assert_eq!(value(&text, "leaktrace_exporter_analyses_total"), 2.0, "{text}");
         assert_eq!(value(&text, "leaktrace_exporter_stale_traces"), 0.0, "{text}");
+
+        // Only the writer's heartbeat moved: read, not analysed.
+        let path = dir.0.join("trace.4242.lt");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let beat = leaktrace_format::layout::hdr::HEARTBEAT_NS;
+        bytes[beat..beat + 8].copy_from_slice(&(60 * S).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let text = shared.scrape();
+        assert_eq!(value(&text, "leaktrace_exporter_analyses_total"), 2.0, "{text}");
 
         // One trace grows, the junk goes: one analysis more, its figures move.
         std::fs::write(dir.0.join("trace.4242.lt"), service(10).build()).unwrap();
