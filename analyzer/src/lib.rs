@@ -17,6 +17,7 @@ pub mod naming;
 pub mod progress;
 pub mod report;
 pub mod retention;
+pub mod serve;
 pub mod suppress;
 pub mod symbolize;
 pub mod watch;

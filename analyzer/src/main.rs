@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success, 2 error (unreadable or foreign file, bad arguments).
 
-use leak_analyze::{attach, ctl, diff, export, launch, progress, report, suppress, symbolize, watch};
+use leak_analyze::{attach, ctl, diff, export, launch, progress, report, serve, suppress, symbolize, watch};
 use leak_analyze::{load, load_and_report, report_on, Loaded};
 
 use std::io::Write;
@@ -169,6 +169,20 @@ enum Command {
     /// Stop tracing an attached process and give it its allocator back; it runs on untraced.
     /// The trace's path is the last line.
     Detach { pid: i32 },
+    /// A Prometheus exporter: serve /metrics for the traces under PATH (trace files, or
+    /// directories whose *.lt files are picked up as they appear and dropped when they go).
+    Serve {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Address to listen on (loopback unless told otherwise).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: String,
+        /// Sites per process by unfreed bytes; growing sites are exported besides.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        #[command(flatten)]
+        symbols: SymbolArgs,
+    },
     /// Write the man page and the shell completions into DIR (for packaging).
     #[command(hide = true)]
     Assets { dir: PathBuf },
@@ -307,6 +321,9 @@ fn run(cli: Cli) -> Result<()> {
             watch::run(|| load(&trace), &opts)
         }
         Command::Assets { dir } => write_assets(&dir),
+        Command::Serve { paths, listen, top, symbols } => {
+            serve::run(serve::Options { listen, paths, top, symbolize: symbols.into() })
+        }
         Command::Run { settings, tree_budget, command } => launch::run(&command, &settings.into_settings(tree_budget)),
         Command::Attach { pid, settings } => write_output(None, attach::attach(pid, &settings.into_settings(None))?),
         Command::Detach { pid } => write_output(None, attach::detach(pid)?),

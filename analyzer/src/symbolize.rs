@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
@@ -147,12 +147,17 @@ struct ModuleState {
     build_id: Vec<u8>,
     /// (vaddr, memsz) of the recorded PT_LOAD segments, sorted.
     layout: Vec<(u64, u64)>,
-    inner: Mutex<ModuleInner>,
+    /// Shared with every other trace's symbolizer of the same module when made through a
+    /// [`SymbolCache`].
+    inner: Arc<Mutex<ModuleInner>>,
 }
 
 struct ModuleInner {
     state: LoadState,
     warnings: Vec<String>,
+    /// Frames already looked up, by SVMA: only in a module shared through a [`SymbolCache`],
+    /// whose addresses come back at every refresh (a one-shot report looks each up once).
+    memo: Option<HashMap<u64, Vec<SourceFrame>>>,
 }
 
 impl ModuleInner {
@@ -190,10 +195,63 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What identifies a module's files across traces: its build ID, or without one its path and
+/// load segments (the check [`Symbolizer`] makes before it uses a file without a build ID).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ModuleKey {
+    build_id: Vec<u8>,
+    path: String,
+    layout: Vec<(u64, u64)>,
+}
+
+/// Loaded debug info and looked-up frames of modules, kept across the symbolizers of many traces
+/// and many refreshes (`serve`): processes of one binary, and each refresh of one process, load
+/// its DWARF once. Every symbolizer made through one cache must use the same options.
+#[derive(Default)]
+pub struct SymbolCache {
+    modules: Mutex<HashMap<ModuleKey, Arc<Mutex<ModuleInner>>>>,
+}
+
+impl SymbolCache {
+    /// Forget the modules of no trace in `keep` (their processes and traces are gone).
+    pub fn retain_modules_of<'a>(&self, keep: impl IntoIterator<Item = &'a [ModuleRecord]>) {
+        let wanted: HashSet<ModuleKey> = keep.into_iter().flatten().map(module_key).collect();
+        lock(&self.modules).retain(|k, _| wanted.contains(k));
+    }
+
+    /// Modules held.
+    pub fn len(&self) -> usize {
+        lock(&self.modules).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn module_key(m: &ModuleRecord) -> ModuleKey {
+    if !m.build_id.is_empty() {
+        return ModuleKey { build_id: m.build_id.clone(), path: String::new(), layout: Vec::new() };
+    }
+    let mut layout: Vec<(u64, u64)> = m.segments.iter().map(|s| (s.vaddr, s.memsz)).collect();
+    layout.sort_unstable();
+    ModuleKey { build_id: Vec::new(), path: m.path.clone(), layout }
+}
+
 impl Symbolizer {
     /// Prepares the symbolizer. Files are only opened when an address of
     /// their module is first symbolized.
     pub fn new(modules: &[ModuleRecord], opts: &SymbolizeOptions) -> Symbolizer {
+        Symbolizer::build(modules, opts, None)
+    }
+
+    /// As [`Symbolizer::new`], sharing loaded modules and looked-up frames through `cache`.
+    pub fn with_cache(modules: &[ModuleRecord], opts: &SymbolizeOptions, cache: &SymbolCache) -> Symbolizer {
+        Symbolizer::build(modules, opts, Some(cache))
+    }
+
+    fn build(modules: &[ModuleRecord], opts: &SymbolizeOptions, cache: Option<&SymbolCache>) -> Symbolizer {
+        let mut cached = cache.map(|c| lock(&c.modules));
         let mut states = Vec::with_capacity(modules.len());
         let mut ranges = Vec::new();
         for (idx, m) in modules.iter().enumerate() {
@@ -210,12 +268,18 @@ impl Symbolizer {
                 ranges.push((start, end, idx));
             }
             layout.sort_unstable();
+            let fresh =
+                |memo| Arc::new(Mutex::new(ModuleInner { state: LoadState::Pending, warnings: Vec::new(), memo }));
+            let inner = match cached.as_mut() {
+                Some(c) => c.entry(module_key(m)).or_insert_with(|| fresh(Some(HashMap::new()))).clone(),
+                None => fresh(None),
+            };
             states.push(ModuleState {
                 path: m.path.clone(),
                 base: m.base,
                 build_id: m.build_id.clone(),
                 layout,
-                inner: Mutex::new(ModuleInner { state: LoadState::Pending, warnings: Vec::new() }),
+                inner,
             });
         }
         ranges.sort_unstable();
@@ -346,9 +410,14 @@ impl Symbolizer {
 
         let mut out = Vec::with_capacity(addrs.len());
         let mut panicked = false;
-        if let LoadState::Ready(resolved) = &inner.state {
+        let ModuleInner { state, memo, .. } = &mut *inner;
+        if let LoadState::Ready(resolved) = state {
             for &addr in addrs {
                 let svma = addr.wrapping_sub(1).wrapping_sub(module.base);
+                if let Some(frames) = memo.as_ref().and_then(|m| m.get(&svma)) {
+                    out.push((addr, frames.clone()));
+                    continue;
+                }
                 let frames = if panicked {
                     Vec::new()
                 } else {
@@ -360,6 +429,9 @@ impl Symbolizer {
                         }
                     }
                 };
+                if let Some(m) = memo.as_mut().filter(|_| !panicked) {
+                    m.insert(svma, frames.clone());
+                }
                 out.push((addr, frames));
             }
         } else {
@@ -1068,6 +1140,32 @@ int main(int argc, char **) {
         let map = s.symbolize_all(&[addr]);
         assert_eq!(map.len(), 1);
         map.get(&addr).cloned().expect("address in result")
+    }
+
+    #[test]
+    fn a_cache_loads_a_module_once_for_every_trace_of_it() {
+        let tmp = TempDir::new();
+        let exe = build_c(tmp.path(), "leaktest", &["-g", "-O0", "-fno-omit-frame-pointer"]);
+        let rec = record_for(&exe, exe.to_str().expect("utf-8 path"));
+        let offset = ret_addr_after_malloc_call(&exe, "leak_here");
+        let cache = SymbolCache::default();
+        let first = Symbolizer::with_cache(std::slice::from_ref(&rec), &SymbolizeOptions::default(), &cache);
+        let want = one(&first, BASE + offset);
+        frame("leak_here", "leaktest.c", line_of(C_SOURCE, "LINE_LEAK"), &want[0]);
+        assert_eq!(cache.len(), 1);
+        // Another process of the same build, loaded elsewhere, after the file is gone: its
+        // module comes from the cache, not from the disk.
+        std::fs::remove_file(&exe).unwrap();
+        let moved = ModuleRecord { base: BASE + 0x10_0000, ..rec.clone() };
+        let second = Symbolizer::with_cache(std::slice::from_ref(&moved), &SymbolizeOptions::default(), &cache);
+        assert_eq!(one(&second, BASE + 0x10_0000 + offset), want);
+        assert_eq!(cache.len(), 1);
+        // Without the cache the file is missed.
+        assert!(one(&Symbolizer::new(&[moved], &SymbolizeOptions::default()), BASE + 0x10_0000 + offset).is_empty());
+        cache.retain_modules_of([&[rec][..]]);
+        assert_eq!(cache.len(), 1);
+        cache.retain_modules_of(std::iter::empty());
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]

@@ -433,6 +433,8 @@ fn the_debian_package_traces_from_its_installed_files() {
         "usr/share/bash-completion/completions/leak-analyze",
         "usr/share/zsh/vendor-completions/_leak-analyze",
         "usr/share/fish/vendor_completions.d/leak-analyze.fish",
+        "usr/share/doc/leaktrace/examples/leaktrace.rules.yml",
+        "usr/share/doc/leaktrace/examples/leaktrace-dashboard.json",
     ] {
         assert!(root.join(f).is_file(), "the package has no {f}");
     }
