@@ -1,49 +1,58 @@
-//! libleaktrace.so: an LD_PRELOAD malloc interposer that samples allocations by bytes and
-//! records them, with their stacks and frees, in a fixed-size memory-mapped trace file.
+//! libleaktrace.so: the loader's constructor and destructor, and the tracer (`tracer/`) with
+//! its C entry points exported (the `interpose` feature). Loaded with LD_PRELOAD
+//! it traces from start-up; loaded by `leak-analyze attach` (dlopen) its constructor does
+//! nothing and `leaktrace_attach` starts it.
 //!
-//! - [`shim`]: the exported malloc family and `pthread_create`, a few lines each.
-//! - [`tracer`]: start-up, the record paths, housekeeping, runtime control, fork and exit.
-//! - [`sampler`]: the per-thread Poisson sampler and re-entrancy guard.
-//! - [`mapped`]: lock-free writers for each region of the trace file.
-//! - [`file`]: creating, reserving and removing the trace file.
-//! - [`budget`]: the process tree's disk ledger.
-//! - [`background`]: the helper thread, only in a process that has threads of its own.
-//! - [`real`]: the allocator (and `pthread_create`) we forward to, and the bootstrap arena.
-//! - [`modules`]: the module map with build IDs.
-//! - [`got`]: redirecting the malloc family through each object's GOT, when attached to a
-//!   running process (`leak-analyze attach`) rather than preloaded.
-//! - [`unwind`], [`cfi`]: stack bounds, the frame-pointer walk and its calibration, and the
-//!   caching DWARF-CFI unwinder (framehop) with libgcc as its fallback.
-//! - [`scan`]: `ctl --scan`, who holds the sampled objects, from a copy-on-write snapshot.
-//! - [`config`]: the `LEAKTRACE_*` settings.
+//! The tracer's modules are compiled into this crate from `tracer/src` rather than linked from
+//! the `leaktrace-tracer` rlib (which tests and tools link): rustc reaches another crate's
+//! statics through the GOT with a relocation the linker may not relax, and the hooks read
+//! three of them per malloc+free (measured: 3 more instructions a pair, scripts/hookcost). Built
+//! in one crate, with one codegen unit, they are PC-relative. The module tree is the tracer
+//! crate's, so its `crate::` paths mean the same here.
 //!
 //! Any failure stops tracing with one line on stderr; the traced program runs on.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[path = "../../tracer/src/background.rs"]
 pub mod background;
+#[path = "../../tracer/src/budget.rs"]
 pub mod budget;
+#[path = "../../tracer/src/cfi.rs"]
 pub mod cfi;
+#[path = "../../tracer/src/config.rs"]
 pub mod config;
+#[path = "../../tracer/src/file.rs"]
 pub mod file;
+#[path = "../../tracer/src/got.rs"]
 pub mod got;
+#[path = "../../tracer/src/mapped.rs"]
 pub mod mapped;
+#[path = "../../tracer/src/modules.rs"]
 pub mod modules;
+#[path = "../../tracer/src/real.rs"]
 pub mod real;
+#[path = "../../tracer/src/sampler.rs"]
 pub mod sampler;
+#[path = "../../tracer/src/scan.rs"]
 pub mod scan;
+#[path = "../../tracer/src/shim.rs"]
 pub mod shim;
+#[path = "../../tracer/src/status.rs"]
+pub mod status;
+#[path = "../../tracer/src/stderr.rs"]
+pub mod stderr;
+#[path = "../../tracer/src/tracer.rs"]
 pub mod tracer;
+#[path = "../../tracer/src/unwind.rs"]
 pub mod unwind;
 
-/// One line on stderr, written with a single write(2) so it cannot interleave or take std's
-/// stderr lock (which a fork may have left held).
-pub fn warn(msg: &str) {
-    let line = format!("leaktrace: {msg}\n");
-    // SAFETY: writing a valid buffer of its own length to fd 2.
-    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
-}
+pub use stderr::warn;
+
+// The module list above mirrors the tracer crate's root: tracked, so a change there rebuilds
+// this library (and the tests' staleness check sees it).
+const _TRACER_ROOT: &str = include_str!("../../tracer/src/lib.rs");
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn constructor() {

@@ -60,7 +60,8 @@ pub fn repo() -> &'static Repo {
         }
         // `cargo test -p leaktrace-tests` does not rebuild them: refuse to test stale ones.
         if std::env::var_os("LEAKTRACE_TESTS_ALLOW_STALE").is_none() {
-            for (artifact, crates) in [(&preload, &["preload", "format"][..]), (&analyzer, &["analyzer", "format"][..])]
+            for (artifact, crates) in
+                [(&preload, &["preload", "tracer", "format"][..]), (&analyzer, &["analyzer", "format"][..])]
             {
                 let built = mtime(artifact);
                 for c in crates {

@@ -2,27 +2,18 @@
 //! bounds (first call included) may allocate. Also checks the main thread, from a constructor
 //! that runs before `main` as leaktrace's own does.
 //!
-//! This binary compiles `src/unwind.rs` into itself instead of linking the `leaktrace` rlib:
-//! the rlib brings its exported malloc family and its `.init_array` constructor, which would
-//! start a real trace (a 64 MiB file in the working directory) in the test process. Not linking
-//! it also frees this binary to define malloc itself, so every allocation is counted at the libc
-//! level (glibc's internal ones included, which a `#[global_allocator]` would not see). The
-//! module's own unit tests therefore run here a second time; that is harmless.
+//! It links the tracer library, which (unlike libleaktrace.so) exports no malloc and has no
+//! constructor, so this binary defines malloc itself and counts every allocation at the libc
+//! level (glibc's internal ones included, which a `#[global_allocator]` would not see).
 //!
 //! Run with frame pointers: `RUSTFLAGS="-C force-frame-pointers=yes" cargo test -p
-//! leaktrace-preload --test unwind_no_alloc` (or with .cargo/config.toml setting it).
+//! leaktrace-tracer --test unwind_no_alloc` (or with .cargo/config.toml setting it).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 // The malloc family below has the C functions' contracts.
 #![allow(clippy::missing_safety_doc)]
 
-#[allow(dead_code)]
-#[path = "../src/unwind.rs"]
-mod unwind;
-// The per-thread state, where unwind.rs caches the stack bounds.
-#[allow(dead_code)]
-#[path = "../src/sampler.rs"]
-mod sampler;
+use leaktrace_tracer::unwind;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

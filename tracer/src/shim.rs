@@ -1,8 +1,9 @@
 //! The exported C entry points. Each one forwards to the real allocator and tells the tracer;
 //! the logic lives in `tracer`, so these stay a few lines each.
 //!
-//! `no_mangle` is off under `cfg(test)` so that the crate's unit tests do not replace the test
-//! harness's own allocator.
+//! The symbols are exported (`no_mangle`) only with the `interpose` feature, which only the
+//! libleaktrace.so build (`preload/`) has, and never under `cfg(test)`: linking the tracer
+//! library into a test or a tool must not replace that program's own allocator.
 
 // Every exported function has exactly the contract of the C function it replaces; a `# Safety`
 // section on each would say only that.
@@ -24,20 +25,20 @@ const PTR: usize = std::mem::size_of::<*mut c_void>();
 // case, no sample, ends in a tail call to the real allocator: no frame to build, nothing to keep
 // across the call.
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     // SAFETY: same contract as the C function we forward to.
     traced_alloc(size, Api::Malloc, move || unsafe { real::malloc(size) })
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     let bytes = n.wrapping_mul(size);
     // SAFETY: same contract as the C function we forward to.
     traced_alloc(bytes, Api::Calloc, move || unsafe { real::calloc(n, size) })
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     if maybe_recorded(p) {
         // SAFETY: same contract as the C function we forward to.
@@ -47,7 +48,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     unsafe { real::free(p) }
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: same contract as the C function; see `realloc_as`.
     unsafe { realloc_as(p, size, Api::Realloc) }
@@ -86,7 +87,7 @@ unsafe fn realloc_traced(p: *mut c_void, size: usize, api: Api, flagged: bool) -
     q
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
     let Some(bytes) = n.checked_mul(size) else {
         // SAFETY: __errno_location always returns this thread's errno.
@@ -97,7 +98,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
     unsafe { realloc_as(p, bytes, Api::Reallocarray) }
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
     if !align.is_power_of_two() || !align.is_multiple_of(PTR) {
         return libc::EINVAL;
@@ -121,25 +122,25 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
     rc
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     // SAFETY: same contract as the C function we forward to.
     traced_alloc(size, Api::AlignedAlloc, move || unsafe { real::aligned_alloc(align, size) })
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     // SAFETY: same contract as the C function we forward to.
     traced_alloc(size, Api::Memalign, move || unsafe { real::memalign(align, size) })
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
     // SAFETY: same contract as the C function we forward to.
     traced_alloc(size, Api::Valloc, move || unsafe { real::valloc(size) })
 }
 
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
     // SAFETY: same contract as the C function we forward to.
     traced_alloc(size, Api::Pvalloc, move || unsafe { real::pvalloc(size) })
@@ -147,7 +148,7 @@ pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
 
 /// The program's thread creation, passed through; a first success lets leaktrace start its
 /// helper thread (see `background`), which must never exist in a single-threaded process.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn pthread_create(
     thread: *mut libc::pthread_t,
     attr: *const libc::pthread_attr_t,
@@ -165,29 +166,11 @@ pub unsafe extern "C" fn pthread_create(
 /// The program unloading a library: record the module map first, so that blocks the library
 /// allocated (and leaked) are symbolized from its path and build ID like any other, however
 /// soon after its dlopen it goes.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> libc::c_int {
     crate::tracer::before_dlclose();
     // SAFETY: same contract as the C function we forward to.
     unsafe { real::dlclose(handle) }
-}
-
-/// What `leak-analyze attach` and `detach` read from outside (with /proc/PID/mem, before they
-/// touch the process): is this library tracing, and how did it start? One of the `STATUS_*`.
-#[cfg_attr(not(test), export_name = "leaktrace_status")]
-pub static LEAKTRACE_STATUS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(STATUS_IDLE);
-
-/// Loaded, not tracing: never started, or detached.
-pub const STATUS_IDLE: u32 = 0;
-/// Preloaded and tracing (or dormant): cannot be attached to.
-pub const STATUS_PRELOADED: u32 = 1;
-/// Attached: `detach` applies.
-pub const STATUS_ATTACHED: u32 = 2;
-/// Was attached, detached since: may be attached again.
-pub const STATUS_DETACHED: u32 = 3;
-
-pub(crate) fn set_status(status: u32) {
-    LEAKTRACE_STATUS.store(status, std::sync::atomic::Ordering::Release);
 }
 
 /// Called by `leak-analyze attach` inside a running process, on a thread it chose, after it
@@ -196,7 +179,7 @@ pub(crate) fn set_status(status: u32) {
 /// terminated and cut to `out_len` bytes. Returns 0, or an [`AttachError`] code.
 ///
 /// [`AttachError`]: crate::tracer::AttachError
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn leaktrace_attach(
     settings: *const libc::c_char,
     out: *mut libc::c_char,
@@ -221,7 +204,7 @@ pub unsafe extern "C" fn leaktrace_attach(
 
 /// Called by `leak-analyze detach`: give the malloc family back, end the trace. Writes the
 /// trace's path (or why not) to `out` as `leaktrace_attach` does.
-#[cfg_attr(not(test), no_mangle)]
+#[cfg_attr(all(feature = "interpose", not(test)), no_mangle)]
 pub unsafe extern "C" fn leaktrace_detach(out: *mut libc::c_char, out_len: usize) -> libc::c_int {
     let (rc, message) = match crate::tracer::detach() {
         Ok(path) => (0, path),

@@ -2,28 +2,14 @@
 //! the unwinder and its caches, an unwind must not allocate, on a thread's first unwind included,
 //! through this crate's frames and through glibc's (qsort, built without frame pointers).
 //!
-//! Like `unwind_no_alloc.rs` (see there why), this binary compiles the modules it tests into
-//! itself instead of linking the `leaktrace` rlib, and defines malloc itself to count every
-//! allocation at the libc level.
+//! Like `unwind_no_alloc.rs`, this binary links the tracer library (no exported malloc, no
+//! constructor) and defines malloc itself to count every allocation at the libc level.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 // The malloc family below has the C functions' contracts.
 #![allow(clippy::missing_safety_doc)]
 
-#[allow(dead_code)]
-#[path = "../src/unwind.rs"]
-mod unwind;
-// The per-thread state, where unwind.rs caches the stack bounds.
-#[allow(dead_code)]
-#[path = "../src/sampler.rs"]
-mod sampler;
-
-#[allow(dead_code)]
-#[path = "../src/cfi.rs"]
-mod cfi;
-#[allow(dead_code)]
-#[path = "../src/modules.rs"]
-mod modules;
+use leaktrace_tracer::{cfi, unwind};
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -77,6 +77,7 @@ fn set_gate(word: &'static AtomicU64) {
 }
 
 /// The gate word the hooks read now.
+#[inline(always)]
 fn gate_word() -> u64 {
     // SAFETY: the gate only ever points at a static or at a header word of a trace mapping,
     // which is never unmapped (`set_gate`).
@@ -610,7 +611,7 @@ pub fn on_load() {
         if start_or_stop(&guard, config, false, config.start_paused).is_none() {
             return;
         }
-        crate::shim::set_status(crate::shim::STATUS_PRELOADED);
+        crate::status::set(crate::status::STATUS_PRELOADED);
         register_fork_handler();
     });
 }
@@ -726,7 +727,7 @@ pub fn attach(settings: &[(String, String)]) -> Result<String, (AttachError, Str
         if !crate::real::single_threaded() {
             crate::background::start_once();
         }
-        crate::shim::set_status(crate::shim::STATUS_ATTACHED);
+        crate::status::set(crate::status::STATUS_ATTACHED);
         // The path, then what was redirected (for `leak-analyze attach` to report).
         Ok(format!("{}\n{} slots in {} objects", tracer.file.path, count.patched, count.objects))
     })
@@ -740,7 +741,7 @@ pub fn detach() -> Result<String, (AttachError, String)> {
         return Err((AttachError::NotAttached, "this process is not attached".into()));
     }
     let restored = crate::got::restore_all();
-    crate::shim::set_status(crate::shim::STATUS_DETACHED);
+    crate::status::set(crate::status::STATUS_DETACHED);
     crate::background::stop();
     let tracer = TRACER.swap(std::ptr::null_mut(), Ordering::AcqRel);
     stop_sampling();

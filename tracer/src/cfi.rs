@@ -755,8 +755,7 @@ pub fn ready() -> bool {
 }
 
 /// [`refresh`] until an unwinder is published: a concurrent caller (another test) may hold the
-/// builder, and `refresh` then returns at once.
-#[cfg(test)]
+/// builder, and `refresh` then returns at once. For tests (the hooks never wait).
 pub fn refresh_until_ready() {
     for _ in 0..1000 {
         refresh();
