@@ -3,7 +3,7 @@
  * usage: runner STATFILE PROGRAM [ARGS...]
  *
  * Forks, execs PROGRAM, waits for it with wait4() and writes
- *   "<wall seconds> <ru_maxrss KiB> <raw wait status>\n"
+ *   "<wall seconds> <ru_maxrss KiB> <raw wait status> <CPU seconds, user + system>\n"
  * to STATFILE; exits with the child's exit code (128+N for signal N).
  *
  * Why a C launcher and not Python's subprocess: a child's ru_maxrss starts
@@ -88,7 +88,9 @@ int main(int argc, char **argv)
         perror("runner: STATFILE");
         return 2;
     }
-    fprintf(f, "%.6f %ld %d\n", secs, ru.ru_maxrss, status);
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    fprintf(f, "%.6f %ld %d %.6f\n", secs, ru.ru_maxrss, status, cpu);
     fclose(f);
     if (WIFEXITED(status))
         return WEXITSTATUS(status);
