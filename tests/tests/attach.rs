@@ -423,9 +423,9 @@ fn a_process_in_another_mount_namespace_gets_a_copy_of_the_library_it_cannot_see
     let dir = TestDir::new("attach_namespace");
     let exe = dir.compile("attach_target.c");
     let lib_dir = leaktrace_tests::repo().preload.parent().unwrap().to_path_buf();
-    // The target's namespace hides the directory the library is in, and has a /tmp of its own.
-    let script =
-        format!("mount -t tmpfs none {} && mount -t tmpfs none /tmp && exec {} read", lib_dir.display(), exe.display());
+    // The target's namespace hides the directory the library is in (its /tmp stays: a checkout
+    // under /tmp would hide the target itself).
+    let script = format!("mount -t tmpfs none {} && exec {} read", lib_dir.display(), exe.display());
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c", &script]);
     let mut svc = Service::spawn(cmd);
@@ -443,7 +443,7 @@ fn a_process_in_another_mount_namespace_gets_a_copy_of_the_library_it_cannot_see
         let copies: Vec<String> = std::fs::read_dir(format!("/proc/{}/root/tmp", svc.pid))
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with("libleaktrace-"))
+            .filter(|n| n.starts_with(&format!("libleaktrace-{}-", svc.pid)))
             .collect();
         assert_eq!(copies.len(), 1, "not one copy of the library in the process's /tmp: {copies:?}");
         svc.ask("leak 9", "leaked 9");
@@ -451,6 +451,11 @@ fn a_process_in_another_mount_namespace_gets_a_copy_of_the_library_it_cannot_see
         shown.push(path);
     }
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", svc.pid)).unwrap();
+    for copy in std::fs::read_dir(format!("/proc/{}/root/tmp", svc.pid)).unwrap().filter_map(|e| e.ok()) {
+        if copy.file_name().to_string_lossy().starts_with(&format!("libleaktrace-{}-", svc.pid)) {
+            let _ = std::fs::remove_file(copy.path());
+        }
+    }
     let loaded: std::collections::BTreeSet<&str> =
         maps.lines().filter(|l| l.contains("libleaktrace")).filter_map(|l| l.split_whitespace().nth(4)).collect();
     assert_eq!(loaded.len(), 1, "the library is loaded more than once: {maps}");
