@@ -206,13 +206,18 @@ pub enum Control {
     Scan = 4,
 }
 
-/// `hdr::UNWINDER` values: how the process captures stacks now.
+/// `hdr::UNWINDER` values: how the process captures stacks now. Writers since the caching CFI
+/// unwinder always store `Dwarf` (CFI from `.eh_frame`, stepping by frame record through
+/// functions proven to keep frame pointers); the other two are from older traces, which chose
+/// between a frame-pointer walk and the `backtrace` crate at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum UnwinderInUse {
-    /// DWARF (the `backtrace` crate), comparing with frame pointers to decide.
+    /// Older writers: deciding, by comparing both on the first stacks.
     Deciding = 0,
+    /// Older writers: a pure frame-pointer walk.
     FramePointers = 1,
+    /// CFI unwinding (the `backtrace` crate in writers before the caching unwinder).
     Dwarf = 2,
 }
 

@@ -45,7 +45,8 @@ pub struct ProcessInfo {
     pub hostname: String,
     /// leaktrace's version, for bug reports.
     pub tracer_version: String,
-    /// Which stack unwinder produced the stacks ("backtrace", "frame-pointer", ...).
+    /// Which stack unwinder produced the stacks, as the writer named it ("cfi" now; older
+    /// writers said "backtrace" or "frame-pointer").
     pub unwinder: String,
 }
 

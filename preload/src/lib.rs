@@ -45,7 +45,7 @@ pub mod status;
 pub mod stderr;
 #[path = "../../tracer/src/tracer.rs"]
 pub mod tracer;
-#[path = "../../tracer/src/unwind.rs"]
+#[path = "../../tracer/src/unwind/mod.rs"]
 pub mod unwind;
 
 pub use stderr::warn;

@@ -1073,8 +1073,11 @@ fn process_info(pid: u32) -> ProcessInfo {
         cmdline,
         hostname,
         tracer_version: env!("CARGO_PKG_VERSION").into(),
-        // The choice may change after the first samples; the header's `unwinder` field follows it.
-        unwinder: "auto".into(),
+        // CFI always; `LEAKTRACE_UNWINDER=dwarf` without stepping by frame record.
+        unwinder: match config().map(|c| c.unwinder) {
+            Some(Unwinder::Dwarf) => "cfi (rules only)".into(),
+            _ => "cfi".into(),
+        },
     }
 }
 
