@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use leaktrace_format::layout::EventKind;
 use leaktrace_format::{sample_probability, sample_weight, Trace, TraceSource};
 
-use crate::growth::{self, Trend};
+use crate::growth::{self, Lifetime, Trend};
 
 /// One call site: a source location, reached by one raw stack (after trimming leaktrace's own
 /// frames) or several (one line, several call instructions; see [`analyze`]'s `locate`).
@@ -51,16 +51,6 @@ const STARTUP_FRAMES: usize = 3;
 
 /// Number of points in each site's live-bytes series.
 const SERIES_POINTS: usize = 96;
-
-/// A sampled allocation still live at the end of the trace.
-#[derive(Clone, Copy, Debug)]
-pub struct Lifetime {
-    pub alloc_ns: u64,
-    /// Bytes it stands for.
-    pub weight: f64,
-    /// Sampling variance of `weight` (0 when every allocation is recorded).
-    pub variance: f64,
-}
 
 /// Bytes in fixed point, in units of 2^-32 bytes. A series point sums these rather than floats
 /// so that its value depends only on which allocations are live at that time, not on the order

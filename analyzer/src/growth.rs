@@ -19,7 +19,15 @@
 //! looks like a leak until it fills; a leak whose old allocations are freed while new ones pile
 //! up faster (a slow queue) fails test 4.
 
-use crate::analysis::Lifetime;
+/// A sampled allocation still live at the end of the trace.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetime {
+    pub alloc_ns: u64,
+    /// Bytes it stands for.
+    pub weight: f64,
+    /// Sampling variance of `weight` (0 when every allocation is recorded).
+    pub variance: f64,
+}
 
 /// The verdict for one site.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

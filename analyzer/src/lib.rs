@@ -17,10 +17,12 @@ pub mod naming;
 pub mod progress;
 pub mod report;
 pub mod retention;
+pub mod schema;
 pub mod serve;
 pub mod suppress;
 pub mod symbolize;
 pub mod watch;
+pub mod words;
 
 use std::fs::File;
 use std::path::Path;

@@ -13,10 +13,9 @@ use std::path::Path;
 
 use leaktrace_format::ModuleRecord;
 
-use crate::report::{
-    human_bytes, notable_peak, rss_growth_words, secs, FrameOut, RssPeak, RssPoint, RssVsHeap, SiteOut,
-};
+use crate::schema::{FrameOut, RssPeak, RssPoint, RssVsHeap, SiteOut};
 use crate::symbolize::Symbolizer;
+use crate::words::{human_bytes, notable_peak, rss_growth_words, secs};
 
 /// Shown in place of a stack that was lost (stack table full or damaged).
 pub const LOST_STACK: &str = "[stack lost]";
