@@ -141,20 +141,29 @@ pub struct HeldBySite {
     pub objects: u32,
 }
 
-/// A sampled object's address, size and first bytes, to show what it holds.
+/// A sampled object's address, size and first bytes, to show what it holds. Generic over where
+/// the bytes are: owned when read ([`ObjectSample`]), borrowed when written
+/// ([`ObjectSampleOut`]: the scanning child may not allocate); one wire form.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectSample {
+pub struct ObjectSampleOf<Bytes> {
     pub address: u64,
     pub size: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
+
+pub type ObjectSample = ObjectSampleOf<Vec<u8>>;
+pub type ObjectSampleOut<'a> = ObjectSampleOf<&'a [u8]>;
 
 /// What a heap scan found about the sampled live objects allocated at one stack. Each object is
 /// counted once, by its strongest holder: a global, else a thread stack, else another sampled
 /// object, else heap memory no sampled object covers, else any other mapping; `unreferenced`
 /// if no word of the process pointed into it.
+///
+/// Generic over its lists: owned when read ([`Retention`]), borrowed slices when written
+/// ([`RetentionOut`]: the scan runs in a forked child of a process whose malloc locks may be
+/// held, and may not allocate); one wire form.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Retention {
+pub struct RetentionOf<Globals, Sites, Samples> {
     /// The scan's `t_ns` ([`ScanSummary`]).
     pub scan_t_ns: u64,
     pub stack_id: u32,
@@ -169,12 +178,15 @@ pub struct Retention {
     /// Where the globals that hold them are: the referencing words of up to
     /// [`RETENTION_GLOBALS`] of the `by_global` objects, equal addresses merged. The analyzer
     /// names them by symbol and shares `by_global` out in proportion.
-    pub globals: Vec<HeldByGlobal>,
+    pub globals: Globals,
     /// The stacks of the sampled objects that hold them, exact for up to [`RETENTION_SITES`]
     /// stacks (the rest count in `by_site` only).
-    pub sites: Vec<HeldBySite>,
-    pub samples: Vec<ObjectSample>,
+    pub sites: Sites,
+    pub samples: Samples,
 }
+
+pub type Retention = RetentionOf<Vec<HeldByGlobal>, Vec<HeldBySite>, Vec<ObjectSample>>;
+pub type RetentionOut<'a> = RetentionOf<&'a [HeldByGlobal], &'a [HeldBySite], &'a [ObjectSampleOut<'a>]>;
 
 /// Most referencing addresses a [`Retention`] record lists.
 pub const RETENTION_GLOBALS: usize = 32;
@@ -183,32 +195,6 @@ pub const RETENTION_SITES: usize = 16;
 /// Most objects a [`Retention`] record shows, and how many of their first bytes.
 pub const RETENTION_SAMPLES: usize = 3;
 pub const RETENTION_SAMPLE_BYTES: usize = 64;
-
-/// [`Retention`] as the writer encodes it, from borrowed slices: it may not allocate (the scan
-/// runs in a forked child of a process whose malloc locks may be held). Same wire form.
-#[derive(Serialize)]
-pub struct RetentionOut<'a> {
-    pub scan_t_ns: u64,
-    pub stack_id: u32,
-    pub objects: u32,
-    pub unreferenced: u32,
-    pub by_global: u32,
-    pub by_stack: u32,
-    pub by_site: u32,
-    pub by_heap: u32,
-    pub by_other: u32,
-    pub globals: &'a [HeldByGlobal],
-    pub sites: &'a [HeldBySite],
-    pub samples: &'a [ObjectSampleOut<'a>],
-}
-
-/// [`ObjectSample`] from a borrowed buffer.
-#[derive(Serialize)]
-pub struct ObjectSampleOut<'a> {
-    pub address: u64,
-    pub size: u64,
-    pub bytes: &'a [u8],
-}
 
 #[cfg(test)]
 mod retention_tests {

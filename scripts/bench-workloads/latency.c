@@ -43,16 +43,8 @@ static uint64_t log_hist[LOG_BUCKETS];
 static uint64_t max_ticks, sum_ticks, counted;
 static double step_ticks = 1; /* how far the timer advances at a time: see timer_step */
 
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-
-static inline uint64_t next(void)
-{
-    uint64_t x = rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return rng = x;
-}
+#define XORSHIFT_SEED 0x9E3779B97F4A7C15ull
+#include "xorshift.h"
 
 static inline size_t pick_size(void)
 {

@@ -27,16 +27,8 @@
 #define LEAK_EVERY 1000
 #define LEAK_BYTES 4096
 
-static uint64_t rng = 0x2545F4914F6CDD1Dull;
-
-static inline uint64_t next(void)
-{
-    uint64_t x = rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return rng = x;
-}
+#define XORSHIFT_SEED 0x2545F4914F6CDD1Dull
+#include "xorshift.h"
 
 static size_t rand_between_log(unsigned lo_bits, unsigned hi_bits)
 {
