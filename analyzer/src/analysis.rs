@@ -213,6 +213,9 @@ impl Analysis {
 /// ring's events from `source` (the source `trace` was parsed from). `probe_times`: moments at
 /// which every site's live bytes are wanted (`Site::live_at_probes`).
 ///
+/// Two steps: this function replays the trace (sites, unfreed estimates, each site's history),
+/// then `verdicts` draws each site's series and growth verdict from that history.
+///
 /// `locate` is given every distinct raw stack of the trace (innermost first, sorted), and for
 /// each whether an allocation of it is still live, and says which stacks are one site: entry k
 /// is the location number of stack k (`naming::Symbols::for_sites`: stacks whose symbolized
@@ -376,6 +379,25 @@ pub fn analyze<S: TraceSource + ?Sized>(
     }
 
     sites.truncate(histories.len());
+    verdicts(Replayed { sites, histories, parts, distinct, series_times, end_ns }, probe_times)
+}
+
+/// What replaying a trace gives: the sites with their unfreed estimates, each site's history
+/// of live and freed sampled bytes, and its raw stacks with their unfreed bytes.
+struct Replayed {
+    sites: Vec<Site>,
+    histories: Vec<History>,
+    /// Per site: (index into `distinct`, unfreed bytes) of each of its stacks.
+    parts: Vec<Vec<(usize, f64)>>,
+    distinct: Vec<Vec<u64>>,
+    series_times: Vec<u64>,
+    end_ns: u64,
+}
+
+/// The second step: each site's series, its representative stack and its growth verdict, and
+/// the report's order.
+fn verdicts(r: Replayed, probe_times: &[u64]) -> Analysis {
+    let Replayed { mut sites, histories, parts, distinct, series_times, end_ns } = r;
     for (site, (h, mut stacks)) in sites.iter_mut().zip(histories.into_iter().zip(parts)) {
         // The stack holding the most unfreed bytes first, then in address order.
         stacks.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| distinct.get(a.0).cmp(&distinct.get(b.0))));
