@@ -1,5 +1,6 @@
-//! The helper thread: housekeeping ([`Tracer::tick`]) while the program does not allocate,
-//! module-map updates, and prefaulting the trace file ahead of the hooks.
+//! The helper thread: it runs the tracer's housekeeping round (`tracer::helper_round`: `Tracer::tick`
+//! while the program does not allocate, module-map updates, prefaulting the trace file ahead of
+//! the hooks), given as a function so that this module does not depend on the tracer.
 //!
 //! It exists only in a process that already has threads of its own: it is started when the
 //! program's `pthread_create` returns (`tracer::on_program_thread`), never in a process with a
@@ -11,11 +12,10 @@
 //!
 //! It never runs inside a hook, so it may take the loader lock and do I/O.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::sampler::THREAD;
-use crate::tracer::{current, Caller, Tracer};
 
 /// How often the helper looks at the trace: `ctl` requests are seen within this.
 const POLL: Duration = Duration::from_millis(50);
@@ -27,8 +27,14 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 /// Bumped by `stop`: a helper whose generation is not the current one returns.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
 
-/// Start the helper unless this process has one.
-pub fn start_once() {
+/// What the helper does each round (the tracer's housekeeping, `tracer::helper_round`),
+/// returning how long to sleep: a `fn() -> Duration` stored as an address, so that this module
+/// knows nothing of the tracer.
+static ROUND: AtomicUsize = AtomicUsize::new(0);
+
+/// Start the helper unless this process has one; it calls `round` until `stop`.
+pub fn start_once(round: fn() -> Duration) {
+    ROUND.store(round as usize, Ordering::Release);
     if STARTED.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -78,21 +84,15 @@ extern "C" fn thread_main(generation: *mut std::ffi::c_void) -> *mut std::ffi::c
 }
 
 fn run(generation: u32) {
-    let mut prefault = crate::mapped::PrefaultProgress::default();
-    let mut prefault_left = true;
-    let mut prefaulting: *const Tracer = std::ptr::null();
     while GENERATION.load(Ordering::Acquire) == generation {
-        // A forked child's trace starts at its first sample point; until then there is none.
-        if let Some(tracer) = current() {
-            tracer.tick(Caller::Helper);
-            if !std::ptr::eq(prefaulting, tracer) {
-                (prefaulting, prefault, prefault_left) = (tracer, Default::default(), true);
-            }
-            if prefault_left && crate::tracer::is_sampling() && tracer.mapped.fully_reserved() {
-                prefault_left = tracer.mapped.prefault_step(&mut prefault);
-            }
-        }
-        let until = current().map_or(POLL, |t| t.until_next_tick().min(POLL));
-        std::thread::sleep(until.max(Duration::from_millis(1)));
+        let round = ROUND.load(Ordering::Acquire);
+        let until = if round == 0 {
+            POLL
+        } else {
+            // SAFETY: ROUND only ever holds 0 or a `fn() -> Duration` stored by `start_once`.
+            let round: fn() -> Duration = unsafe { std::mem::transmute::<usize, fn() -> Duration>(round) };
+            round()
+        };
+        std::thread::sleep(until.clamp(Duration::from_millis(1), POLL));
     }
 }

@@ -73,6 +73,13 @@ pub struct PrefaultProgress {
     unsupported: bool,
 }
 
+impl PrefaultProgress {
+    /// Nothing prefaulted yet (const: it lives in a static of the helper's).
+    pub const fn new() -> PrefaultProgress {
+        PrefaultProgress { live_done: 0, ring_done: 0, ring_written_then: 0, unsupported: false }
+    }
+}
+
 pub struct Mapped {
     base: *mut u8,
     len: usize,

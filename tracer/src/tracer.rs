@@ -725,7 +725,7 @@ pub fn attach(settings: &[(String, String)]) -> Result<String, (AttachError, Str
         // A process with threads already may have the helper; one with a single thread gets
         // none, as with the preload.
         if !crate::real::single_threaded() {
-            crate::background::start_once();
+            crate::background::start_once(helper_round);
         }
         crate::status::set(crate::status::STATUS_ATTACHED);
         // The path, then what was redirected (for `leak-analyze attach` to report).
@@ -1407,6 +1407,28 @@ pub fn before_dlclose() {
     }
 }
 
+/// One round of the helper thread: housekeeping ([`Tracer::tick`]), prefaulting the trace a
+/// step ahead of the hooks; how long until the next round.
+fn helper_round() -> std::time::Duration {
+    // Only the helper thread runs this; the lock is never contended.
+    static PREFAULT: Mutex<(crate::mapped::PrefaultProgress, bool, usize)> =
+        Mutex::new((crate::mapped::PrefaultProgress::new(), true, 0));
+    // A forked child's trace starts at its first sample point; until then there is none.
+    let Some(tracer) = current() else { return std::time::Duration::from_millis(50) };
+    tracer.tick(Caller::Helper);
+    if let Ok(mut state) = PREFAULT.try_lock() {
+        let (progress, left, of) = &mut *state;
+        let this = tracer as *const Tracer as usize;
+        if *of != this {
+            (*progress, *left, *of) = (crate::mapped::PrefaultProgress::new(), true, this);
+        }
+        if *left && is_sampling() && tracer.mapped.fully_reserved() {
+            *left = tracer.mapped.prefault_step(progress);
+        }
+    }
+    tracer.until_next_tick()
+}
+
 /// The program created a thread (our `pthread_create` returned success): the process is
 /// multithreaded now whatever we do, so the helper thread may start. It keeps the RSS series
 /// and `ctl` going while the program does not allocate, follows module changes (taking the
@@ -1415,7 +1437,7 @@ pub fn on_program_thread() {
     if config().is_some() && (current().is_some() || START_PENDING.load(Ordering::Relaxed)) {
         THREAD.with(|t| {
             let _guard = t.enter();
-            crate::background::start_once();
+            crate::background::start_once(helper_round);
         });
     }
 }
