@@ -35,10 +35,8 @@ struct Target {
     exe: String,
     /// Another mount namespace (a container): its files are not at their paths here.
     foreign_mounts: bool,
-}
-
-fn refuse(msg: String) -> anyhow::Error {
-    anyhow!(msg)
+    /// /proc/PID/status as read once at the start.
+    status: String,
 }
 
 impl Target {
@@ -47,7 +45,7 @@ impl Target {
             bail!("no process {pid}");
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|e| refuse(format!("cannot read /proc/{pid}/status: {e}")))?;
+            .map_err(|e| anyhow!("cannot read /proc/{pid}/status: {e}"))?;
         if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
             bail!("process {pid} has exited (a zombie)");
         }
@@ -65,8 +63,8 @@ impl Target {
             );
         }
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
-        let maps = inject::read_maps(pid)
-            .map_err(|e| refuse(format!("not permitted to read process {pid}'s memory map ({e:#})")))?;
+        let maps =
+            inject::read_maps(pid).map_err(|e| anyhow!("not permitted to read process {pid}'s memory map ({e:#})"))?;
         if maps.is_empty() {
             bail!("process {pid} has no memory map (a kernel thread?)");
         }
@@ -85,11 +83,24 @@ impl Target {
                 (Ok(a), Ok(b)) => a.ino() == b.ino(),
                 _ => true,
             };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         if status.lines().any(|l| l.starts_with("Seccomp:") && l.trim().ends_with('2')) {
             eprintln!("note: process {pid} runs under a seccomp filter; if it forbids openat, mmap or fallocate, the attach fails (and a filter that kills would end the process)");
         }
-        Ok(Target { pid, maps, exe, foreign_mounts: !same_mounts })
+        Ok(Target { pid, maps, exe, foreign_mounts: !same_mounts, status })
+    }
+
+    /// The numbers of a `Uid:`, `Gid:` or `Groups:` line of its status.
+    fn ids(&self, field: &str) -> Vec<u32> {
+        self.status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Its effective user.
+    fn euid(&self) -> u32 {
+        self.ids("Uid:").get(1).copied().unwrap_or(0)
     }
 
     /// A path of the process's, opened from here: through /proc/PID/root, which resolves in the
@@ -124,19 +135,22 @@ impl Target {
 
     /// The run-time address of the first of `names` the object defines.
     fn symbol(&self, m: &Mapping, names: &[&str]) -> Result<u64> {
+        let [found] = self.symbols(m, [names])?;
+        found.ok_or_else(|| anyhow!("{} defines none of {}", m.path, names.join(", ")))
+    }
+
+    /// For each list of alternative names, the run-time address of the first the object
+    /// defines: one read and parse of its file for all of them.
+    fn symbols<const N: usize>(&self, m: &Mapping, wanted: [&[&str]; N]) -> Result<[Option<u64>; N]> {
         let data = self.object_file(m)?;
         let file = object::File::parse(&*data).with_context(|| format!("cannot parse {}", m.path))?;
         let first_load = file.segments().map(|s| object::ObjectSegment::address(&s)).min().unwrap_or(0);
-        for name in names {
-            let found = file
-                .dynamic_symbols()
-                .find(|s| s.is_definition() && s.name().is_ok_and(|n| n == *name))
-                .map(|s| s.address());
-            if let Some(addr) = found {
-                return Ok(m.start + addr - first_load);
-            }
-        }
-        bail!("{} defines none of {}", m.path, names.join(", "))
+        let address = |name: &str| {
+            file.dynamic_symbols()
+                .find(|s| s.is_definition() && s.name().is_ok_and(|n| n == name))
+                .map(|s| m.start + s.address() - first_load)
+        };
+        Ok(wanted.map(|names| names.iter().find_map(|name| address(name))))
     }
 
     fn libc(&self) -> Result<&Mapping> {
@@ -154,7 +168,7 @@ impl Target {
         let Some(m) = self.leaktrace() else { return Ok(0) };
         let addr = self.symbol(m, &["leaktrace_status"])?;
         let mem = std::fs::File::open(format!("/proc/{}/mem", self.pid))
-            .map_err(|e| refuse(format!("not permitted to read process {}'s memory ({e})", self.pid)))?;
+            .map_err(|e| anyhow!("not permitted to read process {}'s memory ({e})", self.pid))?;
         let mut word = [0u8; 4];
         std::os::unix::fs::FileExt::read_exact_at(&mem, &mut word, addr)
             .with_context(|| format!("reading leaktrace's state in process {}", self.pid))?;
@@ -239,20 +253,12 @@ fn readable_by_all(path: &Path) -> bool {
 /// The trace is created by the process, with its credentials: refuse a directory it cannot
 /// write before touching it.
 fn check_writable_by_target(target: &Target, path: &str) -> Result<()> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", target.pid)).unwrap_or_default();
-    let ids = |field: &str| -> Vec<u32> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
-            .unwrap_or_default()
-    };
-    let euid = ids("Uid:").get(1).copied().unwrap_or(0);
+    let euid = target.euid();
     if euid == 0 {
         return Ok(());
     }
-    let mut gids = ids("Groups:");
-    gids.extend(ids("Gid:").get(1));
+    let mut gids = target.ids("Groups:");
+    gids.extend(target.ids("Gid:").get(1));
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
     let Ok(md) = std::fs::metadata(target.in_its_fs(&dir.to_string_lossy())) else {
         bail!("the trace's directory {} does not exist for process {}", dir.display(), target.pid);
@@ -272,15 +278,6 @@ fn check_writable_by_target(target: &Target, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn target_uid(pid: i32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// `leak-analyze attach`.
 pub fn attach(pid: i32, settings: &launch::Settings) -> Result<String> {
     let target = Target::inspect(pid)?;
@@ -292,11 +289,11 @@ pub fn attach(pid: i32, settings: &launch::Settings) -> Result<String> {
         _ => {}
     }
     let library = launch::find_library()?;
-    let lib_inside = library_for(&target, &library, target_uid(pid))?;
+    let lib_inside = library_for(&target, &library, target.euid())?;
     let libc = target.libc()?;
     // glibc 2.34 and later export dlopen from libc.so.6; older ones have __libc_dlopen_mode.
-    let dlopen = target.symbol(libc, &["dlopen", "__libc_dlopen_mode"])?;
-    let dlerror = target.symbol(libc, &["dlerror"]).ok();
+    let [dlopen, dlerror] = target.symbols(libc, [&["dlopen", "__libc_dlopen_mode"], &["dlerror"]])?;
+    let dlopen = dlopen.ok_or_else(|| anyhow!("{} defines none of dlopen, __libc_dlopen_mode", libc.path))?;
     let mut env = settings.env();
     if let Some((_, path)) = env.iter_mut().find(|(k, _)| *k == "LEAKTRACE_FILE") {
         // A relative path is the caller's: the process's working directory is not.

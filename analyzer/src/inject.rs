@@ -138,6 +138,8 @@ fn blocked_syscall(pid: i32, tid: i32) -> Option<(i64, &'static str)> {
 /// A thread we hold stopped.
 pub struct Stopped {
     pub tid: Pid,
+    /// Its process (thread group).
+    pid: i32,
     mem: File,
     saved: libc::user_regs_struct,
     /// The safe system call it was stopped in, if any.
@@ -214,6 +216,7 @@ fn try_stop(pid: i32, c: &Candidate, unsafe_code: &Unsafe) -> Result<Option<Stop
         .with_context(|| format!("opening /proc/{pid}/mem"));
     let mut s = Stopped {
         tid,
+        pid,
         mem: match mem {
             Ok(m) => m,
             Err(e) => {
@@ -381,7 +384,7 @@ impl Stopped {
         ptrace::detach(self.tid, None).context("PTRACE_DETACH")?;
         let stopped = self.since.elapsed();
         for info in std::mem::take(&mut self.pending) {
-            requeue(self.tid, &info);
+            requeue(self.pid, self.tid, &info);
         }
         Ok(stopped)
     }
@@ -394,7 +397,7 @@ impl Drop for Stopped {
             let _ = ptrace::setregs(self.tid, self.saved);
             let _ = ptrace::detach(self.tid, None);
             for info in std::mem::take(&mut self.pending) {
-                requeue(self.tid, &info);
+                requeue(self.pid, self.tid, &info);
             }
         }
     }
@@ -402,8 +405,7 @@ impl Drop for Stopped {
 
 /// Send a signal we held back again, with its siginfo where the kernel lets us (user-queued
 /// signals), else as a plain thread-directed signal.
-fn requeue(tid: Pid, info: &libc::siginfo_t) {
-    let tgid = tgid_of(tid.as_raw()).unwrap_or(tid.as_raw());
+fn requeue(tgid: i32, tid: Pid, info: &libc::siginfo_t) {
     // SAFETY: plain system calls with a valid siginfo; failure only loses the signal's details.
     unsafe {
         if info.si_code < 0 && info.si_code != libc::SI_TKILL {
@@ -418,11 +420,6 @@ fn requeue(tid: Pid, info: &libc::siginfo_t) {
             libc::syscall(libc::SYS_tgkill, tgid, tid.as_raw(), info.si_signo);
         }
     }
-}
-
-fn tgid_of(tid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]

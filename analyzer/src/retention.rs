@@ -152,16 +152,12 @@ pub fn for_sites(
         }
         let mut sites: Vec<(usize, u64)> = sites.into_iter().collect();
         sites.sort_by_key(|&(i, n)| (std::cmp::Reverse(n), i));
-        for (kind, n) in [("stack", sum(|r| r.by_stack)), ("heap", sum(|r| r.by_heap)), ("other", sum(|r| r.by_other))]
-        {
-            if n > 0 {
-                held_by.push(match kind {
-                    "stack" => HeldBy::Stack { objects: n },
-                    "heap" => HeldBy::Heap { objects: n },
-                    _ => HeldBy::Other { objects: n },
-                });
-            }
-        }
+        let others = [
+            HeldBy::Stack { objects: sum(|r| r.by_stack) },
+            HeldBy::Heap { objects: sum(|r| r.by_heap) },
+            HeldBy::Other { objects: sum(|r| r.by_other) },
+        ];
+        held_by.extend(others.into_iter().filter(|h| h.objects() > 0));
         let samples = records
             .iter()
             .flat_map(|r| r.samples.iter())

@@ -343,15 +343,7 @@ impl Symbolizer {
         let mut name = None;
         if !self.disabled {
             let mut inner = lock(&module.inner);
-            if matches!(inner.state, LoadState::Pending) {
-                let mut warnings = Vec::new();
-                let state = catch_unwind(AssertUnwindSafe(|| self.load_module(module, &mut warnings)))
-                    .unwrap_or(LoadState::Unusable);
-                for w in warnings {
-                    inner.warn(w);
-                }
-                inner.state = state;
-            }
+            self.load_once(module, &mut inner);
             if let LoadState::Ready(resolved) = &inner.state {
                 let svma = addr.wrapping_sub(module.base);
                 name = resolved.data.lookup_with_start(svma).map(|(start, n)| {
@@ -389,24 +381,29 @@ impl Symbolizer {
         out
     }
 
+    /// Read the module's files the first time one of its addresses is asked about (frames or
+    /// globals); a panic while reading leaves it unusable, with a warning.
+    fn load_once(&self, module: &ModuleState, inner: &mut ModuleInner) {
+        if !matches!(inner.state, LoadState::Pending) {
+            return;
+        }
+        let mut warnings = Vec::new();
+        let state = catch_unwind(AssertUnwindSafe(|| self.load_module(module, &mut warnings))).unwrap_or_else(|_| {
+            warnings.push(format!("{}: internal error while reading its files; left unsymbolized", module.path));
+            LoadState::Unusable
+        });
+        for w in warnings {
+            inner.warn(w);
+        }
+        inner.state = state;
+    }
+
     fn symbolize_module(&self, m: usize, addrs: &[u64]) -> Vec<(u64, Vec<SourceFrame>)> {
         let Some(module) = self.modules.get(m) else {
             return addrs.iter().map(|&a| (a, Vec::new())).collect();
         };
         let mut inner = lock(&module.inner);
-        if matches!(inner.state, LoadState::Pending) {
-            let mut warnings = Vec::new();
-            let state =
-                catch_unwind(AssertUnwindSafe(|| self.load_module(module, &mut warnings))).unwrap_or_else(|_| {
-                    warnings
-                        .push(format!("{}: internal error while reading its files; left unsymbolized", module.path));
-                    LoadState::Unusable
-                });
-            for w in warnings {
-                inner.warn(w);
-            }
-            inner.state = state;
-        }
+        self.load_once(module, &mut inner);
 
         let mut out = Vec::with_capacity(addrs.len());
         let mut panicked = false;

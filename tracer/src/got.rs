@@ -42,29 +42,37 @@ const REDIRECTED: [&CStr; 12] = [
     c"dlclose",
 ];
 
-/// Our own definition of `name` (the hooks in `shim`). Not `shim::malloc as usize`: a reference
-/// to an exported symbol goes through our own GOT, which holds what the global scope binds
-/// (glibc's malloc, when we are not preloaded). A lookup through our own handle searches our
-/// object first.
-fn own_definition(name: &CStr) -> usize {
+/// Our own definitions of the [`REDIRECTED`] names (the hooks in `shim`), in that order, 0 for
+/// one not found. Not `shim::malloc as usize`: a reference to an exported symbol goes through
+/// our own GOT, which holds what the global scope binds (glibc's malloc, when we are not
+/// preloaded). A lookup through our own handle searches our object first.
+fn own_definitions() -> [usize; REDIRECTED.len()] {
+    let mut found = [0; REDIRECTED.len()];
+    let Some(path) = own_object().map(|(_, path)| path) else { return found };
+    // SAFETY: our own path; RTLD_NOLOAD only returns a handle to the loaded object (taking a
+    // reference, dropped below).
+    let own = unsafe { libc::dlopen(path, libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+    if own.is_null() {
+        return found;
+    }
+    for (f, name) in found.iter_mut().zip(REDIRECTED) {
+        // SAFETY: a valid handle and a NUL-terminated name.
+        *f = unsafe { libc::dlsym(own, name.as_ptr()) } as usize;
+    }
+    // SAFETY: drops the reference RTLD_NOLOAD took.
+    unsafe { libc::dlclose(own) };
+    found
+}
+
+/// This library's load base and path (dladdr of one of its functions).
+fn own_object() -> Option<(usize, *const libc::c_char)> {
     // SAFETY: all-zero bytes are a valid Dl_info (pointers and null).
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: `info` is a valid out-buffer; the address is a function of this library.
-    if unsafe { libc::dladdr(own_definition as *const () as *const c_void, &mut info) } == 0 || info.dli_fname.is_null()
-    {
-        return 0;
+    if unsafe { libc::dladdr(own_object as *const () as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
     }
-    // SAFETY: dli_fname is our own path; RTLD_NOLOAD only returns a handle to the loaded object
-    // (taking a reference, which keeps us loaded: we never unload anyway).
-    let own = unsafe { libc::dlopen(info.dli_fname, libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
-    if own.is_null() {
-        return 0;
-    }
-    // SAFETY: a valid handle and a NUL-terminated name.
-    let f = unsafe { libc::dlsym(own, name.as_ptr()) } as usize;
-    // SAFETY: drops the reference RTLD_NOLOAD took.
-    unsafe { libc::dlclose(own) };
-    f
+    Some((info.dli_fbase as usize, info.dli_fname))
 }
 
 /// One slot we changed.
@@ -115,7 +123,8 @@ pub fn patch_all(resolve: impl Fn(&CStr) -> usize) -> PassCount {
 fn patch(resolve: impl Fn(&CStr) -> usize, first: bool) -> PassCount {
     let targets = REDIRECTED
         .into_iter()
-        .map(|name| (name, resolve(name), own_definition(name)))
+        .zip(own_definitions())
+        .map(|(name, hook)| (name, resolve(name), hook))
         .filter(|&(_, bound, hook)| bound != 0 && hook != 0 && bound != hook)
         .collect();
     let Ok(mut patched) = PATCHED.lock() else { return PassCount::default() };
@@ -177,13 +186,7 @@ fn walk(pass: &mut Pass) {
 
 /// Our own load base: our GOT must keep pointing at glibc (the hooks forward through it).
 fn own_base() -> usize {
-    // SAFETY: all-zero bytes are a valid Dl_info (pointers and null).
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid out-buffer; the address is a function of this library.
-    if unsafe { libc::dladdr(own_base as *const () as *const c_void, &mut info) } == 0 {
-        return usize::MAX;
-    }
-    info.dli_fbase as usize
+    own_object().map_or(usize::MAX, |(base, _)| base)
 }
 
 /// One entry of `.dynamic` (Elf64_Dyn: a tag, then a value or address).

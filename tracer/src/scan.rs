@@ -49,6 +49,8 @@ const CHUNK: usize = 64 << 10;
 const MAPS_BUF: usize = 4 << 20;
 const BLOOM_BITS: usize = 1 << 20;
 const ENCODE_BUF: usize = 64 << 10;
+/// Most distinct stacks a scan groups its objects by (the rest are not reported).
+const MAX_STACKS: usize = 8192;
 
 /// What the parent hands the child: plain arrays, read in the child's copy of them.
 pub struct Plan {
@@ -206,6 +208,8 @@ struct Arena {
     maps: &'static mut [u8],
     chunk: &'static mut [u8],
     encode: &'static mut [u8],
+    /// Per stack: (objects, index of its first object in `objs` once sorted by stack).
+    groups: &'static mut [(u32, u32)],
     lo: u64,
     hi: u64,
     own: (u64, u64),
@@ -230,7 +234,8 @@ impl Arena {
     fn new(mapped: &Mapped) -> Option<Arena> {
         let capacity = mapped.live_capacity() as usize;
         let objs_bytes = capacity * std::mem::size_of::<Obj>();
-        let total = objs_bytes + BLOOM_BITS / 8 + MAPS_BUF + CHUNK + ENCODE_BUF;
+        let before_groups = objs_bytes + BLOOM_BITS / 8 + MAPS_BUF + CHUNK + ENCODE_BUF;
+        let total = before_groups + MAX_STACKS * std::mem::size_of::<(u32, u32)>();
         let base = map_anon(total)?;
         // SAFETY: disjoint pieces of the fresh mapping of `total` bytes, zeroed by the kernel
         // (all-zero bytes are valid `Obj`s and integers), page-aligned at its start; each piece
@@ -242,6 +247,7 @@ impl Arena {
             let chunk = std::slice::from_raw_parts_mut(base.add(objs_bytes + BLOOM_BITS / 8 + MAPS_BUF), CHUNK);
             let encode =
                 std::slice::from_raw_parts_mut(base.add(objs_bytes + BLOOM_BITS / 8 + MAPS_BUF + CHUNK), ENCODE_BUF);
+            let groups = std::slice::from_raw_parts_mut(base.add(before_groups).cast::<(u32, u32)>(), MAX_STACKS);
             Some(Arena {
                 objs,
                 n: 0,
@@ -249,6 +255,7 @@ impl Arena {
                 maps,
                 chunk,
                 encode,
+                groups,
                 lo: u64::MAX,
                 hi: 0,
                 own: (base as u64, base as u64 + total as u64),
@@ -409,29 +416,19 @@ impl Arena {
     fn write_retention(&mut self, mapped: &Mapped, scan_t_ns: u64) {
         let n = self.n;
         self.objs[..n].sort_unstable_by_key(|o| (o.stack_id, o.start));
-        // Group boundaries, in the chunk buffer (free now): (objects, first index) pairs.
-        let max_groups = self.chunk.len() / 16;
         let mut groups = 0;
         let mut i = 0;
-        while i < n && groups < max_groups {
+        while i < n && groups < self.groups.len() {
             let id = self.objs[i].stack_id;
-            let j = i + self.objs[i..n].iter().take_while(|o| o.stack_id == id).count();
-            put_pair(self.chunk, groups, (j - i) as u64, i as u64);
+            let len = self.objs[i..n].iter().take_while(|o| o.stack_id == id).count();
+            self.groups[groups] = (len as u32, i as u32);
             groups += 1;
-            i = j;
+            i += len;
         }
-        // The biggest groups first.
+        // The biggest groups first (an unstable sort: a stable one would allocate).
+        self.groups[..groups].sort_unstable_by_key(|&(count, _)| std::cmp::Reverse(count));
         for g in 0..groups.min(MAX_GROUPS) {
-            let mut best = g;
-            for h in g + 1..groups {
-                if get_pair(self.chunk, h).0 > get_pair(self.chunk, best).0 {
-                    best = h;
-                }
-            }
-            let (a, b) = (get_pair(self.chunk, g), get_pair(self.chunk, best));
-            put_pair(self.chunk, g, b.0, b.1);
-            put_pair(self.chunk, best, a.0, a.1);
-            let (count, first) = get_pair(self.chunk, g);
+            let (count, first) = self.groups[g];
             self.write_group(mapped, scan_t_ns, first as usize, count as usize);
         }
     }
@@ -505,20 +502,6 @@ impl Arena {
             }
         }
     }
-}
-
-fn put_pair(buf: &mut [u8], i: usize, a: u64, b: u64) {
-    buf[i * 16..i * 16 + 8].copy_from_slice(&a.to_ne_bytes());
-    buf[i * 16 + 8..i * 16 + 16].copy_from_slice(&b.to_ne_bytes());
-}
-
-fn get_pair(buf: &[u8], i: usize) -> (u64, u64) {
-    let word = |at: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&buf[at..at + 8]);
-        u64::from_ne_bytes(w)
-    };
-    (word(i * 16), word(i * 16 + 8))
 }
 
 fn bloom_bit(page: u64) -> usize {
