@@ -32,6 +32,10 @@ static GENERATION: AtomicU32 = AtomicU32::new(0);
 /// knows nothing of the tracer.
 static ROUND: AtomicUsize = AtomicUsize::new(0);
 
+/// The generation of the helper started last, plus one; 0 while none has started (or one
+/// failed to start, when the hooks go on doing its work). Cleared in a forked child.
+static RUNNING: AtomicU32 = AtomicU32::new(0);
+
 /// Start the helper unless this process has one; it calls `round` until `stop`.
 pub fn start_once(round: fn() -> Duration) {
     ROUND.store(round as usize, Ordering::Release);
@@ -43,6 +47,11 @@ pub fn start_once(round: fn() -> Duration) {
     }
 }
 
+/// Is a helper thread running in this process (and so prefaulting the trace)?
+pub fn running() -> bool {
+    RUNNING.load(Ordering::Acquire) == GENERATION.load(Ordering::Acquire) + 1
+}
+
 /// Detach: the helper ends within one poll, and a later attach starts a new one.
 pub fn stop() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
@@ -52,6 +61,7 @@ pub fn stop() {
 /// In a forked child: only the forking thread was copied.
 pub fn forget_after_fork() {
     STARTED.store(false, Ordering::Relaxed);
+    RUNNING.store(0, Ordering::Relaxed);
 }
 
 /// Start the thread with pthread_create rather than std::thread, whose start-up code allocates
@@ -66,6 +76,7 @@ fn spawn() -> std::io::Result<()> {
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
+    RUNNING.store(generation as usize as u32 + 1, Ordering::Release);
     // SAFETY: `thread` was just created and is not joined by anyone.
     unsafe {
         libc::pthread_setname_np(thread, c"leaktrace".as_ptr());

@@ -30,7 +30,7 @@ use leaktrace_format::{encode_meta, Event, MetaKind, ProcessInfo, SamplingChange
 
 use crate::budget::{self, Ledger};
 use crate::config::{Config, Unwinder};
-use crate::mapped::{self, LiveEntry, Mapped};
+use crate::mapped::{self, LiveEntry, Mapped, Prefaulter};
 use crate::sampler::{Charge, Guard, ThreadState, THREAD};
 use crate::unwind;
 use crate::{file, modules, warn};
@@ -141,6 +141,8 @@ pub struct Tracer {
     /// The last `hdr::CONTROL_SEQ` acted on.
     control_seen: AtomicU32,
     rss_ms: u64,
+    /// How far the trace file is prefaulted ahead of the hooks.
+    prefault: crate::mapped::PrefaultProgress,
 }
 
 #[derive(Default)]
@@ -288,6 +290,8 @@ pub(crate) fn sample_point(size: usize) -> Option<u64> {
                     if enough_stack_left(HOUSEKEEPING_STACK) {
                         tracer.tick(Caller::Hook);
                     }
+                } else if tracer.mapped.prefault_due(&tracer.prefault) {
+                    tracer.prefault_from_hook(t);
                 }
             }
         }
@@ -299,6 +303,19 @@ pub(crate) fn sample_point(size: usize) -> Option<u64> {
             _ => None,
         }
     })
+}
+
+impl Tracer {
+    /// A process without the helper thread prefaults from its hooks, a bounded step at a time
+    /// (see `Mapped::prefault_step`); with the helper, the helper does it.
+    #[cold]
+    #[inline(never)]
+    fn prefault_from_hook(&self, t: &ThreadState) {
+        if HOOK.sampling.load(Ordering::Relaxed) && self.mapped.fully_reserved() && !crate::background::running() {
+            let _guard = t.enter();
+            self.mapped.prefault_step(&self.prefault, Prefaulter::Hook);
+        }
+    }
 }
 
 /// Record the block `p` (null if the allocation failed) of an allocation [`sample_point`] chose.
@@ -870,6 +887,7 @@ fn start(_guard: &Guard<'_>, config: &Config, is_child: bool, dormant: bool) -> 
         next_rss_ns: AtomicU64::new(0),
         control_seen: AtomicU32::new(0),
         rss_ms: config.rss_ms,
+        prefault: Default::default(),
     }));
     let info = process_info(pid);
     tracer.append_meta(MetaKind::Process, &info);
@@ -1333,7 +1351,9 @@ fn blocked_threads_stack_pointers() -> Vec<u64> {
 pub fn sample_rss(tracer: &Tracer) {
     if let Some(rss) = rss_bytes() {
         let m = &tracer.mapped;
-        let own = m.touched_bytes() + m.own_heap_bytes() + crate::cfi::heap_bytes();
+        // Pages prefaulted ahead of the writer are resident too, and ours.
+        let ahead = m.prefaulted_ahead(&tracer.prefault);
+        let own = m.touched_bytes() + ahead + m.own_heap_bytes() + crate::cfi::heap_bytes();
         if m.push_rss(tracer.now_ns(), rss, own) {
             // The series was halved: keep the spacing consistent with what is left.
             m.header(hdr::RSS_INTERVAL_MS)
@@ -1410,21 +1430,11 @@ pub fn before_dlclose() {
 /// One round of the helper thread: housekeeping ([`Tracer::tick`]), prefaulting the trace a
 /// step ahead of the hooks; how long until the next round.
 fn helper_round() -> std::time::Duration {
-    // Only the helper thread runs this; the lock is never contended.
-    static PREFAULT: Mutex<(crate::mapped::PrefaultProgress, bool, usize)> =
-        Mutex::new((crate::mapped::PrefaultProgress::new(), true, 0));
     // A forked child's trace starts at its first sample point; until then there is none.
     let Some(tracer) = current() else { return std::time::Duration::from_millis(50) };
     tracer.tick(Caller::Helper);
-    if let Ok(mut state) = PREFAULT.try_lock() {
-        let (progress, left, of) = &mut *state;
-        let this = tracer as *const Tracer as usize;
-        if *of != this {
-            (*progress, *left, *of) = (crate::mapped::PrefaultProgress::new(), true, this);
-        }
-        if *left && is_sampling() && tracer.mapped.fully_reserved() {
-            *left = tracer.mapped.prefault_step(progress);
-        }
+    if is_sampling() && tracer.mapped.fully_reserved() {
+        tracer.mapped.prefault_step(&tracer.prefault, Prefaulter::Helper);
     }
     tracer.until_next_tick()
 }
