@@ -405,8 +405,9 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
         return;
     }
     let mut frames = [0u64; MAX_CAPTURE];
-    let n = capture_stack(&guard, &mut frames);
-    let n = drop_inner_own_frames(&mut frames, n);
+    let own_text = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+    let n = capture_stack(&guard, &mut frames, own_text);
+    let n = keep_program_frames(&mut frames, n, own_text);
     let stack_id = tracer.mapped.intern_stack(&frames[..n]);
     let time_ns = tracer.now_ns();
     let mean32 = mean_bytes.min(u64::from(u32::MAX)) as u32;
@@ -463,8 +464,8 @@ fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
 
 /// Capture the current stack into `out`, innermost first, without leaktrace's own frames, so the
 /// first frame is the caller of the allocation function. Returns the number of frames.
-fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE]) -> usize {
-    dwarf_stack(out)
+fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE], own_text: (u64, u64)) -> usize {
+    dwarf_stack(out, own_text)
 }
 
 /// Stack the sampled path may use: our buffers (~3 KiB) plus libgcc's unwinder. Measured: a
@@ -510,15 +511,22 @@ fn kept_frames(frames: &[u64]) -> std::ops::Range<usize> {
     skip..skip + frames[skip..].iter().take_while(|&&ip| ip >= 4096).count()
 }
 
-/// Remove frames of leaktrace's own from the middle of a kept stack: the program's call into
-/// our `pthread_create`, which the real one's allocations (thread stacks, TLS) are made under.
-/// The report names the program's caller of `pthread_create` directly, as it would unpreloaded.
-fn drop_inner_own_frames(frames: &mut [u64; MAX_CAPTURE], n: usize) -> usize {
-    let (lo, hi) = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+/// The frames of `frames[..n]` a stored stack keeps, moved to its front: none of leaktrace's
+/// own, none from the end-of-stack marker on (a return address in the first page). Leading
+/// frames of ours are only there when the unwinder could not step over them by frame pointer
+/// (never seen); inner ones are the program's call into our `pthread_create`, which the real
+/// one's allocations (thread stacks, TLS) are made under: the report names the program's caller
+/// of `pthread_create` directly, as it would unpreloaded. One pass, in place: on the sampled
+/// path, where three (skip, find the marker, drop inner frames) cost a third of what the stack
+/// lookup after it does.
+fn keep_program_frames(frames: &mut [u64; MAX_CAPTURE], n: usize, (lo, hi): (u64, u64)) -> usize {
     let mut kept = 0;
     for read in 0..n.min(MAX_CAPTURE) {
         let ip = frames[read];
-        if !(lo..hi).contains(&ip) {
+        if ip < 4096 {
+            break;
+        }
+        if ip < lo || ip >= hi {
             frames[kept] = ip;
             kept += 1;
         }
@@ -534,26 +542,15 @@ fn trim_into(frames: &[u64], out: &mut [u64; MAX_CAPTURE]) -> usize {
     n
 }
 
-/// [`trim_into`] for frames already in `out[..n]`. Leading frames of ours are only left there
-/// when the unwinder could not step over them by frame pointer (never seen); the stack then
-/// loses as many outermost frames as it had of ours.
-fn trim_in_place(out: &mut [u64; MAX_CAPTURE], n: usize) -> usize {
-    let kept = kept_frames(&out[..n]);
-    let len = kept.len();
-    out.copy_within(kept, 0);
-    len
-}
-
 /// Inlined into the sampled path: a frame less for every unwind to step over.
 #[inline(always)]
-fn dwarf_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
+fn dwarf_stack(out: &mut [u64; MAX_CAPTURE], own_text: (u64, u64)) -> usize {
     // The caching CFI unwinder (cfi.rs), once housekeeping has built it; it gives 0
     // frames whenever it cannot finish an unwind, and libgcc takes over. It steps over our own
-    // frames itself, so it writes straight into `out`.
-    let own_text = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+    // frames itself, so it writes straight into `out` (`keep_program_frames` trims it after).
     let n = crate::cfi::trace(out, own_text);
     if n > 0 {
-        return trim_in_place(out, n);
+        return n;
     }
     libgcc_stack(out)
 }
