@@ -21,6 +21,7 @@
 
 use std::collections::HashSet;
 use std::ffi::c_void;
+use std::num::NonZeroU64;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -268,20 +269,34 @@ pub(crate) fn unsampled(size: usize) -> bool {
     gate == 0 || THREAD.with(|t| t.try_skip(size, gate))
 }
 
-/// After [`unsampled`] said no: charge `size` bytes and return the mean to credit if the block
-/// is to be recorded. None for the tracer's own allocations, which pass through, and for a
-/// thread's first allocation, which only seeds its sampler.
+/// A block [`sample_point`] chose to record.
+#[derive(Clone, Copy)]
+pub(crate) struct Sample {
+    /// The sampling mean to credit it with.
+    mean_bytes: NonZeroU64,
+    /// The trace clock ([`trace_clock_ns`]) as the sample point read it, for the record's time;
+    /// 0 if it read none (no trace yet: a forked child's starts at this sample).
+    clock_ns: u64,
+}
+
+/// After [`unsampled`] said no: charge `size` bytes and say whether to record the block. None
+/// for the tracer's own allocations, which pass through, and for a thread's first allocation,
+/// which only seeds its sampler.
 ///
 /// Past the gate is also where a process without a thread of ours does its housekeeping: a
 /// pending `ctl` request, the RSS series, module changes ([`Tracer::tick`]).
 #[inline]
-pub(crate) fn sample_point(size: usize) -> Option<u64> {
+pub(crate) fn sample_point(size: usize) -> Option<Sample> {
     THREAD.with(|t| {
+        let mut clock_ns = 0;
         if !t.in_hook() {
             if let Some(tracer) = current() {
+                // The clock read for the housekeeping check also dates the record: one read per
+                // sample, not two (the trace clock has the kernel tick's resolution anyway).
+                clock_ns = trace_clock_ns();
                 // Housekeeping walks modules and may build an unwinder: only on a stack with room
                 // for it (not a signal handler's small alternate stack); another call will do it.
-                if tracer.housekeeping_due() {
+                if tracer.housekeeping_due(clock_ns) {
                     // Raised first: a thread's first stack check reads /proc/self/maps, which
                     // allocates.
                     let _guard = t.enter();
@@ -295,16 +310,18 @@ pub(crate) fn sample_point(size: usize) -> Option<u64> {
             return None;
         }
         match t.on_sample_point(size, gate_word()) {
-            Charge::Sample { mean_bytes } if !t.in_hook() => Some(mean_bytes),
+            Charge::Sample { mean_bytes } if !t.in_hook() => {
+                Some(Sample { mean_bytes: NonZeroU64::new(mean_bytes).unwrap_or(NonZeroU64::MIN), clock_ns })
+            }
             _ => None,
         }
     })
 }
 
 /// Record the block `p` (null if the allocation failed) of an allocation [`sample_point`] chose.
-pub(crate) fn record_sample(p: *mut c_void, size: usize, api: Api, mean_bytes: u64) {
+pub(crate) fn record_sample(p: *mut c_void, size: usize, api: Api, sample: Sample) {
     if !p.is_null() {
-        THREAD.with(|t| on_sample(t, p as u64, size as u64, api, mean_bytes));
+        on_sample(p as u64, size as u64, api, sample);
     }
 }
 
@@ -312,10 +329,10 @@ pub(crate) fn record_sample(p: *mut c_void, size: usize, api: Api, mean_bytes: u
 /// record the block if it is a sample.
 #[inline(never)]
 pub(crate) fn sampled_alloc(size: usize, api: Api, alloc: impl FnOnce() -> *mut c_void) -> *mut c_void {
-    let mean_bytes = sample_point(size);
+    let sample = sample_point(size);
     let p = alloc();
-    if let Some(mean_bytes) = mean_bytes {
-        record_sample(p, size, api, mean_bytes);
+    if let Some(sample) = sample {
+        record_sample(p, size, api, sample);
     }
     p
 }
@@ -377,19 +394,21 @@ pub(crate) fn record_taken_free(p: *mut c_void, e: LiveEntry, api: Api) {
 /// counted as dropped instead.
 #[cold]
 #[inline(never)]
-fn on_sample(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes: u64) {
-    // The first check on a thread reads /proc/self/maps, which allocates: pass that through.
-    let _guard = thread.enter();
-    if enough_stack_left(SAMPLED_PATH_STACK) {
-        record_alloc(thread, addr, size, api, mean_bytes);
-    } else if let Some(t) = current() {
-        t.mapped.header(hdr::SKIPPED_NO_STACK).fetch_add(1, Ordering::Relaxed);
-    }
+fn on_sample(addr: u64, size: u64, api: Api, sample: Sample) {
+    THREAD.with(|thread| {
+        // The first check on a thread reads /proc/self/maps, which allocates: pass that through.
+        let _guard = thread.enter();
+        if enough_stack_left(SAMPLED_PATH_STACK) {
+            record_alloc(thread, addr, size, api, sample);
+        } else if let Some(t) = current() {
+            t.mapped.header(hdr::SKIPPED_NO_STACK).fetch_add(1, Ordering::Relaxed);
+        }
+    })
 }
 
 #[cold]
 #[inline(never)]
-fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes: u64) {
+fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, sample: Sample) {
     let guard = thread.enter();
     let tracer = match current() {
         Some(t) => t,
@@ -409,8 +428,11 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
     let n = capture_stack(&guard, &mut frames, own_text);
     let n = keep_program_frames(&mut frames, n, own_text);
     let stack_id = tracer.mapped.intern_stack(&frames[..n]);
-    let time_ns = tracer.now_ns();
-    let mean32 = mean_bytes.min(u64::from(u32::MAX)) as u32;
+    let time_ns = match sample.clock_ns {
+        0 => tracer.now_ns(),
+        clock_ns => clock_ns.saturating_sub(tracer.start_mono_ns),
+    };
+    let mean32 = sample.mean_bytes.get().min(u64::from(u32::MAX)) as u32;
     let entry = LiveEntry { size, time_ns, stack_id, mean_bytes: mean32 };
     if !HOOK.recorded_any.load(Ordering::Relaxed) {
         HOOK.recorded_any.store(true, Ordering::Relaxed);
@@ -1093,9 +1115,9 @@ pub enum Caller {
 impl Tracer {
     /// Is housekeeping due: a `ctl` request not yet acted on, or [`TICK_NS`] since the last?
     #[inline]
-    fn housekeeping_due(&self) -> bool {
+    fn housekeeping_due(&self, clock_ns: u64) -> bool {
         self.mapped.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire) != self.control_seen.load(Ordering::Relaxed)
-            || self.now_ns() >= self.next_tick_ns.load(Ordering::Relaxed)
+            || clock_ns.saturating_sub(self.start_mono_ns) >= self.next_tick_ns.load(Ordering::Relaxed)
     }
 
     /// How long until housekeeping is next due.
