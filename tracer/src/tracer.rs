@@ -397,9 +397,9 @@ pub(crate) fn record_taken_free(p: *mut c_void, e: LiveEntry, api: Api) {
 fn on_sample(addr: u64, size: u64, api: Api, sample: Sample) {
     THREAD.with(|thread| {
         // The first check on a thread reads /proc/self/maps, which allocates: pass that through.
-        let _guard = thread.enter();
+        let guard = thread.enter();
         if enough_stack_left(SAMPLED_PATH_STACK) {
-            record_alloc(thread, addr, size, api, sample);
+            record_alloc(thread, &guard, addr, size, api, sample);
         } else if let Some(t) = current() {
             t.mapped.header(hdr::SKIPPED_NO_STACK).fetch_add(1, Ordering::Relaxed);
         }
@@ -408,12 +408,11 @@ fn on_sample(addr: u64, size: u64, api: Api, sample: Sample) {
 
 #[cold]
 #[inline(never)]
-fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, sample: Sample) {
-    let guard = thread.enter();
+fn record_alloc(thread: &ThreadState, guard: &Guard<'_>, addr: u64, size: u64, api: Api, sample: Sample) {
     let tracer = match current() {
         Some(t) => t,
         None if enough_stack_left(HOUSEKEEPING_STACK) && START_PENDING.swap(false, Ordering::AcqRel) => {
-            match start_pending(&guard) {
+            match start_pending(guard) {
                 Some(t) => t,
                 None => return,
             }
@@ -425,7 +424,7 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, sample: Sa
     }
     let mut frames = [0u64; MAX_CAPTURE];
     let own_text = TRACER_TEXT.get().copied().unwrap_or((0, 0));
-    let n = capture_stack(&guard, &mut frames, own_text);
+    let n = capture_stack(guard, &mut frames, own_text);
     let n = keep_program_frames(&mut frames, n, own_text);
     let stack_id = tracer.mapped.intern_stack(&frames[..n]);
     let time_ns = match sample.clock_ns {
@@ -502,19 +501,33 @@ const HOUSEKEEPING_STACK: u64 = 64 << 10;
 /// the bounds are known; on a signal's alternate stack, sigaltstack(2) tells its base. On any
 /// other stack (a coroutine's, a fiber's) the room is unknown and the answer is no: such samples
 /// are dropped and counted rather than risk overflowing a small stack.
+///
+/// The thread's own stack is the case of every sample but a signal handler's: inlined, a few
+/// loads and compares in the caller's frame rather than a call.
+#[inline(always)]
 fn enough_stack_left(needed: u64) -> bool {
     let here = 0u8;
     let sp = std::hint::black_box(&here) as *const u8 as u64;
-    let room = |lo: u64| sp.saturating_sub(lo) >= needed;
-    if let Some(b) = unwind::current_thread_stack().filter(|b| b.contains(sp)) {
-        return room(b.lo());
+    match unwind::current_thread_stack().filter(|b| b.contains(sp)) {
+        Some(b) => sp.saturating_sub(b.lo()) >= needed,
+        None => enough_alt_stack_left(sp, needed),
     }
+}
+
+/// [`enough_stack_left`] off the thread's own stack: room on the signal stack `sp` is on, if any.
+#[cold]
+#[inline(never)]
+fn enough_alt_stack_left(sp: u64, needed: u64) -> bool {
     // SAFETY: an all-zero stack_t is a valid out-buffer.
     let mut alt: libc::stack_t = unsafe { std::mem::zeroed() };
     // SAFETY: a null new stack only queries the current one into `alt`.
     let queried = unsafe { libc::sigaltstack(std::ptr::null(), &mut alt) } == 0;
     let lo = alt.ss_sp as u64;
-    queried && alt.ss_flags & libc::SS_ONSTACK != 0 && sp >= lo && sp - lo < alt.ss_size as u64 && room(lo)
+    queried
+        && alt.ss_flags & libc::SS_ONSTACK != 0
+        && sp >= lo
+        && sp - lo < alt.ss_size as u64
+        && sp.saturating_sub(lo) >= needed
 }
 
 /// Copy the unwinder in use and its counters into the header, for `leak-analyze info`.
