@@ -366,7 +366,8 @@ impl Mapped {
     ///
     /// An empty slot ends the search, in any tier: slots never become empty again, so
     /// the insert that placed `addr` would have taken that slot (or an earlier one) itself.
-    pub fn live_remove(&self, addr: u64) -> Option<LiveEntry> {
+    #[inline(always)]
+    pub(crate) fn live_remove(&self, addr: u64) -> Option<LiveEntry> {
         let slot = self.live_slot_at(self.live_find(addr)?);
         let e = LiveEntry {
             size: slot.size.load(Ordering::Relaxed),

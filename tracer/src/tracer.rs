@@ -463,6 +463,7 @@ fn record_free(addr: u64, api: Api) {
     }
 }
 
+#[inline(always)]
 fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
     // Frees are recorded even from inside leaktrace itself (a sampled block can reach free
     // from anywhere); they only touch the mapping, so no guard is needed.
