@@ -207,6 +207,21 @@ impl ThreadState {
     pub fn on_sample_point(&self, size: usize, gate: u64) -> Charge {
         let gate = gate.max(1);
         let mean = layout::gate_mean(gate);
+        if self.mean_of_draw.get() == gate {
+            // The distance ran out under the gate it was drawn with (every sample but a thread's
+            // first and those after a `ctl` request): what the general case below comes to then,
+            // without its register saves.
+            self.bytes_until_sample.set(self.draw(mean));
+            return Charge::Sample { mean_bytes: mean };
+        }
+        self.on_new_gate(size, gate, mean)
+    }
+
+    /// [`ThreadState::on_sample_point`] for a thread's first allocation, or a gate word changed
+    /// since the distance was drawn.
+    #[cold]
+    #[inline(never)]
+    fn on_new_gate(&self, size: usize, gate: u64, mean: u64) -> Charge {
         let drawn_with = self.mean_of_draw.get();
         if drawn_with != 0 && drawn_with != gate && self.bytes_until_sample.get() > size as i64 {
             // The mean changed before the old distance ran out: start a fresh distance under
@@ -249,10 +264,16 @@ impl ThreadState {
 
     /// An exponential variate with mean `mean` bytes, at least 1; 0 when every allocation is
     /// to be recorded.
+    #[inline(always)]
     fn draw(&self, mean: u64) -> i64 {
         if mean <= 1 {
             return 0;
         }
+        self.draw_exponential(mean)
+    }
+
+    #[inline(never)]
+    fn draw_exponential(&self, mean: u64) -> i64 {
         // u in (0, 1]: 53 random bits, +1 so that ln(u) is finite.
         let u = ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
         let d = -u.ln() * mean as f64;

@@ -72,7 +72,7 @@ unsafe fn realloc_as(p: *mut c_void, size: usize, api: Api) -> *mut c_void {
 /// two may share an address.
 #[inline(never)]
 unsafe fn realloc_traced(p: *mut c_void, size: usize, api: Api, flagged: bool) -> *mut c_void {
-    let mean_bytes = if flagged && unsampled(size) { None } else { sample_point(size) };
+    let sample = if flagged && unsampled(size) { None } else { sample_point(size) };
     let old = if flagged { take_live(p) } else { None };
     // SAFETY: same contract as the C function we forward to.
     let q = unsafe { real::realloc(p, size) };
@@ -81,8 +81,8 @@ unsafe fn realloc_traced(p: *mut c_void, size: usize, api: Api, flagged: bool) -
         Some(e) => record_taken_free(p, e, api),
         None => {}
     }
-    if let Some(mean_bytes) = mean_bytes {
-        record_sample(q, size, api, mean_bytes);
+    if let Some(sample) = sample {
+        record_sample(q, size, api, sample);
     }
     q
 }

@@ -3,7 +3,8 @@
 //! Cost budget per hook, from `scripts/hookcost` (callgrind, instructions per malloc(64..176)+
 //! free pair above no preload, which takes 150): a bare pass-through interposer 4, leaktrace
 //! dormant 24, tracing at the default mean 42 (a sample every ~4000 such pairs), recording
-//! every allocation 2109 at the crate split (its stack is 4 frames deep). Wall-clock figures: scripts/bench.
+//! every allocation 1833 (2109 at the crate split; its stack is 4 frames deep, and the unwinder
+//! takes 866 of it). Wall-clock figures: scripts/bench.
 //! - unsampled malloc: a load of `HOOK.gate` and of the word it points at (the trace file's
 //!   gate: the mean and an epoch), a subtract-and-compare on the thread's static-TLS block,
 //!   then a tail call to the real malloc: no frame kept, nothing saved across the call. No
@@ -21,6 +22,7 @@
 
 use std::collections::HashSet;
 use std::ffi::c_void;
+use std::num::NonZeroU64;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -270,20 +272,34 @@ pub(crate) fn unsampled(size: usize) -> bool {
     gate == 0 || THREAD.with(|t| t.try_skip(size, gate))
 }
 
-/// After [`unsampled`] said no: charge `size` bytes and return the mean to credit if the block
-/// is to be recorded. None for the tracer's own allocations, which pass through, and for a
-/// thread's first allocation, which only seeds its sampler.
+/// A block [`sample_point`] chose to record.
+#[derive(Clone, Copy)]
+pub(crate) struct Sample {
+    /// The sampling mean to credit it with.
+    mean_bytes: NonZeroU64,
+    /// The trace clock ([`trace_clock_ns`]) as the sample point read it, for the record's time;
+    /// 0 if it read none (no trace yet: a forked child's starts at this sample).
+    clock_ns: u64,
+}
+
+/// After [`unsampled`] said no: charge `size` bytes and say whether to record the block. None
+/// for the tracer's own allocations, which pass through, and for a thread's first allocation,
+/// which only seeds its sampler.
 ///
 /// Past the gate is also where a process without a thread of ours does its housekeeping: a
 /// pending `ctl` request, the RSS series, module changes ([`Tracer::tick`]).
 #[inline]
-pub(crate) fn sample_point(size: usize) -> Option<u64> {
+pub(crate) fn sample_point(size: usize) -> Option<Sample> {
     THREAD.with(|t| {
+        let mut clock_ns = 0;
         if !t.in_hook() {
             if let Some(tracer) = current() {
+                // The clock read for the housekeeping check also dates the record: one read per
+                // sample, not two (the trace clock has the kernel tick's resolution anyway).
+                clock_ns = trace_clock_ns();
                 // Housekeeping walks modules and may build an unwinder: only on a stack with room
                 // for it (not a signal handler's small alternate stack); another call will do it.
-                if tracer.housekeeping_due() {
+                if tracer.housekeeping_due(clock_ns) {
                     // Raised first: a thread's first stack check reads /proc/self/maps, which
                     // allocates.
                     let _guard = t.enter();
@@ -299,7 +315,9 @@ pub(crate) fn sample_point(size: usize) -> Option<u64> {
             return None;
         }
         match t.on_sample_point(size, gate_word()) {
-            Charge::Sample { mean_bytes } if !t.in_hook() => Some(mean_bytes),
+            Charge::Sample { mean_bytes } if !t.in_hook() => {
+                Some(Sample { mean_bytes: NonZeroU64::new(mean_bytes).unwrap_or(NonZeroU64::MIN), clock_ns })
+            }
             _ => None,
         }
     })
@@ -319,9 +337,9 @@ impl Tracer {
 }
 
 /// Record the block `p` (null if the allocation failed) of an allocation [`sample_point`] chose.
-pub(crate) fn record_sample(p: *mut c_void, size: usize, api: Api, mean_bytes: u64) {
+pub(crate) fn record_sample(p: *mut c_void, size: usize, api: Api, sample: Sample) {
     if !p.is_null() {
-        THREAD.with(|t| on_sample(t, p as u64, size as u64, api, mean_bytes));
+        on_sample(p as u64, size as u64, api, sample);
     }
 }
 
@@ -329,10 +347,10 @@ pub(crate) fn record_sample(p: *mut c_void, size: usize, api: Api, mean_bytes: u
 /// record the block if it is a sample.
 #[inline(never)]
 pub(crate) fn sampled_alloc(size: usize, api: Api, alloc: impl FnOnce() -> *mut c_void) -> *mut c_void {
-    let mean_bytes = sample_point(size);
+    let sample = sample_point(size);
     let p = alloc();
-    if let Some(mean_bytes) = mean_bytes {
-        record_sample(p, size, api, mean_bytes);
+    if let Some(sample) = sample {
+        record_sample(p, size, api, sample);
     }
     p
 }
@@ -394,24 +412,25 @@ pub(crate) fn record_taken_free(p: *mut c_void, e: LiveEntry, api: Api) {
 /// counted as dropped instead.
 #[cold]
 #[inline(never)]
-fn on_sample(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes: u64) {
-    // The first check on a thread reads /proc/self/maps, which allocates: pass that through.
-    let _guard = thread.enter();
-    if enough_stack_left(SAMPLED_PATH_STACK) {
-        record_alloc(thread, addr, size, api, mean_bytes);
-    } else if let Some(t) = current() {
-        t.mapped.header(hdr::SKIPPED_NO_STACK).fetch_add(1, Ordering::Relaxed);
-    }
+fn on_sample(addr: u64, size: u64, api: Api, sample: Sample) {
+    THREAD.with(|thread| {
+        // The first check on a thread reads /proc/self/maps, which allocates: pass that through.
+        let guard = thread.enter();
+        if enough_stack_left(SAMPLED_PATH_STACK) {
+            record_alloc(thread, &guard, addr, size, api, sample);
+        } else if let Some(t) = current() {
+            t.mapped.header(hdr::SKIPPED_NO_STACK).fetch_add(1, Ordering::Relaxed);
+        }
+    })
 }
 
 #[cold]
 #[inline(never)]
-fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes: u64) {
-    let guard = thread.enter();
+fn record_alloc(thread: &ThreadState, guard: &Guard<'_>, addr: u64, size: u64, api: Api, sample: Sample) {
     let tracer = match current() {
         Some(t) => t,
         None if enough_stack_left(HOUSEKEEPING_STACK) && START_PENDING.swap(false, Ordering::AcqRel) => {
-            match start_pending(&guard) {
+            match start_pending(guard) {
                 Some(t) => t,
                 None => return,
             }
@@ -422,11 +441,15 @@ fn record_alloc(thread: &ThreadState, addr: u64, size: u64, api: Api, mean_bytes
         return;
     }
     let mut frames = [0u64; MAX_CAPTURE];
-    let n = capture_stack(&guard, &mut frames);
-    let n = drop_inner_own_frames(&mut frames, n);
+    let own_text = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+    let n = capture_stack(guard, &mut frames, own_text);
+    let n = keep_program_frames(&mut frames, n, own_text);
     let stack_id = tracer.mapped.intern_stack(&frames[..n]);
-    let time_ns = tracer.now_ns();
-    let mean32 = mean_bytes.min(u64::from(u32::MAX)) as u32;
+    let time_ns = match sample.clock_ns {
+        0 => tracer.now_ns(),
+        clock_ns => clock_ns.saturating_sub(tracer.start_mono_ns),
+    };
+    let mean32 = sample.mean_bytes.get().min(u64::from(u32::MAX)) as u32;
     let entry = LiveEntry { size, time_ns, stack_id, mean_bytes: mean32 };
     if !HOOK.recorded_any.load(Ordering::Relaxed) {
         HOOK.recorded_any.store(true, Ordering::Relaxed);
@@ -458,6 +481,7 @@ fn record_free(addr: u64, api: Api) {
     }
 }
 
+#[inline(always)]
 fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
     // Frees are recorded even from inside leaktrace itself (a sampled block can reach free
     // from anywhere); they only touch the mapping, so no guard is needed.
@@ -480,8 +504,8 @@ fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
 
 /// Capture the current stack into `out`, innermost first, without leaktrace's own frames, so the
 /// first frame is the caller of the allocation function. Returns the number of frames.
-fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE]) -> usize {
-    dwarf_stack(out)
+fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE], own_text: (u64, u64)) -> usize {
+    dwarf_stack(out, own_text)
 }
 
 /// Stack the sampled path may use: our buffers (~3 KiB) plus libgcc's unwinder. Measured: a
@@ -496,19 +520,33 @@ const HOUSEKEEPING_STACK: u64 = 64 << 10;
 /// the bounds are known; on a signal's alternate stack, sigaltstack(2) tells its base. On any
 /// other stack (a coroutine's, a fiber's) the room is unknown and the answer is no: such samples
 /// are dropped and counted rather than risk overflowing a small stack.
+///
+/// The thread's own stack is the case of every sample but a signal handler's: inlined, a few
+/// loads and compares in the caller's frame rather than a call.
+#[inline(always)]
 fn enough_stack_left(needed: u64) -> bool {
     let here = 0u8;
     let sp = std::hint::black_box(&here) as *const u8 as u64;
-    let room = |lo: u64| sp.saturating_sub(lo) >= needed;
-    if let Some(b) = unwind::current_thread_stack().filter(|b| b.contains(sp)) {
-        return room(b.lo());
+    match unwind::current_thread_stack().filter(|b| b.contains(sp)) {
+        Some(b) => sp.saturating_sub(b.lo()) >= needed,
+        None => enough_alt_stack_left(sp, needed),
     }
+}
+
+/// [`enough_stack_left`] off the thread's own stack: room on the signal stack `sp` is on, if any.
+#[cold]
+#[inline(never)]
+fn enough_alt_stack_left(sp: u64, needed: u64) -> bool {
     // SAFETY: an all-zero stack_t is a valid out-buffer.
     let mut alt: libc::stack_t = unsafe { std::mem::zeroed() };
     // SAFETY: a null new stack only queries the current one into `alt`.
     let queried = unsafe { libc::sigaltstack(std::ptr::null(), &mut alt) } == 0;
     let lo = alt.ss_sp as u64;
-    queried && alt.ss_flags & libc::SS_ONSTACK != 0 && sp >= lo && sp - lo < alt.ss_size as u64 && room(lo)
+    queried
+        && alt.ss_flags & libc::SS_ONSTACK != 0
+        && sp >= lo
+        && sp - lo < alt.ss_size as u64
+        && sp.saturating_sub(lo) >= needed
 }
 
 /// Copy the unwinder in use and its counters into the header, for `leak-analyze info`.
@@ -527,15 +565,22 @@ fn kept_frames(frames: &[u64]) -> std::ops::Range<usize> {
     skip..skip + frames[skip..].iter().take_while(|&&ip| ip >= 4096).count()
 }
 
-/// Remove frames of leaktrace's own from the middle of a kept stack: the program's call into
-/// our `pthread_create`, which the real one's allocations (thread stacks, TLS) are made under.
-/// The report names the program's caller of `pthread_create` directly, as it would unpreloaded.
-fn drop_inner_own_frames(frames: &mut [u64; MAX_CAPTURE], n: usize) -> usize {
-    let (lo, hi) = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+/// The frames of `frames[..n]` a stored stack keeps, moved to its front: none of leaktrace's
+/// own, none from the end-of-stack marker on (a return address in the first page). Leading
+/// frames of ours are only there when the unwinder could not step over them by frame pointer
+/// (never seen); inner ones are the program's call into our `pthread_create`, which the real
+/// one's allocations (thread stacks, TLS) are made under: the report names the program's caller
+/// of `pthread_create` directly, as it would unpreloaded. One pass, in place: on the sampled
+/// path, where three (skip, find the marker, drop inner frames) cost a third of what the stack
+/// lookup after it does.
+fn keep_program_frames(frames: &mut [u64; MAX_CAPTURE], n: usize, (lo, hi): (u64, u64)) -> usize {
     let mut kept = 0;
     for read in 0..n.min(MAX_CAPTURE) {
         let ip = frames[read];
-        if !(lo..hi).contains(&ip) {
+        if ip < 4096 {
+            break;
+        }
+        if ip < lo || ip >= hi {
             frames[kept] = ip;
             kept += 1;
         }
@@ -551,26 +596,15 @@ fn trim_into(frames: &[u64], out: &mut [u64; MAX_CAPTURE]) -> usize {
     n
 }
 
-/// [`trim_into`] for frames already in `out[..n]`. Leading frames of ours are only left there
-/// when the unwinder could not step over them by frame pointer (never seen); the stack then
-/// loses as many outermost frames as it had of ours.
-fn trim_in_place(out: &mut [u64; MAX_CAPTURE], n: usize) -> usize {
-    let kept = kept_frames(&out[..n]);
-    let len = kept.len();
-    out.copy_within(kept, 0);
-    len
-}
-
 /// Inlined into the sampled path: a frame less for every unwind to step over.
 #[inline(always)]
-fn dwarf_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
+fn dwarf_stack(out: &mut [u64; MAX_CAPTURE], own_text: (u64, u64)) -> usize {
     // The caching CFI unwinder (cfi.rs), once housekeeping has built it; it gives 0
     // frames whenever it cannot finish an unwind, and libgcc takes over. It steps over our own
-    // frames itself, so it writes straight into `out`.
-    let own_text = TRACER_TEXT.get().copied().unwrap_or((0, 0));
+    // frames itself, so it writes straight into `out` (`keep_program_frames` trims it after).
     let n = crate::cfi::trace(out, own_text);
     if n > 0 {
-        return trim_in_place(out, n);
+        return n;
     }
     libgcc_stack(out)
 }
@@ -1114,9 +1148,9 @@ pub enum Caller {
 impl Tracer {
     /// Is housekeeping due: a `ctl` request not yet acted on, or [`TICK_NS`] since the last?
     #[inline]
-    fn housekeeping_due(&self) -> bool {
+    fn housekeeping_due(&self, clock_ns: u64) -> bool {
         self.mapped.u32_at(hdr::CONTROL_SEQ).load(Ordering::Acquire) != self.control_seen.load(Ordering::Relaxed)
-            || self.now_ns() >= self.next_tick_ns.load(Ordering::Relaxed)
+            || clock_ns.saturating_sub(self.start_mono_ns) >= self.next_tick_ns.load(Ordering::Relaxed)
     }
 
     /// How long until housekeeping is next due.
