@@ -61,7 +61,7 @@
 //! [`MAX_PUBLISHED`] unwinders or [`MAX_COPIED_BYTES`] of copies, the unwinder is withdrawn for
 //! good and every stack goes to libgcc, as before this module existed. The caches are fixed:
 //! [`SLOTS`] slots of 4 framehop caches (33 KiB of heap each, measured) and a pair of memos
-//! (12 KiB), 1.15 MiB in all, allocated once, at the first refresh.
+//! (6 KiB), 1.08 MiB in all, allocated once, at the first refresh.
 
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
@@ -282,34 +282,90 @@ fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
 #[cfg(target_arch = "x86_64")]
 const MEMO_FRAMES: usize = 96;
 
-/// One frame of a previous unwind: where it was, and the stack words read to unwind past it.
+/// One frame of a previous unwind: where it was, and where the stack words read to unwind past
+/// it lie. Their values are not kept: they became the next frame's registers, which the memo
+/// holds. 32 bytes, aligned: two frames a cache line, which is what a memo check costs in a
+/// program that evicts the memo between samples.
 #[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, PartialEq)]
+#[repr(C, align(32))]
 struct MemoFrame {
     /// Also the frame's instruction pointer register: framehop sets it to the return address.
     address: u64,
-    is_return_address: bool,
     sp: u64,
     bp: u64,
-    /// (address, value) of each stack word read to get the caller's registers; more than two
-    /// reads (never seen on x86-64, whose rules read a return address and a saved rbp) make the
-    /// frame unusable as a match.
-    reads: [(u64, u64); 2],
-    read_count: u8,
+    /// Where the caller's rbp was read, in bytes from `sp` (with [`BP_READ`]).
+    bp_at: i32,
+    /// [`IS_RETURN_ADDRESS`], [`RETURN_ADDRESS_READ`], [`BP_READ`], [`UNCHECKABLE`].
+    flags: u32,
 }
 
 #[cfg(target_arch = "x86_64")]
+const IS_RETURN_ADDRESS: u32 = 1;
+/// The step read the return address where every x86-64 rule finds it: the word below the
+/// caller's stack pointer.
+#[cfg(target_arch = "x86_64")]
+const RETURN_ADDRESS_READ: u32 = 2;
+/// The step read the caller's rbp, at `bp_at`.
+#[cfg(target_arch = "x86_64")]
+const BP_READ: u32 = 4;
+/// The step read other words, or these elsewhere (more than two reads, never seen on x86-64;
+/// a CFA expression; an rbp saved too far from sp): the frame never matches.
+#[cfg(target_arch = "x86_64")]
+const UNCHECKABLE: u32 = 8;
+
+#[cfg(target_arch = "x86_64")]
 impl MemoFrame {
+    #[inline(always)]
+    fn at(address: framehop::FrameAddress, regs: &arch::Regs) -> MemoFrame {
+        let flags = if address.is_return_address() { IS_RETURN_ADDRESS } else { 0 };
+        MemoFrame { address: address.address(), sp: regs.sp(), bp: regs.bp(), bp_at: 0, flags }
+    }
+
+    /// Note where the `count` stack words read to step this frame lie: every rule reads the
+    /// caller's rbp (if it restores it) and then the return address, and `next`, the frame the
+    /// step gave, holds what they read.
+    #[inline(always)]
+    fn describe_reads(&mut self, reads: &[(u64, u64); 2], count: u8, next: &MemoFrame) {
+        let ret_ok = |(at, value): (u64, u64)| at == next.sp.wrapping_sub(8) && value == next.address;
+        let bp_at = reads[0].0.wrapping_sub(self.sp) as i64;
+        self.flags |= match count {
+            0 => 0,
+            1 if ret_ok(reads[0]) => RETURN_ADDRESS_READ,
+            2 if ret_ok(reads[1]) && reads[0].1 == next.bp && bp_at as i32 as i64 == bp_at => {
+                self.bp_at = bp_at as i32;
+                RETURN_ADDRESS_READ | BP_READ
+            }
+            _ => UNCHECKABLE,
+        };
+    }
+
+    #[inline(always)]
     fn is(&self, address: framehop::FrameAddress, regs: &arch::Regs) -> bool {
         self.address == address.address()
-            && self.is_return_address == address.is_return_address()
+            && (self.flags & IS_RETURN_ADDRESS != 0) == address.is_return_address()
             && (self.address, self.sp, self.bp) == (regs.ip(), regs.sp(), regs.bp())
     }
 
-    fn still_valid(&self, reader: &mut StackReader) -> bool {
-        let n = usize::from(self.read_count);
-        n <= self.reads.len() && self.reads[..n].iter().all(|&(addr, value)| reader.read(addr) == Ok(value))
+    /// Do the stack words read to step this frame still hold what gave `next`?
+    #[inline(always)]
+    fn still_valid(&self, next: &MemoFrame, reader: &mut StackReader) -> bool {
+        let f = self.flags;
+        f & UNCHECKABLE == 0
+            && (f & BP_READ == 0 || reader.read(self.sp.wrapping_add(self.bp_at as i64 as u64)) == Ok(next.bp))
+            && (f & RETURN_ADDRESS_READ == 0 || reader.read(next.sp.wrapping_sub(8)) == Ok(next.address))
     }
+}
+
+/// A memo's description of its frames.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Default)]
+struct MemoHead {
+    /// The published unwinder the frames were unwound with (rules change with it).
+    published: usize,
+    len: u32,
+    /// The unwind reached the outermost frame, rather than stopping at the output's length.
+    complete: bool,
 }
 
 /// The previous unwind made with a cache. A thread allocating in a loop unwinds the same outer
@@ -317,28 +373,28 @@ impl MemoFrame {
 /// a frame at the same place in the same state as last time, and every stack word read to unwind
 /// the frames above it still holds the same value, the rest of the unwind is the same: it is
 /// copied instead of recomputed (a load and compare per frame instead of a rule lookup).
+///
+/// `frames[len]` is the frame after the last one kept (or, after the outermost, the values its
+/// step read): the reads of `frames[len - 1]` are checked against it.
 #[cfg(target_arch = "x86_64")]
-struct Memo {
-    /// The published unwinder the frames were unwound with (rules change with it).
-    published: usize,
-    len: usize,
-    /// The unwind reached the outermost frame, rather than stopping at the output's length.
-    complete: bool,
-    frames: [MemoFrame; MEMO_FRAMES],
-}
+#[repr(C, align(64))]
+struct MemoFrames([MemoFrame; MEMO_FRAMES + 1]);
 
-/// Two memos per cache: the previous unwind, and the one being recorded.
+/// Two memos per cache: the previous unwind, and the one being recorded. Frames first, so that
+/// they pair up on cache lines; both heads and `previous` share the line after them.
 #[cfg(target_arch = "x86_64")]
+#[repr(C)]
 struct Memos {
-    memo: [Memo; 2],
+    frames: [MemoFrames; 2],
+    heads: [MemoHead; 2],
     previous: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Memos {
     fn new() -> Box<Memos> {
-        let empty = || Memo { published: 0, len: 0, complete: false, frames: [MemoFrame::default(); MEMO_FRAMES] };
-        Box::new(Memos { memo: [empty(), empty()], previous: 0 })
+        let empty = || MemoFrames([MemoFrame::default(); MEMO_FRAMES + 1]);
+        Box::new(Memos { heads: [MemoHead::default(); 2], previous: 0, frames: [empty(), empty()] })
     }
 }
 
@@ -358,19 +414,26 @@ fn unwind_remembering(
     use framehop::{FrameAddress, Unwinder as _};
 
     let published = p as *const Published as usize;
-    let (first, second) = memos.memo.split_at_mut(1);
-    let (old, new) =
-        if memos.previous == 0 { (&mut first[0], &mut second[0]) } else { (&mut second[0], &mut first[0]) };
-    let old_usable = old.published == published && old.len > 0;
-    new.published = published;
-    new.len = 0;
-    new.complete = false;
+    let [head0, head1] = &mut memos.heads;
+    let [frames0, frames1] = &mut memos.frames;
+    let ((old, old_frames), (new, new_frames)) = if memos.previous == 0 {
+        ((head0, &mut frames0.0), (head1, &mut frames1.0))
+    } else {
+        ((head1, &mut frames1.0), (head0, &mut frames0.0))
+    };
+    let old_len = old.len as usize;
+    let old_usable = old.published == published && old_len > 0;
+    *new = MemoHead { published, len: 0, complete: false };
     let mut cursor = 0;
     let mut tries = 0;
     let mut n = 0;
     // Consecutive frames are often in one module: check the last one first.
     let mut last_module = (0, 0);
     let result = loop {
+        // Also the frame after the last kept when the memo ends here.
+        if n <= MEMO_FRAMES {
+            new_frames[n] = MemoFrame::at(address, &regs);
+        }
         if n == out.len() {
             break n;
         }
@@ -383,30 +446,43 @@ fn unwind_remembering(
         }
         if old_usable && tries < 2 {
             // Both unwinds climb the stack: frames of the old one below this one cannot match.
-            while cursor < old.len && old.frames[cursor].sp < regs.sp() {
+            while cursor < old_len && old_frames[cursor].sp < regs.sp() {
                 cursor += 1;
             }
-            if cursor < old.len && old.frames[cursor].is(address, &regs) {
+            if cursor < old_len && old_frames[cursor].is(address, &regs) {
                 tries += 1;
-                let rest = &old.frames[cursor..old.len];
-                let fits = n + rest.len() >= out.len();
-                if (old.complete || fits) && rest.iter().all(|f| f.still_valid(reader)) {
-                    let rest_len = rest.len();
+                let rest_len = old_len - cursor;
+                let fits = n + rest_len >= out.len();
+                if (old.complete || fits)
+                    && old_frames[cursor..=old_len].windows(2).all(|w| w[0].still_valid(&w[1], reader))
+                {
                     let take = rest_len.min(out.len() - n);
-                    for (k, f) in rest[..take].iter().enumerate() {
+                    for (k, f) in old_frames[cursor..cursor + take].iter().enumerate() {
                         out[n + k] = f.address;
                     }
-                    // The old memo becomes the new one: its tail moves to follow the n frames
-                    // unwound this time (usually it is already there: same depth as last time),
-                    // and those replace its head. Only the few new frames are copied.
-                    let (from, keep) = (cursor, take.min(MEMO_FRAMES - n.min(MEMO_FRAMES)));
-                    if from != n && keep > 0 {
-                        old.frames.copy_within(from..from + keep, n);
-                    }
+                    // The old memo becomes the new one: its tail (and the frame after it) moves
+                    // to follow the n frames unwound this time (usually it is already there:
+                    // same depth as last time), and those replace its head. Only the few new
+                    // frames are copied.
                     let head = n.min(MEMO_FRAMES);
-                    old.frames[..head].copy_from_slice(&new.frames[..head]);
+                    let keep = take.min(MEMO_FRAMES - head);
+                    if n <= MEMO_FRAMES {
+                        if cursor != n {
+                            old_frames.copy_within(cursor..cursor + keep + 1, n);
+                        }
+                        // Frame by frame, and only where they differ: a call to memcpy costs more
+                        // than the usual one or two frames, and lines left clean need no
+                        // write-back.
+                        for (to, from) in old_frames[..n].iter_mut().zip(&new_frames[..n]) {
+                            if to != from {
+                                *to = *from;
+                            }
+                        }
+                    } else {
+                        *old_frames = *new_frames;
+                    }
                     old.complete = old.complete && take == rest_len && keep == take;
-                    old.len = n + keep;
+                    old.len = (head + keep) as u32;
                     #[cfg(test)]
                     tests::MEMO_REUSES.fetch_add(1, Ordering::Relaxed);
                     // `old` stays the previous unwind for next time: no flip.
@@ -417,13 +493,6 @@ fn unwind_remembering(
         out[n] = address.address();
         let mut reads = [(0u64, 0u64); 2];
         let mut read_count = 0u8;
-        let frame = MemoFrame {
-            address: address.address(),
-            is_return_address: address.is_return_address(),
-            sp: regs.sp(),
-            bp: regs.bp(),
-            ..MemoFrame::default()
-        };
         let step = {
             let mut read = |addr: u64| {
                 let value = reader.read(addr)?;
@@ -441,8 +510,22 @@ fn unwind_remembering(
             }
         };
         if n < MEMO_FRAMES {
-            new.frames[n] = MemoFrame { reads, read_count, ..frame };
-            new.len = n + 1;
+            let next = match step {
+                Ok(Some(ret)) => MemoFrame { address: ret, sp: regs.sp(), bp: regs.bp(), ..MemoFrame::default() },
+                // The outermost frame: what its step read goes after it, for the check.
+                _ => {
+                    let (ret, bp) = match read_count {
+                        1 => (reads[0], (0, 0)),
+                        _ => (reads[1], reads[0]),
+                    };
+                    MemoFrame { address: ret.1, sp: ret.0.wrapping_add(8), bp: bp.1, ..MemoFrame::default() }
+                }
+            };
+            new_frames[n].describe_reads(&reads, read_count, &next);
+            if !matches!(step, Ok(Some(_))) {
+                new_frames[n + 1] = next;
+            }
+            new.len = n as u32 + 1;
         }
         n += 1;
         match step {
@@ -451,7 +534,7 @@ fn unwind_remembering(
                 None => break 0,
             },
             Ok(None) => {
-                new.complete = new.len == n;
+                new.complete = new.len as usize == n;
                 break n;
             }
             Err(_) => break 0,
@@ -544,8 +627,9 @@ fn frame_pointer_step(
         return Err(framehop::Error::FramepointerUnwindingMovedBackwards);
     }
     let ret_at = bp.checked_add(8).ok_or(framehop::Error::IntegerOverflow)?;
-    let ret = read(ret_at).map_err(|()| framehop::Error::CouldNotReadStack(ret_at))?;
+    // In the order of framehop's rules, which `MemoFrame::describe_reads` expects.
     let caller_bp = read(bp).map_err(|()| framehop::Error::CouldNotReadStack(bp))?;
+    let ret = read(ret_at).map_err(|()| framehop::Error::CouldNotReadStack(ret_at))?;
     if ret == 0 {
         return Err(framehop::Error::ReturnAddressIsNull);
     }
@@ -736,12 +820,12 @@ pub fn refresh() {
 }
 
 /// Heap this module holds, for the own-memory series: the caches (measured with mallinfo2:
-/// 33 KiB per framehop cache, 12 KiB of memos per slot) and the section copies.
+/// 33 KiB per framehop cache, 6 KiB of memos per slot) and the section copies.
 pub fn heap_bytes() -> u64 {
     if POOL.load(Ordering::Acquire).is_null() {
         return 0;
     }
-    const PER_SLOT: u64 = CACHE_WAYS as u64 * (33 << 10) + (12 << 10);
+    const PER_SLOT: u64 = CACHE_WAYS as u64 * (33 << 10) + (6 << 10);
     let copied = BUILDER.try_lock().ok().and_then(|b| b.as_ref().map(|b| b.copied_bytes as u64)).unwrap_or(0);
     SLOTS as u64 * PER_SLOT + COPIED_BYTES_SEEN.load(Ordering::Relaxed).max(copied)
 }
@@ -1059,24 +1143,25 @@ mod tests {
     /// The current stack unwound with `warm` (whose caches remember earlier unwinds) and with a
     /// pool that has never unwound, innermost frame (this function's) dropped: the two unwinds
     /// start at different instructions of it.
+    /// (`len` frames at most.)
     #[inline(never)]
-    fn unwound_both_ways(warm: &Pool) -> (Vec<u64>, Vec<u64>) {
+    fn unwound_both_ways(warm: &Pool, len: usize) -> (Vec<u64>, Vec<u64>) {
         let fresh = Pool::new();
-        let (mut a, mut b) = ([0u64; 80], [0u64; 80]);
-        let na = trace_x86_64(warm, &mut a, (0, 0));
-        let nb = trace_x86_64(&fresh, &mut b, (0, 0));
+        let (mut a, mut b) = ([0u64; 160], [0u64; 160]);
+        let na = trace_x86_64(warm, &mut a[..len], (0, 0));
+        let nb = trace_x86_64(&fresh, &mut b[..len], (0, 0));
         (a[1..na.max(1)].to_vec(), b[1..nb.max(1)].to_vec())
     }
 
     #[inline(never)]
-    fn via_a(depth: u32, warm: &Pool) -> (Vec<u64>, Vec<u64>) {
-        let r = if depth == 0 { unwound_both_ways(warm) } else { via_b(depth - 1, warm) };
+    fn via_a(depth: u32, warm: &Pool, len: usize) -> (Vec<u64>, Vec<u64>) {
+        let r = if depth == 0 { unwound_both_ways(warm, len) } else { via_b(depth - 1, warm, len) };
         std::hint::black_box(r)
     }
 
     #[inline(never)]
-    fn via_b(depth: u32, warm: &Pool) -> (Vec<u64>, Vec<u64>) {
-        let r = if depth == 0 { unwound_both_ways(warm) } else { via_a(depth - 1, warm) };
+    fn via_b(depth: u32, warm: &Pool, len: usize) -> (Vec<u64>, Vec<u64>) {
+        let r = if depth == 0 { unwound_both_ways(warm, len) } else { via_a(depth - 1, warm, len) };
         std::hint::black_box(r)
     }
 
@@ -1100,12 +1185,31 @@ mod tests {
             cases.push((x & 1 == 0, (x >> 8) as u32 % 12));
         }
         for (start_a, depth) in cases {
-            let (remembered, fresh) = if start_a { via_a(depth, &warm) } else { via_b(depth, &warm) };
+            let (remembered, fresh) = if start_a { via_a(depth, &warm, 80) } else { via_b(depth, &warm, 80) };
             assert!(fresh.len() > depth as usize + 2, "fresh unwind: {fresh:x?}");
             assert_eq!(remembered, fresh, "start_a {start_a} depth {depth}");
         }
         // Other tests unwind meanwhile, so only a lower bound: the repeated calls reused tails.
         assert!(MEMO_REUSES.load(Ordering::Relaxed) - reuses_before >= 30);
+    }
+
+    /// As above, with outputs shorter than the stack (a memo then ends before the outermost
+    /// frame, at a frame it was not stepped past) and stacks deeper than a memo holds.
+    #[test]
+    fn remembered_unwinds_equal_fresh_ones_cut_short_or_deep() {
+        refresh_until_ready();
+        let warm = Pool::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..90 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = [5, 12, 160][i % 3];
+            let depth = if len > MEMO_FRAMES { 100 + (x >> 8) as u32 % 3 } else { (x >> 8) as u32 % 16 };
+            let (remembered, fresh) = if x & 1 == 0 { via_a(depth, &warm, len) } else { via_b(depth, &warm, len) };
+            assert!(fresh.len() + 1 >= len.min(depth as usize + 3), "fresh unwind: {fresh:x?}");
+            assert_eq!(remembered, fresh, "depth {depth} len {len}");
+        }
     }
 
     #[test]
