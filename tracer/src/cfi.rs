@@ -437,13 +437,7 @@ fn unwind_remembering(
         if n == out.len() {
             break n;
         }
-        let lookup = address.address_for_lookup();
-        if !(last_module.0..last_module.1).contains(&lookup) {
-            match p.known_range(lookup) {
-                Some(range) => last_module = range,
-                None => break 0,
-            }
-        }
+        // A frame the memo matches was in a known module when it was recorded.
         if old_usable && tries < 2 {
             // Both unwinds climb the stack: frames of the old one below this one cannot match.
             while cursor < old_len && old_frames[cursor].sp < regs.sp() {
@@ -488,6 +482,13 @@ fn unwind_remembering(
                     // `old` stays the previous unwind for next time: no flip.
                     return n + take;
                 }
+            }
+        }
+        let lookup = address.address_for_lookup();
+        if !(last_module.0..last_module.1).contains(&lookup) {
+            match p.known_range(lookup) {
+                Some(range) => last_module = range,
+                None => break 0,
             }
         }
         out[n] = address.address();
@@ -565,8 +566,7 @@ fn step_over_own_frames(reader: &mut StackReader, mut bp: u64, (lo, hi): (u64, u
         return None;
     }
     for _ in 0..16 {
-        let ret = reader.read(bp.checked_add(8)?).ok()?;
-        let saved_bp = reader.read(bp).ok()?;
+        let (saved_bp, ret) = reader.read_pair(bp).ok()?;
         let caller_sp = bp + 16;
         if !(lo..hi).contains(&ret) {
             return Some((ret, caller_sp, saved_bp));
@@ -583,25 +583,44 @@ fn step_over_own_frames(reader: &mut StackReader, mut bp: u64, (lo, hi): (u64, u
 /// framehop's view of stack memory: aligned 8-byte words in `[sp, hi - 8]`, where `sp` was this
 /// thread's stack pointer when the unwind started and `hi` the top of its stack.
 struct StackReader {
+    /// The lowest word: `sp` rounded up to a word.
     lo: u64,
-    last: u64,
+    /// How many words lie above it.
+    words: u64,
 }
 
 impl StackReader {
     /// None unless `sp` lies within `stack` (so the thread runs on the stack the bounds are for).
     fn new(stack: StackBounds, sp: u64) -> Option<StackReader> {
         let last = stack.hi().checked_sub(8)?;
-        (stack.contains(sp) && sp <= last).then_some(StackReader { lo: sp, last })
+        if !(stack.contains(sp) && sp <= last) {
+            return None;
+        }
+        let lo = sp.checked_add(7)? & !7;
+        Some(StackReader { lo, words: ((last & !7).checked_sub(lo)?) >> 3 })
     }
 
     fn read(&mut self, addr: u64) -> Result<u64, ()> {
-        if addr < self.lo || addr > self.last || addr & 7 != 0 {
+        // One compare for all three bounds (framehop reads several words a frame): an address
+        // below `lo` wraps to an offset beyond any stack, a misaligned one has its low bits
+        // rotated to the top.
+        if addr.wrapping_sub(self.lo).rotate_right(3) > self.words {
             return Err(());
         }
         // SAFETY: `lo` was this thread's stack pointer inside `[stack.lo, stack.hi)` and the
         // unwind runs on this thread below it, so by the `StackBounds` invariant all of
         // `[lo, hi)` is mapped and readable; `addr` is an aligned word within it.
         Ok(unsafe { (addr as *const u64).read_volatile() })
+    }
+
+    /// The words at `addr` and `addr + 8` (a frame record), with one bounds check.
+    fn read_pair(&mut self, addr: u64) -> Result<(u64, u64), ()> {
+        if addr.wrapping_sub(self.lo).rotate_right(3) >= self.words {
+            return Err(());
+        }
+        let at = addr as *const u64;
+        // SAFETY: as for `read`: `addr` and `addr + 8` are aligned words within `[lo, hi)`.
+        Ok(unsafe { (at.read_volatile(), at.add(1).read_volatile()) })
     }
 }
 
@@ -1253,6 +1272,11 @@ mod tests {
         assert_eq!(r.read(sp + 1), Err(()));
         assert_eq!(r.read(stack.hi()), Err(()));
         assert!(r.read(stack.hi() - 8).is_ok());
+        assert_eq!(r.read_pair(sp).map(|(a, _)| a), Ok(0));
+        assert_eq!(r.read_pair(sp - 8), Err(()));
+        assert_eq!(r.read_pair(sp + 4), Err(()));
+        assert_eq!(r.read_pair(stack.hi() - 8), Err(()));
+        assert!(r.read_pair(stack.hi() - 16).is_ok());
         assert!(StackReader::new(stack, stack.hi()).is_none());
         assert!(StackReader::new(stack, 4096).is_none());
     }
