@@ -5,7 +5,7 @@
 //! frames is then a few cache look-ups and stack reads. `cfi_beats_backtrace` below prints both
 //! costs.
 //!
-//! [`trace`] runs inside malloc. It returns 0 frames, and the caller falls back to libgcc,
+//! [`trace_into`] runs inside malloc. It returns 0 frames, and the caller falls back to libgcc,
 //! whenever it cannot give a complete answer: no unwinder published yet (before the first
 //! thread's first tick), unknown stack bounds (a fiber, a signal stack), no free cache, a frame
 //! outside every module the unwinder knows (a library loaded since its last rebuild, code without
@@ -14,8 +14,8 @@
 //!
 //! # What the hook may do
 //!
-//! [`trace`] allocates nothing, takes no lock and makes no system call (except, once per thread,
-//! the /proc/self/maps read of [`crate::unwind::current_thread_stack`], which the
+//! [`trace_into`] allocates nothing, takes no lock and makes no system call (except, once per
+//! thread, the /proc/self/maps read of [`crate::unwind::current_thread_stack`], which the
 //! frame-pointer path does as well):
 //! - the unwinder is immutable and published through an `AtomicPtr` ([`UNWINDER`]); the
 //!   housekeeping ([`refresh`], from the constructor, the helper thread, or a hook of a
@@ -68,6 +68,7 @@
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 
@@ -190,9 +191,60 @@ static POOL: AtomicPtr<Pool> = AtomicPtr::new(std::ptr::null_mut());
 // ---------------------------------------------------------------------------------------------
 // The hook side
 
+/// [`trace_into`] a plain array (for tests: the hooks use `trace_into`), at most 256 frames.
+/// Inlined, so that the caller's frame follows trace's as it does the hooks'.
+#[inline(always)]
+pub fn trace(out: &mut [u64], own_text: (u64, u64)) -> usize {
+    let mut buf = [MaybeUninit::uninit(); 256];
+    let len = out.len().min(buf.len());
+    let mut frames = FrameBuf::new(&mut buf[..len]);
+    let n = trace_into(&mut frames, own_text);
+    out[..n].copy_from_slice(frames.frames());
+    n
+}
+
+/// Where an unwind writes its frames: memory nobody zeroed first (a sample's 512-byte buffer was
+/// 49 instructions and 8 cache lines written before its first frame was), of which only the
+/// frames pushed can be read back.
+pub(crate) struct FrameBuf<'a> {
+    buf: &'a mut [MaybeUninit<u64>],
+    /// `buf[..len]` are written. Set by `push`, and by `unwind_remembering`, which writes by
+    /// index (a push stores the length each time) and sets it once, on return.
+    len: usize,
+}
+
+impl<'a> FrameBuf<'a> {
+    pub(crate) fn new(buf: &'a mut [MaybeUninit<u64>]) -> FrameBuf<'a> {
+        FrameBuf { buf, len: 0 }
+    }
+
+    #[inline(always)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Append `frame`, unless full.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, frame: u64) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            slot.write(frame);
+            self.len += 1;
+        }
+    }
+
+    /// The frames pushed so far.
+    pub(crate) fn frames(&mut self) -> &mut [u64] {
+        // SAFETY: `buf[..len]` is initialised: `push` grows `len` by one once the slot below it
+        // is written, `unwind_remembering` sets it to a count of slots it wrote (see there);
+        // `MaybeUninit<u64>` has the layout of `u64`.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr().cast::<u64>(), self.len) }
+    }
+}
+
 /// Unwind the current stack into `out`, innermost first: `out[0]` is an address in this
 /// function, then return addresses (leaktrace's own frames included; the caller trims them).
-/// Returns 0 when the unwind could not be completed (see the module docs): use libgcc then.
+/// `out` starts empty. Returns the number of frames, or 0, leaving `out` empty, when the unwind
+/// could not be completed (see the module docs): use libgcc then.
 /// No allocation, no lock, no system call beyond the once-per-thread stack bounds.
 ///
 /// Frames whose return address lies in `own_text` (leaktrace's code, built with frame pointers)
@@ -200,7 +252,7 @@ static POOL: AtomicPtr<Pool> = AtomicPtr::new(std::ptr::null_mut());
 /// outside it, so `out[0]` is then the allocation call's return address. That saves the rule
 /// lookups for the five or so frames of the sampled path, about half of a typical unwind.
 #[inline(never)]
-pub fn trace(out: &mut [u64], own_text: (u64, u64)) -> usize {
+pub(crate) fn trace_into(out: &mut FrameBuf, own_text: (u64, u64)) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         let pool = POOL.load(Ordering::Acquire);
@@ -220,10 +272,10 @@ pub fn trace(out: &mut [u64], own_text: (u64, u64)) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
+fn trace_x86_64(pool: &Pool, out: &mut FrameBuf, own_text: (u64, u64)) -> usize {
     use framehop::FrameAddress;
 
-    if out.is_empty() {
+    if out.capacity() == 0 {
         return 0;
     }
     let Some(stack) = unwind::current_thread_stack() else {
@@ -407,9 +459,27 @@ fn unwind_remembering(
     caches: &mut [FhCache; CACHE_WAYS],
     memos: &mut Memos,
     reader: &mut StackReader,
+    address: framehop::FrameAddress,
+    regs: arch::Regs,
+    out: &mut FrameBuf,
+) -> usize {
+    // Written by index: `out.len` is set on return, to `n` frames when out.buf[..n] all are.
+    let result = unwind_remembering_into(p, caches, memos, reader, address, regs, &mut *out.buf);
+    out.len = result;
+    result
+}
+
+/// [`unwind_remembering`]'s body: returns `n` once it has written `out[..n]`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn unwind_remembering_into(
+    p: &Published,
+    caches: &mut [FhCache; CACHE_WAYS],
+    memos: &mut Memos,
+    reader: &mut StackReader,
     mut address: framehop::FrameAddress,
     mut regs: arch::Regs,
-    out: &mut [u64],
+    out: &mut [MaybeUninit<u64>],
 ) -> usize {
     use framehop::{FrameAddress, Unwinder as _};
 
@@ -452,7 +522,7 @@ fn unwind_remembering(
                 {
                     let take = rest_len.min(out.len() - n);
                     for (k, f) in old_frames[cursor..cursor + take].iter().enumerate() {
-                        out[n + k] = f.address;
+                        out[n + k].write(f.address);
                     }
                     // The old memo becomes the new one: its tail (and the frame after it) moves
                     // to follow the n frames unwound this time (usually it is already there:
@@ -491,7 +561,7 @@ fn unwind_remembering(
                 None => break 0,
             }
         }
-        out[n] = address.address();
+        out[n].write(address.address());
         let mut reads = [(0u64, 0u64); 2];
         let mut read_count = 0u8;
         let step = {
@@ -1027,6 +1097,16 @@ mod tests {
     use super::*;
     use std::hint::black_box;
 
+    /// `super::trace_x86_64` into a plain array. Inlined, so that the caller's frame follows it.
+    #[inline(always)]
+    fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
+        let mut buf = [MaybeUninit::uninit(); 160];
+        let mut frames = FrameBuf::new(&mut buf[..out.len()]);
+        let n = super::trace_x86_64(pool, &mut frames, own_text);
+        out[..n].copy_from_slice(&frames.frames()[..n]);
+        n
+    }
+
     fn dwarf_trace() -> Vec<(u64, u64)> {
         let mut v = Vec::new();
         backtrace::trace(|f| {
@@ -1045,7 +1125,7 @@ mod tests {
         (cfi[2..].to_vec(), dwarf[at + 1..].iter().map(|&(ip, _)| ip).collect())
     }
 
-    /// `dwarf` may end with libgcc's end-of-stack marker (ip 0), which `trim_into` drops too.
+    /// `dwarf` may end with libgcc's end-of-stack marker (ip 0), which `kept_frames` drops too.
     fn assert_same(cfi: &[u64], dwarf: &[u64], at_least: usize) {
         let end = dwarf.iter().position(|&ip| ip < 4096).unwrap_or(dwarf.len());
         let dwarf = &dwarf[..end];
