@@ -440,13 +440,18 @@ struct Memos {
     frames: [MemoFrames; 2],
     heads: [MemoHead; 2],
     previous: usize,
+    /// The module range an unwind last checked, and the published unwinder it is from: the
+    /// next unwind starts in the same module more often than not, and then needs no search.
+    module: (u64, u64),
+    module_of: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Memos {
     fn new() -> Box<Memos> {
         let empty = || MemoFrames([MemoFrame::default(); MEMO_FRAMES + 1]);
-        Box::new(Memos { heads: [MemoHead::default(); 2], previous: 0, frames: [empty(), empty()] })
+        let frames = [empty(), empty()];
+        Box::new(Memos { heads: [MemoHead::default(); 2], previous: 0, module: (0, 0), module_of: 0, frames })
     }
 }
 
@@ -498,7 +503,7 @@ fn unwind_remembering_into(
     let mut tries = 0;
     let mut n = 0;
     // Consecutive frames are often in one module: check the last one first.
-    let mut last_module = (0, 0);
+    let mut last_module = if memos.module_of == published { memos.module } else { (0, 0) };
     let result = loop {
         // Also the frame after the last kept when the memo ends here.
         if n <= MEMO_FRAMES {
@@ -549,6 +554,7 @@ fn unwind_remembering_into(
                     old.len = (head + keep) as u32;
                     #[cfg(test)]
                     tests::MEMO_REUSES.fetch_add(1, Ordering::Relaxed);
+                    (memos.module, memos.module_of) = (last_module, published);
                     // `old` stays the previous unwind for next time: no flip.
                     return n + take;
                 }
@@ -614,6 +620,7 @@ fn unwind_remembering_into(
     if result == 0 {
         new.len = 0;
     }
+    (memos.module, memos.module_of) = (last_module, published);
     memos.previous ^= 1;
     result
 }
