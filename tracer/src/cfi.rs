@@ -5,7 +5,7 @@
 //! frames is then a few cache look-ups and stack reads. `cfi_beats_backtrace` below prints both
 //! costs.
 //!
-//! [`trace`] runs inside malloc. It returns 0 frames, and the caller falls back to libgcc,
+//! [`trace_into`] runs inside malloc. It returns 0 frames, and the caller falls back to libgcc,
 //! whenever it cannot give a complete answer: no unwinder published yet (before the first
 //! thread's first tick), unknown stack bounds (a fiber, a signal stack), no free cache, a frame
 //! outside every module the unwinder knows (a library loaded since its last rebuild, code without
@@ -14,8 +14,8 @@
 //!
 //! # What the hook may do
 //!
-//! [`trace`] allocates nothing, takes no lock and makes no system call (except, once per thread,
-//! the /proc/self/maps read of [`crate::unwind::current_thread_stack`], which the
+//! [`trace_into`] allocates nothing, takes no lock and makes no system call (except, once per
+//! thread, the /proc/self/maps read of [`crate::unwind::current_thread_stack`], which the
 //! frame-pointer path does as well):
 //! - the unwinder is immutable and published through an `AtomicPtr` ([`UNWINDER`]); the
 //!   housekeeping ([`refresh`], from the constructor, the helper thread, or a hook of a
@@ -61,13 +61,14 @@
 //! [`MAX_PUBLISHED`] unwinders or [`MAX_COPIED_BYTES`] of copies, the unwinder is withdrawn for
 //! good and every stack goes to libgcc, as before this module existed. The caches are fixed:
 //! [`SLOTS`] slots of 4 framehop caches (33 KiB of heap each, measured) and a pair of memos
-//! (12 KiB), 1.15 MiB in all, allocated once, at the first refresh.
+//! (6 KiB), 1.08 MiB in all, allocated once, at the first refresh.
 
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 
@@ -190,9 +191,60 @@ static POOL: AtomicPtr<Pool> = AtomicPtr::new(std::ptr::null_mut());
 // ---------------------------------------------------------------------------------------------
 // The hook side
 
+/// [`trace_into`] a plain array (for tests: the hooks use `trace_into`), at most 256 frames.
+/// Inlined, so that the caller's frame follows trace's as it does the hooks'.
+#[inline(always)]
+pub fn trace(out: &mut [u64], own_text: (u64, u64)) -> usize {
+    let mut buf = [MaybeUninit::uninit(); 256];
+    let len = out.len().min(buf.len());
+    let mut frames = FrameBuf::new(&mut buf[..len]);
+    let n = trace_into(&mut frames, own_text);
+    out[..n].copy_from_slice(frames.frames());
+    n
+}
+
+/// Where an unwind writes its frames: memory nobody zeroed first (a sample's 512-byte buffer was
+/// 49 instructions and 8 cache lines written before its first frame was), of which only the
+/// frames pushed can be read back.
+pub(crate) struct FrameBuf<'a> {
+    buf: &'a mut [MaybeUninit<u64>],
+    /// `buf[..len]` are written. Set by `push`, and by `unwind_remembering`, which writes by
+    /// index (a push stores the length each time) and sets it once, on return.
+    len: usize,
+}
+
+impl<'a> FrameBuf<'a> {
+    pub(crate) fn new(buf: &'a mut [MaybeUninit<u64>]) -> FrameBuf<'a> {
+        FrameBuf { buf, len: 0 }
+    }
+
+    #[inline(always)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Append `frame`, unless full.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, frame: u64) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            slot.write(frame);
+            self.len += 1;
+        }
+    }
+
+    /// The frames pushed so far.
+    pub(crate) fn frames(&mut self) -> &mut [u64] {
+        // SAFETY: `buf[..len]` is initialised: `push` grows `len` by one once the slot below it
+        // is written, `unwind_remembering` sets it to a count of slots it wrote (see there);
+        // `MaybeUninit<u64>` has the layout of `u64`.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr().cast::<u64>(), self.len) }
+    }
+}
+
 /// Unwind the current stack into `out`, innermost first: `out[0]` is an address in this
 /// function, then return addresses (leaktrace's own frames included; the caller trims them).
-/// Returns 0 when the unwind could not be completed (see the module docs): use libgcc then.
+/// `out` starts empty. Returns the number of frames, or 0, leaving `out` empty, when the unwind
+/// could not be completed (see the module docs): use libgcc then.
 /// No allocation, no lock, no system call beyond the once-per-thread stack bounds.
 ///
 /// Frames whose return address lies in `own_text` (leaktrace's code, built with frame pointers)
@@ -200,7 +252,7 @@ static POOL: AtomicPtr<Pool> = AtomicPtr::new(std::ptr::null_mut());
 /// outside it, so `out[0]` is then the allocation call's return address. That saves the rule
 /// lookups for the five or so frames of the sampled path, about half of a typical unwind.
 #[inline(never)]
-pub fn trace(out: &mut [u64], own_text: (u64, u64)) -> usize {
+pub(crate) fn trace_into(out: &mut FrameBuf, own_text: (u64, u64)) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         let pool = POOL.load(Ordering::Acquire);
@@ -220,10 +272,10 @@ pub fn trace(out: &mut [u64], own_text: (u64, u64)) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
+fn trace_x86_64(pool: &Pool, out: &mut FrameBuf, own_text: (u64, u64)) -> usize {
     use framehop::FrameAddress;
 
-    if out.is_empty() {
+    if out.capacity() == 0 {
         return 0;
     }
     let Some(stack) = unwind::current_thread_stack() else {
@@ -282,34 +334,90 @@ fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
 #[cfg(target_arch = "x86_64")]
 const MEMO_FRAMES: usize = 96;
 
-/// One frame of a previous unwind: where it was, and the stack words read to unwind past it.
+/// One frame of a previous unwind: where it was, and where the stack words read to unwind past
+/// it lie. Their values are not kept: they became the next frame's registers, which the memo
+/// holds. 32 bytes, aligned: two frames a cache line, which is what a memo check costs in a
+/// program that evicts the memo between samples.
 #[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, PartialEq)]
+#[repr(C, align(32))]
 struct MemoFrame {
     /// Also the frame's instruction pointer register: framehop sets it to the return address.
     address: u64,
-    is_return_address: bool,
     sp: u64,
     bp: u64,
-    /// (address, value) of each stack word read to get the caller's registers; more than two
-    /// reads (never seen on x86-64, whose rules read a return address and a saved rbp) make the
-    /// frame unusable as a match.
-    reads: [(u64, u64); 2],
-    read_count: u8,
+    /// Where the caller's rbp was read, in bytes from `sp` (with [`BP_READ`]).
+    bp_at: i32,
+    /// [`IS_RETURN_ADDRESS`], [`RETURN_ADDRESS_READ`], [`BP_READ`], [`UNCHECKABLE`].
+    flags: u32,
 }
 
 #[cfg(target_arch = "x86_64")]
+const IS_RETURN_ADDRESS: u32 = 1;
+/// The step read the return address where every x86-64 rule finds it: the word below the
+/// caller's stack pointer.
+#[cfg(target_arch = "x86_64")]
+const RETURN_ADDRESS_READ: u32 = 2;
+/// The step read the caller's rbp, at `bp_at`.
+#[cfg(target_arch = "x86_64")]
+const BP_READ: u32 = 4;
+/// The step read other words, or these elsewhere (more than two reads, never seen on x86-64;
+/// a CFA expression; an rbp saved too far from sp): the frame never matches.
+#[cfg(target_arch = "x86_64")]
+const UNCHECKABLE: u32 = 8;
+
+#[cfg(target_arch = "x86_64")]
 impl MemoFrame {
+    #[inline(always)]
+    fn at(address: framehop::FrameAddress, regs: &arch::Regs) -> MemoFrame {
+        let flags = if address.is_return_address() { IS_RETURN_ADDRESS } else { 0 };
+        MemoFrame { address: address.address(), sp: regs.sp(), bp: regs.bp(), bp_at: 0, flags }
+    }
+
+    /// Note where the `count` stack words read to step this frame lie: every rule reads the
+    /// caller's rbp (if it restores it) and then the return address, and `next`, the frame the
+    /// step gave, holds what they read.
+    #[inline(always)]
+    fn describe_reads(&mut self, reads: &[(u64, u64); 2], count: u8, next: &MemoFrame) {
+        let ret_ok = |(at, value): (u64, u64)| at == next.sp.wrapping_sub(8) && value == next.address;
+        let bp_at = reads[0].0.wrapping_sub(self.sp) as i64;
+        self.flags |= match count {
+            0 => 0,
+            1 if ret_ok(reads[0]) => RETURN_ADDRESS_READ,
+            2 if ret_ok(reads[1]) && reads[0].1 == next.bp && bp_at as i32 as i64 == bp_at => {
+                self.bp_at = bp_at as i32;
+                RETURN_ADDRESS_READ | BP_READ
+            }
+            _ => UNCHECKABLE,
+        };
+    }
+
+    #[inline(always)]
     fn is(&self, address: framehop::FrameAddress, regs: &arch::Regs) -> bool {
         self.address == address.address()
-            && self.is_return_address == address.is_return_address()
+            && (self.flags & IS_RETURN_ADDRESS != 0) == address.is_return_address()
             && (self.address, self.sp, self.bp) == (regs.ip(), regs.sp(), regs.bp())
     }
 
-    fn still_valid(&self, reader: &mut StackReader) -> bool {
-        let n = usize::from(self.read_count);
-        n <= self.reads.len() && self.reads[..n].iter().all(|&(addr, value)| reader.read(addr) == Ok(value))
+    /// Do the stack words read to step this frame still hold what gave `next`?
+    #[inline(always)]
+    fn still_valid(&self, next: &MemoFrame, reader: &mut StackReader) -> bool {
+        let f = self.flags;
+        f & UNCHECKABLE == 0
+            && (f & BP_READ == 0 || reader.read(self.sp.wrapping_add(self.bp_at as i64 as u64)) == Ok(next.bp))
+            && (f & RETURN_ADDRESS_READ == 0 || reader.read(next.sp.wrapping_sub(8)) == Ok(next.address))
     }
+}
+
+/// A memo's description of its frames.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Default)]
+struct MemoHead {
+    /// The published unwinder the frames were unwound with (rules change with it).
+    published: usize,
+    len: u32,
+    /// The unwind reached the outermost frame, rather than stopping at the output's length.
+    complete: bool,
 }
 
 /// The previous unwind made with a cache. A thread allocating in a loop unwinds the same outer
@@ -317,28 +425,33 @@ impl MemoFrame {
 /// a frame at the same place in the same state as last time, and every stack word read to unwind
 /// the frames above it still holds the same value, the rest of the unwind is the same: it is
 /// copied instead of recomputed (a load and compare per frame instead of a rule lookup).
+///
+/// `frames[len]` is the frame after the last one kept (or, after the outermost, the values its
+/// step read): the reads of `frames[len - 1]` are checked against it.
 #[cfg(target_arch = "x86_64")]
-struct Memo {
-    /// The published unwinder the frames were unwound with (rules change with it).
-    published: usize,
-    len: usize,
-    /// The unwind reached the outermost frame, rather than stopping at the output's length.
-    complete: bool,
-    frames: [MemoFrame; MEMO_FRAMES],
-}
+#[repr(C, align(64))]
+struct MemoFrames([MemoFrame; MEMO_FRAMES + 1]);
 
-/// Two memos per cache: the previous unwind, and the one being recorded.
+/// Two memos per cache: the previous unwind, and the one being recorded. Frames first, so that
+/// they pair up on cache lines; both heads and `previous` share the line after them.
 #[cfg(target_arch = "x86_64")]
+#[repr(C)]
 struct Memos {
-    memo: [Memo; 2],
+    frames: [MemoFrames; 2],
+    heads: [MemoHead; 2],
     previous: usize,
+    /// The module range an unwind last checked, and the published unwinder it is from: the
+    /// next unwind starts in the same module more often than not, and then needs no search.
+    module: (u64, u64),
+    module_of: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Memos {
     fn new() -> Box<Memos> {
-        let empty = || Memo { published: 0, len: 0, complete: false, frames: [MemoFrame::default(); MEMO_FRAMES] };
-        Box::new(Memos { memo: [empty(), empty()], previous: 0 })
+        let empty = || MemoFrames([MemoFrame::default(); MEMO_FRAMES + 1]);
+        let frames = [empty(), empty()];
+        Box::new(Memos { heads: [MemoHead::default(); 2], previous: 0, module: (0, 0), module_of: 0, frames })
     }
 }
 
@@ -351,28 +464,101 @@ fn unwind_remembering(
     caches: &mut [FhCache; CACHE_WAYS],
     memos: &mut Memos,
     reader: &mut StackReader,
+    address: framehop::FrameAddress,
+    regs: arch::Regs,
+    out: &mut FrameBuf,
+) -> usize {
+    // Written by index: `out.len` is set on return, to `n` frames when out.buf[..n] all are.
+    let result = unwind_remembering_into(p, caches, memos, reader, address, regs, &mut *out.buf);
+    out.len = result;
+    result
+}
+
+/// [`unwind_remembering`]'s body: returns `n` once it has written `out[..n]`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn unwind_remembering_into(
+    p: &Published,
+    caches: &mut [FhCache; CACHE_WAYS],
+    memos: &mut Memos,
+    reader: &mut StackReader,
     mut address: framehop::FrameAddress,
     mut regs: arch::Regs,
-    out: &mut [u64],
+    out: &mut [MaybeUninit<u64>],
 ) -> usize {
     use framehop::{FrameAddress, Unwinder as _};
 
     let published = p as *const Published as usize;
-    let (first, second) = memos.memo.split_at_mut(1);
-    let (old, new) =
-        if memos.previous == 0 { (&mut first[0], &mut second[0]) } else { (&mut second[0], &mut first[0]) };
-    let old_usable = old.published == published && old.len > 0;
-    new.published = published;
-    new.len = 0;
-    new.complete = false;
+    let [head0, head1] = &mut memos.heads;
+    let [frames0, frames1] = &mut memos.frames;
+    let ((old, old_frames), (new, new_frames)) = if memos.previous == 0 {
+        ((head0, &mut frames0.0), (head1, &mut frames1.0))
+    } else {
+        ((head1, &mut frames1.0), (head0, &mut frames0.0))
+    };
+    let old_len = old.len as usize;
+    let old_usable = old.published == published && old_len > 0;
+    *new = MemoHead { published, len: 0, complete: false };
     let mut cursor = 0;
     let mut tries = 0;
     let mut n = 0;
     // Consecutive frames are often in one module: check the last one first.
-    let mut last_module = (0, 0);
+    let mut last_module = if memos.module_of == published { memos.module } else { (0, 0) };
     let result = loop {
+        // Also the frame after the last kept when the memo ends here.
+        if n <= MEMO_FRAMES {
+            new_frames[n] = MemoFrame::at(address, &regs);
+        }
         if n == out.len() {
             break n;
+        }
+        // A frame the memo matches was in a known module when it was recorded.
+        if old_usable && tries < 2 {
+            // Both unwinds climb the stack: frames of the old one below this one cannot match.
+            while cursor < old_len && old_frames[cursor].sp < regs.sp() {
+                cursor += 1;
+            }
+            if cursor < old_len && old_frames[cursor].is(address, &regs) {
+                tries += 1;
+                let rest_len = old_len - cursor;
+                let fits = n + rest_len >= out.len();
+                if (old.complete || fits)
+                    && old_frames[cursor..=old_len].windows(2).all(|w| w[0].still_valid(&w[1], reader))
+                {
+                    let take = rest_len.min(out.len() - n);
+                    for (k, f) in old_frames[cursor..cursor + take].iter().enumerate() {
+                        out[n + k].write(f.address);
+                    }
+                    // The old memo becomes the new one: its tail (and the frame after it) moves
+                    // to follow the n frames unwound this time (usually it is already there:
+                    // same depth as last time), and those replace its head. Only the few new
+                    // frames are copied.
+                    let head = n.min(MEMO_FRAMES);
+                    let keep = take.min(MEMO_FRAMES - head);
+                    if n <= MEMO_FRAMES {
+                        if cursor != n {
+                            old_frames.copy_within(cursor..cursor + keep + 1, n);
+                        }
+                        // Frame by frame, and only where they differ: a call to memcpy costs more
+                        // than the usual one or two frames, and lines left clean need no
+                        // write-back.
+                        for (to, from) in old_frames[..n].iter_mut().zip(&new_frames[..n]) {
+                            if to != from {
+                                *to = *from;
+                            }
+                        }
+                    } else {
+                        *old_frames = *new_frames;
+                    }
+                    old.complete = old.complete && take == rest_len && keep == take;
+                    old.len = (head + keep) as u32;
+                    #[cfg(test)]
+                    tests::MEMO_REUSES.fetch_add(1, Ordering::Relaxed);
+                    (memos.module, memos.module_of) = (last_module, published);
+                    // `old` stays the previous unwind for next time: no flip.
+                    return n + take;
+                }
+            }
         }
         let lookup = address.address_for_lookup();
         if !(last_module.0..last_module.1).contains(&lookup) {
@@ -381,49 +567,9 @@ fn unwind_remembering(
                 None => break 0,
             }
         }
-        if old_usable && tries < 2 {
-            // Both unwinds climb the stack: frames of the old one below this one cannot match.
-            while cursor < old.len && old.frames[cursor].sp < regs.sp() {
-                cursor += 1;
-            }
-            if cursor < old.len && old.frames[cursor].is(address, &regs) {
-                tries += 1;
-                let rest = &old.frames[cursor..old.len];
-                let fits = n + rest.len() >= out.len();
-                if (old.complete || fits) && rest.iter().all(|f| f.still_valid(reader)) {
-                    let rest_len = rest.len();
-                    let take = rest_len.min(out.len() - n);
-                    for (k, f) in rest[..take].iter().enumerate() {
-                        out[n + k] = f.address;
-                    }
-                    // The old memo becomes the new one: its tail moves to follow the n frames
-                    // unwound this time (usually it is already there: same depth as last time),
-                    // and those replace its head. Only the few new frames are copied.
-                    let (from, keep) = (cursor, take.min(MEMO_FRAMES - n.min(MEMO_FRAMES)));
-                    if from != n && keep > 0 {
-                        old.frames.copy_within(from..from + keep, n);
-                    }
-                    let head = n.min(MEMO_FRAMES);
-                    old.frames[..head].copy_from_slice(&new.frames[..head]);
-                    old.complete = old.complete && take == rest_len && keep == take;
-                    old.len = n + keep;
-                    #[cfg(test)]
-                    tests::MEMO_REUSES.fetch_add(1, Ordering::Relaxed);
-                    // `old` stays the previous unwind for next time: no flip.
-                    return n + take;
-                }
-            }
-        }
-        out[n] = address.address();
+        out[n].write(address.address());
         let mut reads = [(0u64, 0u64); 2];
         let mut read_count = 0u8;
-        let frame = MemoFrame {
-            address: address.address(),
-            is_return_address: address.is_return_address(),
-            sp: regs.sp(),
-            bp: regs.bp(),
-            ..MemoFrame::default()
-        };
         let step = {
             let mut read = |addr: u64| {
                 let value = reader.read(addr)?;
@@ -441,8 +587,22 @@ fn unwind_remembering(
             }
         };
         if n < MEMO_FRAMES {
-            new.frames[n] = MemoFrame { reads, read_count, ..frame };
-            new.len = n + 1;
+            let next = match step {
+                Ok(Some(ret)) => MemoFrame { address: ret, sp: regs.sp(), bp: regs.bp(), ..MemoFrame::default() },
+                // The outermost frame: what its step read goes after it, for the check.
+                _ => {
+                    let (ret, bp) = match read_count {
+                        1 => (reads[0], (0, 0)),
+                        _ => (reads[1], reads[0]),
+                    };
+                    MemoFrame { address: ret.1, sp: ret.0.wrapping_add(8), bp: bp.1, ..MemoFrame::default() }
+                }
+            };
+            new_frames[n].describe_reads(&reads, read_count, &next);
+            if !matches!(step, Ok(Some(_))) {
+                new_frames[n + 1] = next;
+            }
+            new.len = n as u32 + 1;
         }
         n += 1;
         match step {
@@ -451,7 +611,7 @@ fn unwind_remembering(
                 None => break 0,
             },
             Ok(None) => {
-                new.complete = new.len == n;
+                new.complete = new.len as usize == n;
                 break n;
             }
             Err(_) => break 0,
@@ -460,6 +620,7 @@ fn unwind_remembering(
     if result == 0 {
         new.len = 0;
     }
+    (memos.module, memos.module_of) = (last_module, published);
     memos.previous ^= 1;
     result
 }
@@ -482,8 +643,7 @@ fn step_over_own_frames(reader: &mut StackReader, mut bp: u64, (lo, hi): (u64, u
         return None;
     }
     for _ in 0..16 {
-        let ret = reader.read(bp.checked_add(8)?).ok()?;
-        let saved_bp = reader.read(bp).ok()?;
+        let (saved_bp, ret) = reader.read_pair(bp).ok()?;
         let caller_sp = bp + 16;
         if !(lo..hi).contains(&ret) {
             return Some((ret, caller_sp, saved_bp));
@@ -500,25 +660,44 @@ fn step_over_own_frames(reader: &mut StackReader, mut bp: u64, (lo, hi): (u64, u
 /// framehop's view of stack memory: aligned 8-byte words in `[sp, hi - 8]`, where `sp` was this
 /// thread's stack pointer when the unwind started and `hi` the top of its stack.
 struct StackReader {
+    /// The lowest word: `sp` rounded up to a word.
     lo: u64,
-    last: u64,
+    /// How many words lie above it.
+    words: u64,
 }
 
 impl StackReader {
     /// None unless `sp` lies within `stack` (so the thread runs on the stack the bounds are for).
     fn new(stack: StackBounds, sp: u64) -> Option<StackReader> {
         let last = stack.hi().checked_sub(8)?;
-        (stack.contains(sp) && sp <= last).then_some(StackReader { lo: sp, last })
+        if !(stack.contains(sp) && sp <= last) {
+            return None;
+        }
+        let lo = sp.checked_add(7)? & !7;
+        Some(StackReader { lo, words: ((last & !7).checked_sub(lo)?) >> 3 })
     }
 
     fn read(&mut self, addr: u64) -> Result<u64, ()> {
-        if addr < self.lo || addr > self.last || addr & 7 != 0 {
+        // One compare for all three bounds (framehop reads several words a frame): an address
+        // below `lo` wraps to an offset beyond any stack, a misaligned one has its low bits
+        // rotated to the top.
+        if addr.wrapping_sub(self.lo).rotate_right(3) > self.words {
             return Err(());
         }
         // SAFETY: `lo` was this thread's stack pointer inside `[stack.lo, stack.hi)` and the
         // unwind runs on this thread below it, so by the `StackBounds` invariant all of
         // `[lo, hi)` is mapped and readable; `addr` is an aligned word within it.
         Ok(unsafe { (addr as *const u64).read_volatile() })
+    }
+
+    /// The words at `addr` and `addr + 8` (a frame record), with one bounds check.
+    fn read_pair(&mut self, addr: u64) -> Result<(u64, u64), ()> {
+        if addr.wrapping_sub(self.lo).rotate_right(3) >= self.words {
+            return Err(());
+        }
+        let at = addr as *const u64;
+        // SAFETY: as for `read`: `addr` and `addr + 8` are aligned words within `[lo, hi)`.
+        Ok(unsafe { (at.read_volatile(), at.add(1).read_volatile()) })
     }
 }
 
@@ -544,8 +723,9 @@ fn frame_pointer_step(
         return Err(framehop::Error::FramepointerUnwindingMovedBackwards);
     }
     let ret_at = bp.checked_add(8).ok_or(framehop::Error::IntegerOverflow)?;
-    let ret = read(ret_at).map_err(|()| framehop::Error::CouldNotReadStack(ret_at))?;
+    // In the order of framehop's rules, which `MemoFrame::describe_reads` expects.
     let caller_bp = read(bp).map_err(|()| framehop::Error::CouldNotReadStack(bp))?;
+    let ret = read(ret_at).map_err(|()| framehop::Error::CouldNotReadStack(ret_at))?;
     if ret == 0 {
         return Err(framehop::Error::ReturnAddressIsNull);
     }
@@ -736,12 +916,12 @@ pub fn refresh() {
 }
 
 /// Heap this module holds, for the own-memory series: the caches (measured with mallinfo2:
-/// 33 KiB per framehop cache, 12 KiB of memos per slot) and the section copies.
+/// 33 KiB per framehop cache, 6 KiB of memos per slot) and the section copies.
 pub fn heap_bytes() -> u64 {
     if POOL.load(Ordering::Acquire).is_null() {
         return 0;
     }
-    const PER_SLOT: u64 = CACHE_WAYS as u64 * (33 << 10) + (12 << 10);
+    const PER_SLOT: u64 = CACHE_WAYS as u64 * (33 << 10) + (6 << 10);
     let copied = BUILDER.try_lock().ok().and_then(|b| b.as_ref().map(|b| b.copied_bytes as u64)).unwrap_or(0);
     SLOTS as u64 * PER_SLOT + COPIED_BYTES_SEEN.load(Ordering::Relaxed).max(copied)
 }
@@ -924,6 +1104,16 @@ mod tests {
     use super::*;
     use std::hint::black_box;
 
+    /// `super::trace_x86_64` into a plain array. Inlined, so that the caller's frame follows it.
+    #[inline(always)]
+    fn trace_x86_64(pool: &Pool, out: &mut [u64], own_text: (u64, u64)) -> usize {
+        let mut buf = [MaybeUninit::uninit(); 160];
+        let mut frames = FrameBuf::new(&mut buf[..out.len()]);
+        let n = super::trace_x86_64(pool, &mut frames, own_text);
+        out[..n].copy_from_slice(&frames.frames()[..n]);
+        n
+    }
+
     fn dwarf_trace() -> Vec<(u64, u64)> {
         let mut v = Vec::new();
         backtrace::trace(|f| {
@@ -942,7 +1132,7 @@ mod tests {
         (cfi[2..].to_vec(), dwarf[at + 1..].iter().map(|&(ip, _)| ip).collect())
     }
 
-    /// `dwarf` may end with libgcc's end-of-stack marker (ip 0), which `trim_into` drops too.
+    /// `dwarf` may end with libgcc's end-of-stack marker (ip 0), which `kept_frames` drops too.
     fn assert_same(cfi: &[u64], dwarf: &[u64], at_least: usize) {
         let end = dwarf.iter().position(|&ip| ip < 4096).unwrap_or(dwarf.len());
         let dwarf = &dwarf[..end];
@@ -1059,24 +1249,25 @@ mod tests {
     /// The current stack unwound with `warm` (whose caches remember earlier unwinds) and with a
     /// pool that has never unwound, innermost frame (this function's) dropped: the two unwinds
     /// start at different instructions of it.
+    /// (`len` frames at most.)
     #[inline(never)]
-    fn unwound_both_ways(warm: &Pool) -> (Vec<u64>, Vec<u64>) {
+    fn unwound_both_ways(warm: &Pool, len: usize) -> (Vec<u64>, Vec<u64>) {
         let fresh = Pool::new();
-        let (mut a, mut b) = ([0u64; 80], [0u64; 80]);
-        let na = trace_x86_64(warm, &mut a, (0, 0));
-        let nb = trace_x86_64(&fresh, &mut b, (0, 0));
+        let (mut a, mut b) = ([0u64; 160], [0u64; 160]);
+        let na = trace_x86_64(warm, &mut a[..len], (0, 0));
+        let nb = trace_x86_64(&fresh, &mut b[..len], (0, 0));
         (a[1..na.max(1)].to_vec(), b[1..nb.max(1)].to_vec())
     }
 
     #[inline(never)]
-    fn via_a(depth: u32, warm: &Pool) -> (Vec<u64>, Vec<u64>) {
-        let r = if depth == 0 { unwound_both_ways(warm) } else { via_b(depth - 1, warm) };
+    fn via_a(depth: u32, warm: &Pool, len: usize) -> (Vec<u64>, Vec<u64>) {
+        let r = if depth == 0 { unwound_both_ways(warm, len) } else { via_b(depth - 1, warm, len) };
         std::hint::black_box(r)
     }
 
     #[inline(never)]
-    fn via_b(depth: u32, warm: &Pool) -> (Vec<u64>, Vec<u64>) {
-        let r = if depth == 0 { unwound_both_ways(warm) } else { via_a(depth - 1, warm) };
+    fn via_b(depth: u32, warm: &Pool, len: usize) -> (Vec<u64>, Vec<u64>) {
+        let r = if depth == 0 { unwound_both_ways(warm, len) } else { via_a(depth - 1, warm, len) };
         std::hint::black_box(r)
     }
 
@@ -1100,12 +1291,31 @@ mod tests {
             cases.push((x & 1 == 0, (x >> 8) as u32 % 12));
         }
         for (start_a, depth) in cases {
-            let (remembered, fresh) = if start_a { via_a(depth, &warm) } else { via_b(depth, &warm) };
+            let (remembered, fresh) = if start_a { via_a(depth, &warm, 80) } else { via_b(depth, &warm, 80) };
             assert!(fresh.len() > depth as usize + 2, "fresh unwind: {fresh:x?}");
             assert_eq!(remembered, fresh, "start_a {start_a} depth {depth}");
         }
         // Other tests unwind meanwhile, so only a lower bound: the repeated calls reused tails.
         assert!(MEMO_REUSES.load(Ordering::Relaxed) - reuses_before >= 30);
+    }
+
+    /// As above, with outputs shorter than the stack (a memo then ends before the outermost
+    /// frame, at a frame it was not stepped past) and stacks deeper than a memo holds.
+    #[test]
+    fn remembered_unwinds_equal_fresh_ones_cut_short_or_deep() {
+        refresh_until_ready();
+        let warm = Pool::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..90 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = [5, 12, 160][i % 3];
+            let depth = if len > MEMO_FRAMES { 100 + (x >> 8) as u32 % 3 } else { (x >> 8) as u32 % 16 };
+            let (remembered, fresh) = if x & 1 == 0 { via_a(depth, &warm, len) } else { via_b(depth, &warm, len) };
+            assert!(fresh.len() + 1 >= len.min(depth as usize + 3), "fresh unwind: {fresh:x?}");
+            assert_eq!(remembered, fresh, "depth {depth} len {len}");
+        }
     }
 
     #[test]
@@ -1149,6 +1359,11 @@ mod tests {
         assert_eq!(r.read(sp + 1), Err(()));
         assert_eq!(r.read(stack.hi()), Err(()));
         assert!(r.read(stack.hi() - 8).is_ok());
+        assert_eq!(r.read_pair(sp).map(|(a, _)| a), Ok(0));
+        assert_eq!(r.read_pair(sp - 8), Err(()));
+        assert_eq!(r.read_pair(sp + 4), Err(()));
+        assert_eq!(r.read_pair(stack.hi() - 8), Err(()));
+        assert!(r.read_pair(stack.hi() - 16).is_ok());
         assert!(StackReader::new(stack, stack.hi()).is_none());
         assert!(StackReader::new(stack, 4096).is_none());
     }

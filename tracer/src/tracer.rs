@@ -3,8 +3,8 @@
 //! Cost budget per hook, from `scripts/hookcost` (callgrind, instructions per malloc(64..176)+
 //! free pair above no preload, which takes 150): a bare pass-through interposer 4, leaktrace
 //! dormant 24, tracing at the default mean 42 (a sample every ~4000 such pairs), recording
-//! every allocation 1838 (2109 at the crate split; its stack is 4 frames deep, and the unwinder
-//! takes 866 of it). Wall-clock figures: scripts/bench.
+//! every allocation 1720 (2109 at the crate split, 1838 before the unwinder's memo shrank; its
+//! stack is 4 frames deep, and the unwinder takes 801 of it). Wall-clock figures: scripts/bench.
 //! - unsampled malloc: a load of `HOOK.gate` and of the word it points at (the trace file's
 //!   gate: the mean and an epoch), a subtract-and-compare on the thread's static-TLS block,
 //!   then a tail call to the real malloc: no frame kept, nothing saved across the call. No
@@ -22,6 +22,7 @@
 
 use std::collections::HashSet;
 use std::ffi::c_void;
+use std::mem::MaybeUninit;
 use std::num::NonZeroU64;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -31,6 +32,7 @@ use leaktrace_format::layout::{self, hdr, Api, Control, ControlResult, EventKind
 use leaktrace_format::{encode_meta, Event, MetaKind, ProcessInfo, SamplingChange};
 
 use crate::budget::{self, Ledger};
+use crate::cfi::FrameBuf;
 use crate::config::{Config, Unwinder};
 use crate::mapped::{self, LiveEntry, Mapped, Prefaulter};
 use crate::sampler::{Charge, Guard, ThreadState, THREAD};
@@ -440,10 +442,12 @@ fn record_alloc(thread: &ThreadState, guard: &Guard<'_>, addr: u64, size: u64, a
     if !tracer.mapped.fully_reserved() && !tracer.reserve_for_first_sample() {
         return;
     }
-    let mut frames = [0u64; MAX_CAPTURE];
+    let mut buf = [MaybeUninit::uninit(); MAX_CAPTURE];
+    let mut frames = FrameBuf::new(&mut buf);
     let own_text = TRACER_TEXT.get().copied().unwrap_or((0, 0));
-    let n = capture_stack(guard, &mut frames, own_text);
-    let n = keep_program_frames(&mut frames, n, own_text);
+    capture_stack(guard, &mut frames, own_text);
+    let frames = frames.frames();
+    let n = keep_program_frames(frames, own_text);
     let stack_id = tracer.mapped.intern_stack(&frames[..n]);
     let time_ns = match sample.clock_ns {
         0 => tracer.now_ns(),
@@ -503,8 +507,8 @@ fn push_free(tracer: &Tracer, addr: u64, e: LiveEntry, api: Api) {
 }
 
 /// Capture the current stack into `out`, innermost first, without leaktrace's own frames, so the
-/// first frame is the caller of the allocation function. Returns the number of frames.
-fn capture_stack(_guard: &Guard<'_>, out: &mut [u64; MAX_CAPTURE], own_text: (u64, u64)) -> usize {
+/// first frame is the caller of the allocation function.
+fn capture_stack(_guard: &Guard<'_>, out: &mut FrameBuf, own_text: (u64, u64)) {
     dwarf_stack(out, own_text)
 }
 
@@ -565,7 +569,7 @@ fn kept_frames(frames: &[u64]) -> std::ops::Range<usize> {
     skip..skip + frames[skip..].iter().take_while(|&&ip| ip >= 4096).count()
 }
 
-/// The frames of `frames[..n]` a stored stack keeps, moved to its front: none of leaktrace's
+/// The frames of `frames` a stored stack keeps, moved to its front: none of leaktrace's
 /// own, none from the end-of-stack marker on (a return address in the first page). Leading
 /// frames of ours are only there when the unwinder could not step over them by frame pointer
 /// (never seen); inner ones are the program's call into our `pthread_create`, which the real
@@ -573,9 +577,9 @@ fn kept_frames(frames: &[u64]) -> std::ops::Range<usize> {
 /// of `pthread_create` directly, as it would unpreloaded. One pass, in place: on the sampled
 /// path, where three (skip, find the marker, drop inner frames) cost a third of what the stack
 /// lookup after it does.
-fn keep_program_frames(frames: &mut [u64; MAX_CAPTURE], n: usize, (lo, hi): (u64, u64)) -> usize {
+fn keep_program_frames(frames: &mut [u64], (lo, hi): (u64, u64)) -> usize {
     let mut kept = 0;
-    for read in 0..n.min(MAX_CAPTURE) {
+    for read in 0..frames.len() {
         let ip = frames[read];
         if ip < 4096 {
             break;
@@ -588,30 +592,20 @@ fn keep_program_frames(frames: &mut [u64; MAX_CAPTURE], n: usize, (lo, hi): (u64
     kept
 }
 
-/// Copy the [`kept_frames`] of `frames` into `out`, as many as fit.
-fn trim_into(frames: &[u64], out: &mut [u64; MAX_CAPTURE]) -> usize {
-    let kept = kept_frames(frames);
-    let n = kept.len().min(MAX_CAPTURE);
-    out[..n].copy_from_slice(&frames[kept.start..kept.start + n]);
-    n
-}
-
 /// Inlined into the sampled path: a frame less for every unwind to step over.
 #[inline(always)]
-fn dwarf_stack(out: &mut [u64; MAX_CAPTURE], own_text: (u64, u64)) -> usize {
+fn dwarf_stack(out: &mut FrameBuf, own_text: (u64, u64)) {
     // The caching CFI unwinder (cfi.rs), once housekeeping has built it; it gives 0
     // frames whenever it cannot finish an unwind, and libgcc takes over. It steps over our own
     // frames itself, so it writes straight into `out` (`keep_program_frames` trims it after).
-    let n = crate::cfi::trace(out, own_text);
-    if n > 0 {
-        return n;
+    if crate::cfi::trace_into(out, own_text) == 0 {
+        libgcc_stack(out);
     }
-    libgcc_stack(out)
 }
 
 #[cold]
 #[inline(never)]
-fn libgcc_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
+fn libgcc_stack(out: &mut FrameBuf) {
     let mut raw = [0u64; MAX_CAPTURE + 16];
     let mut n = 0;
     // SAFETY: `trace_unsynchronized` requires that no other thread unwinds through the same
@@ -625,7 +619,10 @@ fn libgcc_stack(out: &mut [u64; MAX_CAPTURE]) -> usize {
             n < raw.len()
         });
     }
-    trim_into(&raw[..n], out)
+    // The `kept_frames`, as many as fit.
+    for &frame in &raw[kept_frames(&raw[..n])] {
+        out.push(frame);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
