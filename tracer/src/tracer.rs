@@ -3,7 +3,7 @@
 //! Cost budget per hook, from `scripts/hookcost` (callgrind, instructions per malloc(64..176)+
 //! free pair above no preload, which takes 150): a bare pass-through interposer 4, leaktrace
 //! dormant 24, tracing at the default mean 42 (a sample every ~4000 such pairs), recording
-//! every allocation 1720 (2109 at the crate split, 1838 before the unwinder's memo shrank; its
+//! every allocation 1733 (2109 at the crate split, 1838 before the unwinder's memo shrank; its
 //! stack is 4 frames deep, and the unwinder takes 801 of it). Wall-clock figures: scripts/bench.
 //! - unsampled malloc: a load of `HOOK.gate` and of the word it points at (the trace file's
 //!   gate: the mean and an epoch), a subtract-and-compare on the thread's static-TLS block,
