@@ -676,6 +676,17 @@ mod tests {
         std::iter::repeat_with(move || (xorshift(&mut s) & ((1 << 47) - 1)) & !15)
     }
 
+    /// A request size from the random `r`: mostly small (a Python heap), some of hundreds of
+    /// bytes, a few of kilobytes, one in a hundred up to 512 KiB.
+    fn request_size(r: u64) -> u64 {
+        match r % 100 {
+            0..=69 => 8 + (r >> 8) % 64,
+            70..=94 => 64 + (r >> 8) % 960,
+            95..=98 => 1024 + (r >> 8) % 16384,
+            _ => 4096 + (r >> 8) % (512 << 10),
+        }
+    }
+
     /// A model of glibc handing out chunks from its top chunk, nothing freed: chunk sizes are
     /// the request plus 8 rounded up to 16, at least 32; mostly small requests (a Python
     /// heap), some of hundreds of bytes and a few of kilobytes; requests of 128 KiB or more are
@@ -687,12 +698,7 @@ mod tests {
         let mut mmap_top = 0x7f00_0000_0000u64;
         std::iter::repeat_with(move || {
             let r = xorshift(&mut s);
-            let req = match r % 100 {
-                0..=69 => 8 + (r >> 8) % 64,
-                70..=94 => 64 + (r >> 8) % 960,
-                95..=98 => 1024 + (r >> 8) % 16384,
-                _ => 4096 + (r >> 8) % (512 << 10),
-            };
+            let req = request_size(r);
             if req >= 128 << 10 {
                 let at = mmap_top + 16;
                 mmap_top += (req + 16 + 4095) & !4095;
@@ -710,18 +716,8 @@ mod tests {
     /// allocations live until the returned vector is dropped).
     fn malloc_addrs(n: usize, seed: u64) -> (Vec<Vec<u8>>, Vec<u64>) {
         let mut s = seed;
-        let blocks: Vec<Vec<u8>> = (0..n)
-            .map(|_| {
-                let r = xorshift(&mut s);
-                let len = match r % 100 {
-                    0..=69 => 8 + (r >> 8) % 64,
-                    70..=94 => 64 + (r >> 8) % 960,
-                    95..=98 => 1024 + (r >> 8) % 16384,
-                    _ => 4096 + (r >> 8) % (512 << 10),
-                };
-                Vec::with_capacity(len as usize)
-            })
-            .collect();
+        let blocks: Vec<Vec<u8>> =
+            (0..n).map(|_| Vec::with_capacity(request_size(xorshift(&mut s)) as usize)).collect();
         let addrs = blocks.iter().map(|b| b.as_ptr() as u64).collect();
         (blocks, addrs)
     }
