@@ -70,13 +70,14 @@ pub fn forget_after_fork() {
 fn spawn() -> std::io::Result<()> {
     // SAFETY: an all-zero pthread_t is a valid out-buffer.
     let mut thread: libc::pthread_t = unsafe { std::mem::zeroed() };
-    let generation = GENERATION.load(Ordering::Acquire) as usize as *mut std::ffi::c_void;
+    let generation = GENERATION.load(Ordering::Acquire);
+    let arg = generation as usize as *mut std::ffi::c_void;
     // SAFETY: `thread_main` matches pthread's start routine type; its argument is a number.
-    let rc = unsafe { crate::real::pthread_create(&mut thread, std::ptr::null(), thread_main, generation) };
+    let rc = unsafe { crate::real::pthread_create(&mut thread, std::ptr::null(), thread_main, arg) };
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
-    RUNNING.store(generation as usize as u32 + 1, Ordering::Release);
+    RUNNING.store(generation + 1, Ordering::Release);
     // SAFETY: `thread` was just created and is not joined by anyone.
     unsafe {
         libc::pthread_setname_np(thread, c"leaktrace".as_ptr());

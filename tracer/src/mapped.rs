@@ -675,33 +675,34 @@ impl Mapped {
     /// mprotect calls (a malloc arena growing) wait for each 256 KiB call. Only call this on a
     /// fully reserved file: MADV_POPULATE_WRITE returns an error rather than SIGBUS on a page
     /// it cannot back, but on a sparse file it would allocate blocks outside the budget.
-    /// Returns false once there is nothing left to do, or at once if the kernel lacks
-    /// MADV_POPULATE_WRITE (Linux < 5.14): the hooks then take their own faults.
-    pub fn prefault_step(&self, progress: &PrefaultProgress, who: Prefaulter) -> bool {
+    /// A kernel without MADV_POPULATE_WRITE (Linux < 5.14) ends it at the first step: the
+    /// hooks then take their own faults.
+    pub fn prefault_step(&self, progress: &PrefaultProgress, who: Prefaulter) {
         if progress.unsupported.load(Ordering::Relaxed) || progress.busy.swap(true, Ordering::Acquire) {
-            return !progress.unsupported.load(Ordering::Relaxed);
+            return;
         }
-        let left = self.prefault_locked(progress, who);
-        if !left {
-            progress.due_head.store(u64::MAX, Ordering::Relaxed);
-        }
+        let due = self.prefault_locked(progress, who);
+        progress.due_head.store(due, Ordering::Relaxed);
         progress.busy.store(false, Ordering::Release);
-        left
     }
 
-    fn prefault_locked(&self, p: &PrefaultProgress, who: Prefaulter) -> bool {
+    /// One step; returns the ring head at which a hook should take the next ([`u64::MAX`]:
+    /// never, once nothing is left for hooks to do, with the helper, or after a failure).
+    fn prefault_locked(&self, p: &PrefaultProgress, who: Prefaulter) -> u64 {
         let mut budget = match who {
             Prefaulter::Helper => 4 << 20,
             Prefaulter::Hook => HOOK_STEP,
         };
         // A hook populates a region only once a whole step of it is wanted (or its end): many
         // small madvise calls would cost a syscall each for a few pages.
+        let worth = |from: u64, want: u64, len: u64| {
+            from < want && (who == Prefaulter::Helper || want - from >= HOOK_STEP || want == len)
+        };
         let fill = |region: Region, done: &AtomicU64, want: u64, budget: &mut u64| -> bool {
             let (start, len) = self.regions[region as usize];
             let from = done.load(Ordering::Relaxed);
             let want = want.min(len);
-            let worth = who == Prefaulter::Helper || want - from.min(want) >= HOOK_STEP || want == len;
-            if from < want && *budget > 0 && worth {
+            if *budget > 0 && worth(from, want, len) {
                 let n = (*budget).min(want - from);
                 if !self.populate(start + from, n) {
                     return false;
@@ -721,7 +722,7 @@ impl Mapped {
             && fill(Region::Stacks, &p.stacks_done, stacks_used + STACKS_AHEAD, &mut budget);
         if !ok {
             p.unsupported.store(true, Ordering::Relaxed);
-            return false;
+            return u64::MAX;
         }
         let (ring_start, ring_len) = self.regions[Region::Ring as usize];
         let head = self.u64_at(hdr::RING_HEAD).load(Ordering::Relaxed);
@@ -742,41 +743,35 @@ impl Mapped {
         // Pages the hooks already wrote need no populating: count them as done, so that a ring
         // the hooks filled first (a wrap before the populate caught up) also finishes.
         let mut from = p.ring_done.load(Ordering::Relaxed).max(written & !4095);
-        let worth = who == Prefaulter::Helper || want - from.min(want) >= HOOK_STEP || want == ring_len;
-        if from < want && budget > 0 && worth {
+        if budget > 0 && worth(from, want, ring_len) {
             let end = want.min(from + budget);
             while from < end {
                 let at = from % ring_len;
                 let n = (end - from).min(ring_len - at);
                 if !self.populate(ring_start + at, n) {
                     p.unsupported.store(true, Ordering::Relaxed);
-                    return false;
+                    return u64::MAX;
                 }
                 from += n;
             }
         }
         p.ring_done.store(from, Ordering::Relaxed);
-        // Due again when the head has used up a step of the lead, and at least every 1024
-        // records for the live table and the stack table, whose growth the ring head does not
-        // show (a step that finds nothing worth populating makes no system call).
-        // Hooks populate the ring's first pass only: past it, the ring no longer makes a step due
-        // (it did at every sample, a look with nothing to populate, once the ring had wrapped).
-        let due = if who == Prefaulter::Helper {
-            // The helper steps every round; a hook need not look (it would at every sample).
-            u64::MAX
-        } else if from >= ring_len {
-            head + 1024
-        } else {
-            let due_bytes = (from + HOOK_STEP).saturating_sub(HOOK_AHEAD).max(written + EVENT_SIZE as u64);
-            (due_bytes / EVENT_SIZE as u64).min(head + 1024)
-        };
-        p.due_head.store(due, Ordering::Relaxed);
         let (_, live_len) = self.regions[Region::Live as usize];
         let (_, stacks_len) = self.regions[Region::Stacks as usize];
-        let more = p.live_done.load(Ordering::Relaxed) < live_len || p.stacks_done.load(Ordering::Relaxed) < stacks_len;
-        match who {
-            Prefaulter::Helper => true,
-            Prefaulter::Hook => more || from < ring_len,
+        let tables_left =
+            p.live_done.load(Ordering::Relaxed) < live_len || p.stacks_done.load(Ordering::Relaxed) < stacks_len;
+        if who == Prefaulter::Helper || (from >= ring_len && !tables_left) {
+            // The helper steps every round, so a hook need not look (it would at every sample).
+            u64::MAX
+        } else if from >= ring_len {
+            // Hooks populate the ring's first pass only: past it, only the live table and the
+            // stack table, whose growth the ring head does not show, make a step due.
+            head + 1024
+        } else {
+            // When the head has used up a step of the lead, and at least every 1024 records for
+            // the tables (a step that finds nothing worth populating makes no system call).
+            let due_bytes = (from + HOOK_STEP).saturating_sub(HOOK_AHEAD).max(written + EVENT_SIZE as u64);
+            (due_bytes / EVENT_SIZE as u64).min(head + 1024)
         }
     }
 

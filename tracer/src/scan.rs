@@ -30,6 +30,7 @@ use leaktrace_format::{
 };
 
 use crate::mapped::Mapped;
+use crate::tracer::mono_ns;
 
 /// The scan child's pid while one runs (0 otherwise), and when it must be done by.
 static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -139,12 +140,12 @@ fn child_main(mapped: &Mapped, plan: &Plan, parent: i32) -> ! {
         libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all, std::ptr::null_mut::<libc::sigset_t>(), 8);
         libc::prctl(libc::PR_SET_NAME, c"leaktrace-scan".as_ptr());
     }
-    let start = now_ns();
+    let start = mono_ns();
     let summary = match Arena::new(mapped) {
         Some(mut arena) => arena.run(mapped, plan, parent),
         None => ScanSummary { t_ns: plan.t_ns, outcome: ScanOutcome::Failed as u32, ..Default::default() },
     };
-    let summary = ScanSummary { duration_ns: now_ns().saturating_sub(start), ..summary };
+    let summary = ScanSummary { duration_ns: mono_ns().saturating_sub(start), ..summary };
     let mut buf = [0u8; 256];
     if let Some(n) = encode_meta(MetaKind::Scan, &summary, &mut buf) {
         mapped.append_meta(&buf[..n]);
@@ -162,13 +163,6 @@ fn child_main(mapped: &Mapped, plan: &Plan, parent: i32) -> ! {
     // SAFETY: ends this process (the child) without running any exit handler of the program.
     unsafe { libc::syscall(libc::SYS_exit_group, 0) };
     unreachable!()
-}
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Holder kinds, strongest last: an object keeps the strongest seen.
@@ -293,7 +287,7 @@ impl Arena {
             summary.outcome = ScanOutcome::Failed as u32;
             return summary;
         };
-        let started = now_ns();
+        let started = mono_ns();
         let mut prev_end_guard = 0u64;
         let mut pos = 0;
         let mut outcome = ScanOutcome::Complete;
@@ -514,7 +508,7 @@ fn pace(started: u64, bytes: u64, rate: u64) {
         return;
     }
     let due_ns = bytes.saturating_mul(1_000_000_000) / rate;
-    let elapsed = now_ns().saturating_sub(started);
+    let elapsed = mono_ns().saturating_sub(started);
     if due_ns > elapsed + 1_000_000 {
         let wait = due_ns - elapsed;
         let ts =

@@ -159,7 +159,8 @@ struct ModuleLog {
 /// the module list from inside a hook) can record its parent's map at once.
 static LAST_SNAPSHOT: Mutex<Vec<leaktrace_format::ModuleRecord>> = Mutex::new(Vec::new());
 
-fn mono_ns() -> u64 {
+/// CLOCK_MONOTONIC, exact: start-up times, and the scan child's rate cap and duration.
+pub(crate) fn mono_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
